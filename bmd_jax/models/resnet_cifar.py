@@ -1,0 +1,74 @@
+"""CIFAR ResNets in the IR-Net style (He et al.'s CIFAR ResNet with binary 3x3 convs).
+
+Each basic block: binary conv -> BN -> + shortcut -> hardtanh, twice, with a real-valued
+shortcut around every binary conv (IR-Net's block). Downsampling shortcuts are option A
+(stride-2 subsampling and zero channel padding, no parameters; IR-Net's ResNet-20) or
+option B (a binary 1x1 conv + BN, named ``shortcut``, regularized or not by the losses'
+``include_shortcuts``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from bmd_jax.models.common import BinarySpec, batch_norm, hardtanh
+
+
+class BasicBlock(nn.Module):
+  features: int
+  strides: int
+  spec: BinarySpec
+  shortcut: str = "A"
+
+  @nn.compact
+  def __call__(self, x, train: bool, estimator_args=None):
+    dtype = self.spec.dtype
+    residual = x
+    if self.strides != 1 or x.shape[-1] != self.features:
+      if self.shortcut == "A":
+        residual = x[:, ::self.strides, ::self.strides, :]
+        pad = self.features - x.shape[-1]
+        residual = jnp.pad(residual, ((0, 0), (0, 0), (0, 0), (pad // 2, pad - pad // 2)))
+      else:
+        residual = self.spec.conv(self.features, (1, 1), self.strides, name="shortcut_conv")(
+            x, estimator_args)
+        residual = batch_norm(train, "shortcut_bn", dtype)(residual)
+    y = self.spec.conv(self.features, strides=self.strides, name="conv1")(x, estimator_args)
+    y = hardtanh(batch_norm(train, "bn1", dtype)(y) + residual)
+    z = self.spec.conv(self.features, name="conv2")(y, estimator_args)
+    return hardtanh(batch_norm(train, "bn2", dtype)(z) + y)
+
+
+class CifarResNet(nn.Module):
+  stage_sizes: Sequence[int] = (3, 3, 3)
+  widths: Sequence[int] = (16, 32, 64)
+  num_classes: int = 10
+  shortcut: str = "A"
+  precision: str = "binary"
+  input_quantizer: str = "ede"
+  kernel_quantizer: str = "ede"
+  scale_mode: str = "irnet"
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, estimator_args=None):
+    spec = BinarySpec(self.precision, self.input_quantizer, self.kernel_quantizer,
+                      self.scale_mode, self.dtype)
+    x = x.astype(self.dtype or jnp.float32)
+    x = nn.Conv(self.widths[0], (3, 3), use_bias=False, dtype=self.dtype, name="stem_conv")(x)
+    x = hardtanh(batch_norm(train, "stem_bn", self.dtype)(x))
+    for stage, (blocks, features) in enumerate(zip(self.stage_sizes, self.widths)):
+      for block in range(blocks):
+        strides = 2 if stage > 0 and block == 0 else 1
+        x = BasicBlock(features, strides, spec, self.shortcut,
+                       name=f"stage{stage + 1}_block{block}")(x, train, estimator_args)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x).astype(jnp.float32)
+
+
+def resnet20(**kwargs) -> CifarResNet:
+  """ResNet-20 for CIFAR (16/32/64 channels, 3 blocks a stage, option-A shortcuts)."""
+  return CifarResNet(stage_sizes=(3, 3, 3), widths=(16, 32, 64), **kwargs)
