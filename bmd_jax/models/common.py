@@ -1,4 +1,5 @@
-"""Pieces the model families share: batch norm, hardtanh and the binary-layer spec."""
+"""Pieces the model families share: batch norm, hardtanh, the binary-layer spec, padding and
+the real-valued convolutions and pools around the binary ones."""
 
 from __future__ import annotations
 
@@ -49,3 +50,25 @@ def batch_norm(train: bool, name: str | None = None, dtype: Any = None) -> nn.Ba
 
 def hardtanh(x):
   return jnp.clip(x, -1, 1)
+
+
+def torch_padding(kernel_size) -> tuple[tuple[int, int], tuple[int, int]]:
+  """Zero padding of k // 2 on every side, as the reference (PyTorch) models' padding=k//2.
+
+  Flax's "SAME" pads a stride-2 convolution at the bottom/right only, which moves its sampling
+  grid one pixel away from the references' and from a strided shortcut (x[::2] samples the
+  pixels a symmetric pad centres on); symmetric padding keeps both aligned.
+  """
+  kh, kw = kernel_size
+  return ((kh // 2, kh // 2), (kw // 2, kw // 2))
+
+
+def real_conv(features, kernel_size, strides=1, name=None, dtype=None) -> nn.Conv:
+  """A full-precision conv (param ``kernel``, no bias): first convs and real downsample convs."""
+  return nn.Conv(features, tuple(kernel_size), strides=strides,
+                 padding=torch_padding(kernel_size), use_bias=False, dtype=dtype, name=name)
+
+
+def avg_pool_2x2(x):
+  """2x2 average pool, stride 2; an odd edge is averaged over the pixels it has (ceil mode)."""
+  return nn.avg_pool(x, (2, 2), strides=(2, 2), padding="SAME", count_include_pad=False)

@@ -1,0 +1,60 @@
+"""Where metrics go: metrics.jsonl in the workdir, the console, TensorBoard event files.
+
+Only process 0 writes (every process computes the same global metrics). TensorBoard files
+are written with tensorboardX, so no TensorFlow import is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Mapping
+
+import jax
+
+log = logging.getLogger("bmd_jax")
+
+
+def _console_line(step: int, epoch: float, metrics: Mapping[str, float]) -> str:
+  # Per-layer kurtosis would flood the console; it stays in the files.
+  parts = [f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if not k.startswith("kurtosis/")]
+  return f"step {step} (epoch {epoch:.2f}): " + " ".join(parts)
+
+
+class MetricWriter:
+  """Writes one event (step, epoch, scalars) to every sink; a no-op on processes other than 0."""
+
+  def __init__(self, workdir: str, tensorboard: bool = True, console: bool = True):
+    self.active = jax.process_index() == 0
+    self.console = console
+    self._jsonl = None
+    self._tb = None
+    if not self.active:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+    if tensorboard:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, epoch: float, metrics: Mapping[str, float]) -> None:
+    if not self.active:
+      return
+    scalars = {k: float(v) for k, v in metrics.items()}
+    record = {"step": int(step), "epoch": round(float(epoch), 4)}
+    # JSON has no NaN/inf; write them as strings so the line stays valid JSON.
+    record.update({k: v if math.isfinite(v) else str(v) for k, v in scalars.items()})
+    self._jsonl.write(json.dumps(record) + "\n")
+    if self._tb is not None:
+      for k, v in scalars.items():
+        self._tb.add_scalar(k, v, int(step))
+    if self.console:
+      log.info(_console_line(step, epoch, scalars))
+
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()

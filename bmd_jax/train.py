@@ -1,0 +1,299 @@
+"""Training and evaluation: the train state, one jitted BD-BNN train step, the loop.
+
+The step combines, as PAPER.md section 3 writes it,
+
+    L = ce_weight * CE + kd_weight * L_DL + wdm_weight * L_WDM + kurtosis_weight * L_K
+
+where L_DL (output distillation) and L_WDM (weight distribution mimicking) need a frozen
+teacher, whose forward pass runs inside the same jitted step; its variables are an argument
+of the step, not part of the optimized state, so they get no gradient and no update.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+
+from bmd_jax import input_pipeline, losses, models, quantizers, sharding
+from bmd_jax.metric_writers import MetricWriter
+
+log = logging.getLogger("bmd_jax")
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+
+
+# --- model, optimizer, schedule --------------------------------------------------
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int,
+                 precision: str | None = None) -> flax.linen.Module:
+  """The model named by config.model, in config.model.precision unless overridden."""
+  fields = dict(config.model)
+  name = fields.pop("name")
+  if precision is not None:
+    fields["precision"] = precision
+  if isinstance(fields.get("dtype"), str):
+    fields["dtype"] = jnp.dtype(fields["dtype"])
+  return models.get_model(name, num_classes=num_classes, **fields)
+
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict, steps_per_epoch: int):
+  """Warm-up (optional), then cosine or linear decay to 0 over the run, or constant."""
+  total = num_train_steps(config, steps_per_epoch)
+  warmup = int(config.warmup_epochs * steps_per_epoch)
+  decay_steps = max(1, total - warmup)
+  if config.lr_schedule == "cosine":
+    decay = optax.cosine_decay_schedule(config.learning_rate, decay_steps)
+  elif config.lr_schedule == "linear":
+    decay = optax.linear_schedule(config.learning_rate, 0.0, decay_steps)
+  elif config.lr_schedule == "constant":
+    decay = optax.constant_schedule(config.learning_rate)
+  else:
+    raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; "
+                     "choose 'cosine', 'linear' or 'constant'")
+  if warmup == 0:
+    return decay
+  ramp = optax.linear_schedule(0.0, config.learning_rate, warmup)
+  return optax.join_schedules([ramp, decay], [warmup])
+
+
+def _weight_decay_mask(params, kernels_only: bool):
+  """True for the leaves that decay: conv kernels only (rank 4), or every parameter."""
+  return jax.tree_util.tree_map(lambda p: (p.ndim == 4) if kernels_only else True, params)
+
+
+def create_optimizer(config: ml_collections.ConfigDict, learning_rate_fn):
+  # L2 added to the gradient before the update, as PyTorch's SGD and Adam do in the recipes.
+  decay = optax.add_decayed_weights(
+      config.weight_decay,
+      mask=functools.partial(_weight_decay_mask, kernels_only=config.weight_decay_kernels_only))
+  if config.optimizer == "sgd":
+    update = optax.sgd(learning_rate_fn, momentum=config.momentum)
+  elif config.optimizer == "adam":
+    update = optax.adam(learning_rate_fn)
+  else:
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose 'sgd' or 'adam'")
+  return optax.chain(decay, update) if config.weight_decay else update
+
+
+def initialized(rng, model, image_shape):
+  """(params, batch_stats) of `model` for inputs of shape image_shape (H, W, C)."""
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      rng, jnp.zeros((1, *image_shape), jnp.float32))
+  return variables["params"], variables.get("batch_stats", {})
+
+
+def create_train_state(rng, config, model, image_shape, learning_rate_fn,
+                       params=None, batch_stats=None) -> TrainState:
+  """A fresh train state; `params`/`batch_stats` given (e.g. from step 1) replace the init."""
+  init_params, init_stats = initialized(rng, model, image_shape)
+  params = init_params if params is None else params
+  batch_stats = init_stats if batch_stats is None else batch_stats
+  _check_same_structure(init_params, params, "params")
+  return TrainState.create(apply_fn=model.apply, params=params, batch_stats=batch_stats,
+                           tx=create_optimizer(config, learning_rate_fn))
+
+
+def _check_same_structure(expected, given, what):
+  shapes = lambda t: jax.tree_util.tree_map(lambda a: tuple(np.shape(a)), t)
+  if flax.core.unfreeze(shapes(expected)) != flax.core.unfreeze(shapes(given)):
+    raise ValueError(f"the given {what} do not match the model's: the tree or shapes differ")
+
+
+def num_train_steps(config, steps_per_epoch: int) -> int:
+  if config.num_train_steps > 0:
+    return int(config.num_train_steps)
+  return int(math.ceil(config.num_epochs * steps_per_epoch))
+
+
+# --- estimators' traced arguments --------------------------------------------------
+
+def estimator_args(config: ml_collections.ConfigDict, progress) -> dict:
+  """Arguments of every registered quantizer at a point of training (progress in [0, 1]).
+
+  Values are traced inside the step, so EDE's schedule advances without recompiling.
+  EDE's t follows IR-Net's epoch-wise log-linear schedule.
+  """
+  est = config.estimators
+  t, k = quantizers.ede_schedule(progress, est.ede_t_min, est.ede_t_max)
+  return {
+      "ste": {"clip_value": est.ste_clip_value},
+      "swish_sign": {"beta": est.swish_beta},
+      "ede": {"t": t, "k": k},
+  }
+
+
+# --- the steps ----------------------------------------------------------------------
+
+def _accuracy(logits, labels, k: int):
+  top = jax.lax.top_k(logits, min(k, logits.shape[-1]))[1]
+  return jnp.mean(jnp.any(top == labels[:, None], axis=-1))
+
+
+def train_step(state: TrainState, batch: dict, teacher: dict | None, *, config,
+               learning_rate_fn, steps_per_epoch: int, total_epochs: float, teacher_apply=None):
+  """One optimizer step on a global batch; returns (new state, metrics).
+
+  `teacher` is None or the frozen teacher's variables {'params', 'batch_stats'}, run in
+  inference mode with `teacher_apply`. Metrics are global-batch means.
+  """
+  loss_cfg = config.loss
+  epoch = state.step / steps_per_epoch
+  progress = jnp.minimum(jnp.floor(epoch) / max(total_epochs, 1e-9), 1.0)
+  est_args = estimator_args(config, progress)
+  teacher_logits = None
+  if teacher is not None:
+    teacher = jax.lax.stop_gradient(teacher)
+    teacher_logits = teacher_apply(teacher, batch["image"], train=False,
+                                   estimator_args=est_args)
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+        estimator_args=est_args, mutable=["batch_stats"])
+    parts = {"ce": losses.cross_entropy(logits, batch["label"])}
+    kurt, per_layer = losses.kurtosis_loss(
+        params, loss_cfg.kurtosis_target, loss_cfg.kurtosis_mode,
+        loss_cfg.kurtosis_include_shortcuts)
+    parts["kurtosis"] = kurt
+    kurt_on = (epoch >= loss_cfg.kurtosis_start_epoch).astype(jnp.float32)
+    total = loss_cfg.ce_weight * parts["ce"] + loss_cfg.kurtosis_weight * kurt_on * kurt
+    parts["wdm"] = parts["kd"] = jnp.zeros(())
+    if teacher is not None:
+      parts["wdm"] = losses.wdm_loss(
+          teacher["params"], params, loss_cfg.wdm_form,
+          include_shortcuts=loss_cfg.wdm_include_shortcuts, **_wdm_kwargs(loss_cfg))
+      parts["kd"] = losses.distillation_loss(logits, teacher_logits)
+      total += loss_cfg.wdm_weight * parts["wdm"] + loss_cfg.kd_weight * parts["kd"]
+    return total, (logits, updates["batch_stats"], parts, per_layer)
+
+  (loss, (logits, new_stats, parts, per_layer)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
+  updates = jax.tree_util.tree_map(jnp.subtract, new_state.params, state.params)
+  metrics = {
+      "train/loss": loss,
+      **{f"train/{k}": v for k, v in parts.items()},
+      "train/accuracy": _accuracy(logits, batch["label"], 1),
+      "train/top5_accuracy": _accuracy(logits, batch["label"], 5),
+      "train/learning_rate": learning_rate_fn(state.step),
+      "train/ede_t": est_args["ede"]["t"],
+      "norms/params": optax.global_norm(state.params),
+      "norms/grads": optax.global_norm(grads),
+      "norms/updates": optax.global_norm(updates),
+      **{f"kurtosis/{k}": v for k, v in per_layer.items()},
+  }
+  return new_state, metrics
+
+
+def _wdm_kwargs(loss_cfg) -> dict:
+  return {"temperature": loss_cfg.wdm_temperature} if loss_cfg.wdm_form == "softmax_kl" else {}
+
+
+def eval_step(state: TrainState, batch: dict, *, config, progress: float = 1.0):
+  """Sums of loss, correct predictions and examples over the valid rows of a padded batch."""
+  logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                          batch["image"], train=False,
+                          estimator_args=estimator_args(config, progress))
+  mask = batch["mask"].astype(jnp.float32)
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+  correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+  return {"loss": jnp.sum(nll * mask), "correct": jnp.sum(correct * mask),
+          "count": jnp.sum(mask)}
+
+
+# --- the loop ---------------------------------------------------------------------------
+
+def evaluate(p_eval_step, state, config, datasets, mesh) -> dict[str, float]:
+  """Loss and accuracy over the eval split (or config.steps_per_eval batches of it)."""
+  totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+  for i, batch in enumerate(input_pipeline.eval_batches(config, datasets.eval)):
+    if 0 < config.steps_per_eval <= i:
+      break
+    sums = jax.device_get(p_eval_step(state, sharding.global_batch(batch, mesh)))
+    for k in totals:
+      totals[k] += float(sums[k])
+  count = max(totals["count"], 1.0)
+  return {"eval/loss": totals["loss"] / count, "eval/accuracy": totals["correct"] / count}
+
+
+def _mean_metrics(history: list[dict]) -> dict[str, float]:
+  stacked = jax.device_get(history)
+  return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def _check_finite(step: int, metrics: dict[str, float]) -> None:
+  if not math.isfinite(metrics["train/loss"]):
+    parts = {k: v for k, v in metrics.items() if k.startswith("train/")}
+    raise NonFiniteLossError(
+        f"non-finite loss at step {step}: {parts}. Training stopped; the last good checkpoint "
+        "is kept. Lower the learning rate or the loss weights.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains the configured model on the configured data; writes metrics into workdir."""
+  # Mesh and input.
+  mesh = sharding.create_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+  datasets = input_pipeline.create_datasets(config)
+  info = datasets.info
+  steps_per_epoch = info.num_train // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"batch_size {config.batch_size} is larger than the {info.num_train} "
+                     "training examples; lower it")
+  total_steps = num_train_steps(config, steps_per_epoch)
+  total_epochs = total_steps / steps_per_epoch
+  train_iter = iter(input_pipeline.create_train_loader(config, datasets.train, config.seed))
+
+  # Model and optimizer.
+  model = create_model(config, info.num_classes)
+  learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch)
+  state = create_train_state(jax.random.PRNGKey(config.seed), config, model, info.image_shape,
+                             learning_rate_fn)
+  state = sharding.replicate(state, mesh)
+
+  # Update and eval steps, jitted over the mesh; the state is donated.
+  p_train_step = jax.jit(
+      functools.partial(train_step, config=config, learning_rate_fn=learning_rate_fn,
+                        steps_per_epoch=steps_per_epoch, total_epochs=total_epochs),
+      donate_argnums=(0,))
+  p_eval_step = jax.jit(functools.partial(eval_step, config=config))
+
+  writer = MetricWriter(workdir)
+  eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
+  history, start = [], time.time()
+  log.info("training %s (%s) for %d steps (%.1f epochs of %d steps)", config.model.name,
+           config.model.precision, total_steps, total_epochs, steps_per_epoch)
+  for step in range(int(state.step), total_steps):
+    batch = sharding.global_batch(next(train_iter), mesh)
+    state, metrics = p_train_step(state, batch, None)
+    history.append(metrics)
+    done = step + 1
+    if done % config.log_every_steps == 0 or done == total_steps:
+      summary = _mean_metrics(history)
+      _check_finite(done, summary)
+      summary["train/images_per_second"] = (
+          len(history) * config.batch_size / (time.time() - start))
+      writer.write(done, done / steps_per_epoch, summary)
+      history, start = [], time.time()
+    if done % eval_every == 0 or done == total_steps:
+      writer.write(done, done / steps_per_epoch, evaluate(p_eval_step, state, config,
+                                                          datasets, mesh))
+  writer.close()
+  return state

@@ -1,0 +1,21 @@
+"""Shared test fixtures."""
+
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+@pytest.fixture
+def digits_config():
+  """configs/default.py shrunk to a few steps, for end-to-end tests."""
+  from configs import default
+
+  config = default.get_config()
+  config.num_train_steps = 30
+  config.log_every_steps = 10
+  config.eval_every_epochs = 100.0
+  return config
