@@ -190,9 +190,9 @@ def train_step(state: TrainState, batch: dict, teacher: dict | None, *, config,
       "train/top5_accuracy": _accuracy(logits, batch["label"], 5),
       "train/learning_rate": learning_rate_fn(state.step),
       "train/ede_t": est_args["ede"]["t"],
-      "norms/params": optax.global_norm(state.params),
-      "norms/grads": optax.global_norm(grads),
-      "norms/updates": optax.global_norm(updates),
+      "norms/params": optax.tree.norm(state.params),
+      "norms/grads": optax.tree.norm(grads),
+      "norms/updates": optax.tree.norm(updates),
       **{f"kurtosis/{k}": v for k, v in per_layer.items()},
   }
   return new_state, metrics
