@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 from absl import flags, logging
 
-from bmd_jax.data import digits, image_folder, transforms
+from bmd_jax.data import digits, image_folder, in_memory, transforms
 
 AUGMENTATIONS = ("none", "cifar", "imagenet")
 
@@ -106,6 +106,12 @@ def _auto(config: ml_collections.ConfigDict) -> Datasets:
 DATASETS = {"digits": _digits, "image_folder": _image_folder, "tfds": _tfds, "auto": _auto}
 
 
+def _cached(datasets: Datasets) -> Datasets:
+  """Both splits decoded once into memory (config.cache_decoded_images)."""
+  return dataclasses.replace(datasets, train=in_memory.load_into_memory(datasets.train),
+                             eval=in_memory.load_into_memory(datasets.eval))
+
+
 def create_datasets(config: ml_collections.ConfigDict) -> Datasets:
   """The train and eval sources named by config.dataset, with their description."""
   name = config.dataset
@@ -113,7 +119,10 @@ def create_datasets(config: ml_collections.ConfigDict) -> Datasets:
     raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
   if config.get("augment", "none") not in AUGMENTATIONS:
     raise ValueError(f"unknown augment {config.augment!r}; choose one of {AUGMENTATIONS}")
-  return DATASETS[name](config)
+  datasets = DATASETS[name](config)
+  if config.get("cache_decoded_images", False) and name != "digits":
+    datasets = _cached(datasets)
+  return datasets
 
 
 def _fixed_size(config) -> list:
@@ -121,25 +130,24 @@ def _fixed_size(config) -> list:
   return [] if config.dataset == "digits" else [transforms.ResizeCenterCrop(config.image_size)]
 
 
-def train_operations(config) -> list:
-  """Per-record operations of training: the config's augmentation, on uint8 images."""
+def train_operations(config, batch_size: int) -> list:
+  """The train loader's operations: augmentation (config.augment), batching, normalization."""
   augment = config.get("augment", "none")
-  if augment == "cifar":
-    return [transforms.CifarAugment(config.image_size)]
-  if augment == "imagenet":
-    return [transforms.ImagenetAugment(config.image_size)]
-  return _fixed_size(config)
+  per_record = ([transforms.ImagenetAugment(config.image_size)] if augment == "imagenet"
+                else _fixed_size(config))
+  per_batch = [transforms.CifarAugment(config.image_size)] if augment == "cifar" else []
+  return [*per_record, grain.transforms.Batch(batch_size, drop_remainder=True), *per_batch,
+          transforms.Normalize(config.mean, config.std)]
 
 
-def eval_operations(config) -> list:
-  """Per-record operations of evaluation (ImageNet: resize the shorter side, center crop)."""
+def eval_operations(config, batch_size: int) -> list:
+  """The eval loader's operations (ImageNet: resize the shorter side, center crop), batching
+  (the last batch may be short) and normalization."""
   if config.get("augment", "none") == "imagenet":
-    return [transforms.ResizeCenterCrop(config.image_size, _eval_resize_size(config))]
-  return _fixed_size(config)
-
-
-def _batch_operations(config, batch_size: int, drop_remainder: bool) -> list:
-  return [grain.transforms.Batch(batch_size, drop_remainder=drop_remainder),
+    per_record = [transforms.ResizeCenterCrop(config.image_size, _eval_resize_size(config))]
+  else:
+    per_record = _fixed_size(config)
+  return [*per_record, grain.transforms.Batch(batch_size, drop_remainder=False),
           transforms.Normalize(config.mean, config.std)]
 
 
@@ -174,7 +182,7 @@ def create_train_loader(config, source, seed: int) -> grain.DataLoader:
   batch_size = local_batch_size(config.batch_size)
   return grain.DataLoader(
       data_source=source, sampler=sampler,
-      operations=[*train_operations(config), *_batch_operations(config, batch_size, True)],
+      operations=train_operations(config, batch_size),
       worker_count=_worker_count(config))
 
 
@@ -186,7 +194,7 @@ def eval_batches(config, source) -> Iterator[dict]:
       num_epochs=1, seed=0)
   loader = grain.DataLoader(
       data_source=source, sampler=sampler,
-      operations=[*eval_operations(config), *_batch_operations(config, batch_size, False)],
+      operations=eval_operations(config, batch_size),
       worker_count=_worker_count(config))
   for batch in loader:
     n = len(batch["label"])

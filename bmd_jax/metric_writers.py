@@ -17,9 +17,15 @@ import jax
 log = logging.getLogger("bmd_jax")
 
 
+# The console shows these, in this order; every metric goes to the files.
+CONSOLE_KEYS = ("train/loss", "train/ce", "train/kurtosis", "train/wdm", "train/kd",
+                "train/accuracy", "train/learning_rate", "binary/flip_ratio",
+                "train/images_per_second", "eval/loss", "eval/accuracy")
+
+
 def _console_line(step: int, epoch: float, metrics: Mapping[str, float]) -> str:
-  # Per-layer kurtosis would flood the console; it stays in the files.
-  parts = [f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if not k.startswith("kurtosis/")]
+  parts = [f"{k.split('/')[-1] if k.startswith('train/') else k}={metrics[k]:.4g}"
+           for k in CONSOLE_KEYS if k in metrics]
   return f"step {step} (epoch {epoch:.2f}): " + " ".join(parts)
 
 
@@ -42,8 +48,9 @@ class MetricWriter:
   def write(self, step: int, epoch: float, metrics: Mapping[str, float]) -> None:
     if not self.active:
       return
-    scalars = {k: float(v) for k, v in metrics.items()}
-    record = {"step": int(step), "epoch": round(float(epoch), 4)}
+    labels = {k: v for k, v in metrics.items() if isinstance(v, str)}  # e.g. the stage
+    scalars = {k: float(v) for k, v in metrics.items() if k not in labels}
+    record = {"step": int(step), "epoch": round(float(epoch), 4), **labels}
     # JSON has no NaN/inf; write them as strings so the line stays valid JSON.
     record.update({k: v if math.isfinite(v) else str(v) for k, v in scalars.items()})
     self._jsonl.write(json.dumps(record) + "\n")
@@ -51,7 +58,8 @@ class MetricWriter:
       for k, v in scalars.items():
         self._tb.add_scalar(k, v, int(step))
     if self.console:
-      log.info(_console_line(step, epoch, scalars))
+      prefix = "".join(f"[{v}] " for v in labels.values())
+      log.info(prefix + _console_line(step, epoch, scalars))
 
   def close(self) -> None:
     if self._jsonl is not None:

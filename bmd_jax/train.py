@@ -14,6 +14,9 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import signal
+import sys
+import threading
 import time
 from typing import Any
 
@@ -23,9 +26,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import tqdm
 from flax.training import train_state
 
-from bmd_jax import input_pipeline, losses, models, quantizers, sharding
+from bmd_jax import checkpoint, input_pipeline, losses, models, quantizers, sharding
+from bmd_jax import stages as stages_lib
 from bmd_jax.metric_writers import MetricWriter
 
 log = logging.getLogger("bmd_jax")
@@ -229,6 +234,18 @@ def evaluate(p_eval_step, state, config, datasets, mesh) -> dict[str, float]:
   return {"eval/loss": totals["loss"] / count, "eval/accuracy": totals["correct"] / count}
 
 
+@jax.jit
+def binary_weight_stats(params, previous_signs, clip_value):
+  """Signs of the latent kernels, the share that flipped since `previous_signs`, and the
+  share of latent weights beyond the clip value (those get no STE gradient)."""
+  kernels = losses.binarized_kernels(params)
+  signs = {k: w >= 0 for k, w in kernels.items()}
+  total = sum(w.size for w in kernels.values())
+  flipped = sum(jnp.sum(signs[k] != previous_signs[k]) for k in kernels) / total
+  beyond = sum(jnp.sum(jnp.abs(w) > clip_value) for w in kernels.values()) / total
+  return signs, {"binary/flip_ratio": flipped, "binary/beyond_clip": beyond}
+
+
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
   stacked = jax.device_get(history)
   return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
@@ -238,20 +255,59 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
-def _check_finite(step: int, metrics: dict[str, float]) -> None:
-  if not math.isfinite(metrics["train/loss"]):
-    parts = {k: v for k, v in metrics.items() if k.startswith("train/")}
-    raise NonFiniteLossError(
-        f"non-finite loss at step {step}: {parts}. Training stopped; the last good checkpoint "
-        "is kept. Lower the learning rate or the loss weights.")
+class Preempted(Exception):
+  """Raised after SIGTERM once a checkpoint is written; main.py exits cleanly on it."""
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains the configured model on the configured data; writes metrics into workdir."""
-  # Mesh and input.
-  mesh = sharding.create_mesh()
-  sharding.check_batch_size(config.batch_size, mesh)
-  datasets = input_pipeline.create_datasets(config)
+def _check_finite(history: list[dict]) -> None:
+  losses_seen = jax.device_get([m["train/loss"] for m in history])
+  for i, value in enumerate(losses_seen):
+    if not math.isfinite(float(value)):
+      parts = {k: float(v) for k, v in jax.device_get(history[i]).items()
+               if k.startswith("train/")}
+      step = int(history[i]["_step"])
+      raise NonFiniteLossError(
+          f"non-finite loss at step {step}: {parts}. Training stopped; the last good "
+          "checkpoint is kept. Lower the learning rate or the loss weights.")
+
+
+class _SigtermFlag:
+  """Remembers a SIGTERM (a TPU pod's preemption notice) until the loop can save."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.received = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _progress_bar(total: int, initial: int, stage: str):
+  interactive = sys.stderr.isatty() and jax.process_index() == 0
+  return tqdm.tqdm(total=total, initial=initial, desc=stage, disable=not interactive,
+                   dynamic_ncols=True)
+
+
+def _teacher_variables(config, stage, workdir, model_for_teacher, image_shape):
+  """The frozen teacher's {'params', 'batch_stats'} for a stage, or None without one."""
+  if not config.get("teacher"):
+    return None
+  path = stages_lib.checkpoint_source(config.teacher, workdir, stage, "the teacher")
+  params, stats = initialized(jax.random.PRNGKey(0), model_for_teacher, image_shape)
+  return checkpoint.load_variables(path, {"params": params, "batch_stats": stats})
+
+
+def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dict:
+  """Runs (or resumes) one stage to its last step; returns what it measured."""
   info = datasets.info
   steps_per_epoch = info.num_train // config.batch_size
   if steps_per_epoch == 0:
@@ -259,41 +315,114 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                      "training examples; lower it")
   total_steps = num_train_steps(config, steps_per_epoch)
   total_epochs = total_steps / steps_per_epoch
+
+  # Input: this host's shard, resumable.
   train_iter = iter(input_pipeline.create_train_loader(config, datasets.train, config.seed))
 
-  # Model and optimizer.
+  # Model, optimizer and the optional frozen teacher.
   model = create_model(config, info.num_classes)
   learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch)
+  init = None
+  if config.get("init_from"):
+    path = stages_lib.checkpoint_source(config.init_from, workdir, stage, "initial weights")
+    params, stats = initialized(jax.random.PRNGKey(config.seed), model, info.image_shape)
+    init = checkpoint.load_variables(path, {"params": params, "batch_stats": stats})
   state = create_train_state(jax.random.PRNGKey(config.seed), config, model, info.image_shape,
-                             learning_rate_fn)
+                             learning_rate_fn, **(init or {}))
+  teacher_model = create_model(config, info.num_classes, config.get("teacher_precision"))
+  teacher = _teacher_variables(config, stage, workdir, teacher_model, info.image_shape)
+
+  # Sharding: replicated state and teacher, batches split over the data axis.
   state = sharding.replicate(state, mesh)
+  teacher = None if teacher is None else sharding.replicate(teacher, mesh)
+
+  # Checkpoint: resume from the newest of this stage, if any.
+  manager = checkpoint.create_manager(workdir, stage, config.checkpoint_keep)
+  restored = checkpoint.restore_latest(manager, checkpoint.abstract_like(state), train_iter)
+  if restored is not None:
+    state = restored[0]
+    log.info("stage %s: resumed from step %d", stage, int(state.step))
 
   # Update and eval steps, jitted over the mesh; the state is donated.
   p_train_step = jax.jit(
       functools.partial(train_step, config=config, learning_rate_fn=learning_rate_fn,
-                        steps_per_epoch=steps_per_epoch, total_epochs=total_epochs),
+                        steps_per_epoch=steps_per_epoch, total_epochs=total_epochs,
+                        teacher_apply=teacher_model.apply),
       donate_argnums=(0,))
   p_eval_step = jax.jit(functools.partial(eval_step, config=config))
 
-  writer = MetricWriter(workdir)
+  meta = {"stage": stage, "config": config.to_json()}
   eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
-  history, start = [], time.time()
-  log.info("training %s (%s) for %d steps (%.1f epochs of %d steps)", config.model.name,
-           config.model.precision, total_steps, total_epochs, steps_per_epoch)
-  for step in range(int(state.step), total_steps):
-    batch = sharding.global_batch(next(train_iter), mesh)
-    state, metrics = p_train_step(state, batch, None)
-    history.append(metrics)
-    done = step + 1
-    if done % config.log_every_steps == 0 or done == total_steps:
-      summary = _mean_metrics(history)
-      _check_finite(done, summary)
-      summary["train/images_per_second"] = (
-          len(history) * config.batch_size / (time.time() - start))
-      writer.write(done, done / steps_per_epoch, summary)
-      history, start = [], time.time()
-    if done % eval_every == 0 or done == total_steps:
-      writer.write(done, done / steps_per_epoch, evaluate(p_eval_step, state, config,
-                                                          datasets, mesh))
-  writer.close()
-  return state
+  checkpoint_every = config.checkpoint_every_steps
+  signs, _ = binary_weight_stats(state.params, losses_zero_signs(state.params), 1.0)
+  history, start, eval_metrics = [], time.time(), {}
+  first_step = int(state.step)
+  log.info("stage %s: %s (%s) for %d steps (%.1f epochs of %d steps), from step %d", stage,
+           config.model.name, config.model.precision, total_steps, total_epochs,
+           steps_per_epoch, first_step)
+  with _SigtermFlag() as sigterm, _progress_bar(total_steps, first_step, stage) as bar:
+    for step in range(first_step, total_steps):
+      batch = sharding.global_batch(next(train_iter), mesh)
+      state, metrics = p_train_step(state, batch, teacher)
+      metrics["_step"] = step + 1
+      history.append(metrics)
+      done = step + 1
+      bar.update(1)
+      epoch_end = done % steps_per_epoch == 0
+      if done % config.log_every_steps == 0 or done == total_steps:
+        _check_finite(history)
+        summary = _mean_metrics(history)
+        summary.pop("_step")
+        signs, weight_stats = binary_weight_stats(state.params, signs,
+                                                  config.estimators.ste_clip_value)
+        summary.update(jax.device_get(weight_stats))
+        summary["train/images_per_second"] = (
+            len(history) * config.batch_size / (time.time() - start))
+        writer.write(done, done / steps_per_epoch, {"stage": stage, **summary})
+        bar.set_postfix(loss=f"{summary['train/loss']:.3f}",
+                        acc=f"{summary['train/accuracy']:.3f}")
+        history, start = [], time.time()
+      if (done % checkpoint_every == 0 or epoch_end or done == total_steps
+          or sigterm.received):
+        _check_finite(history)  # never save a state that came from a non-finite step
+        checkpoint.save(manager, done, state, train_iter, meta,
+                        wait=sigterm.received or done == total_steps)
+      if done % eval_every == 0 or done == total_steps:
+        eval_metrics = evaluate(p_eval_step, state, config, datasets, mesh)
+        writer.write(done, done / steps_per_epoch, {"stage": stage, **eval_metrics})
+      if sigterm.received:
+        manager.close()
+        raise Preempted(f"SIGTERM received: stage {stage} saved at step {done} in "
+                        f"{checkpoint.stage_directory(workdir, stage)}; run the same command "
+                        "to resume")
+  manager.wait_until_finished()
+  manager.close()
+  if first_step >= total_steps:
+    log.info("stage %s: already complete (step %d)", stage, first_step)
+  return {"state": state, "eval": eval_metrics,
+          "train_step_compilations": p_train_step._cache_size()}
+
+
+def losses_zero_signs(params):
+  return {k: jnp.ones(w.shape, bool) for k, w in losses.binarized_kernels(params).items()}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs every stage of the config in order (see stages.py); returns each stage's results.
+
+  Resumes automatically from the newest checkpoint in workdir. Raises Preempted after a
+  SIGTERM (once the checkpoint is written) and NonFiniteLossError on a non-finite loss.
+  """
+  mesh = sharding.create_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+  datasets = input_pipeline.create_datasets(config)
+  writer = MetricWriter(workdir)
+  results = {}
+  try:
+    for stage in stages_lib.stage_list(config):
+      sharding.check_batch_size(stage.config.batch_size, mesh)
+      results[stage.name] = train_stage(stage.config, stage.name, workdir, datasets, mesh,
+                                        writer)
+  finally:
+    writer.close()
+  return results

@@ -66,10 +66,20 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.batch_size = 64
   config.eval_batch_size = 128
-  config.num_epochs = 40.0
+  config.num_epochs = 30.0
   config.num_train_steps = -1  # -1: from num_epochs
   config.steps_per_eval = -1  # -1: the whole eval split
 
   config.log_every_steps = 50
   config.eval_every_epochs = 10.0
+  config.checkpoint_every_steps = 200  # and at every epoch end
+  config.checkpoint_keep = 3
+
+  # Stages, run in order; each applies its overrides to the fields above (see
+  # bmd_jax/stages.py). init_from / teacher: an earlier stage's name or a checkpoint folder.
+  config.init_from = ""
+  config.teacher = ""
+  config.teacher_precision = "binary_activations"
+  config.stages = "train"
+  config.stage_overrides = ml_collections.ConfigDict({"train": {}})
   return config

@@ -111,24 +111,26 @@ def test_binary_conv_forward_all_precisions(cfg):
   rng = np.random.RandomState(1)
   x = _with_zeros(rng.randn(2, 7, 6, 3))
   features = 4
-  # Params come from a "binary" init and are used, unchanged, by every precision.
-  init_model = layers.BinaryConv(features=features, precision="binary", **cfg)
-  params = init_model.init(jax.random.PRNGKey(0), jnp.asarray(x))["params"]
-  w = _with_zeros(rng.randn(*params["latent_kernel"].shape), every=5)
-  params = dict(params, latent_kernel=jnp.asarray(w))
+  w = _with_zeros(rng.randn(*cfg["kernel_size"], 3, features), every=5)
+  # One parameter tree, used unchanged by every precision.
+  params = {"latent_kernel": jnp.asarray(w)}
   bias = None
   if cfg["use_bias"]:
     bias = rng.randn(features).astype(F32)
     params["bias"] = jnp.asarray(bias)
-  outs = {}
+  models = {p: layers.BinaryConv(features=features, precision=p, **cfg) for p in PRECISIONS}
+  # Its structure is what init makes (shapes only: no computation).
+  init_shapes = jax.eval_shape(models["binary"].init, jax.random.PRNGKey(0), jnp.asarray(x))
+  assert jax.tree_util.tree_map(lambda a: a.shape, init_shapes["params"]) == \
+      jax.tree_util.tree_map(lambda a: a.shape, params)
+  outs = jax.jit(lambda prm, v: {p: m.apply({"params": prm}, v) for p, m in models.items()})(
+      params, jnp.asarray(x))
   for precision in PRECISIONS:
-    model = layers.BinaryConv(features=features, precision=precision, **cfg)
-    y = jax.jit(model.apply)({"params": params}, jnp.asarray(x))
+    y = outs[precision]
     ref = _conv_reference(precision, x, w, cfg, bias)
     assert y.shape == ref.shape
     assert y.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=1e-5, atol=1e-4)
-    outs[precision] = np.asarray(y)
   # The three precisions really compute different things.
   assert not np.allclose(outs["full"], outs["binary_activations"])
   assert not np.allclose(outs["binary_activations"], outs["binary"])
@@ -138,7 +140,6 @@ def test_binary_conv_sign_of_zero_is_plus_one():
   """All-zero input and kernel column: sign(0) = +1 everywhere (jnp.sign would give 0)."""
   x = np.zeros((1, 3, 3, 2), F32)
   model = layers.BinaryConv(features=2, kernel_size=(1, 1), precision="binary")
-  params = model.init(jax.random.PRNGKey(0), jnp.asarray(x))["params"]
   w = np.array([[[[0.0, -2.0], [0.0, 1.0]]]], F32)          # (1, 1, 2 in, 2 out)
   y = model.apply({"params": {"latent_kernel": jnp.asarray(w)}}, jnp.asarray(x))
   # Channel 0: alpha 0 (mean |0|); channel 1: alpha 1.5, sign(x)=+1, sign(w)=(-1, +1) -> 0.
@@ -157,9 +158,9 @@ def test_binary_conv_scale_modes(scale_mode):
   rng = np.random.RandomState(2)
   x = _with_zeros(rng.randn(1, 5, 5, 3))
   model = layers.BinaryConv(features=3, precision="binary", scale_mode=scale_mode)
-  params = model.init(jax.random.PRNGKey(1), jnp.asarray(x))["params"]
-  w = np.asarray(params["latent_kernel"], np.float64)
-  y = jax.jit(model.apply)({"params": params}, jnp.asarray(x))
+  w = (rng.randn(3, 3, 3, 3) * [0.1, 1.0, 3.0] + [0.0, 0.5, -1.0]).astype(F32)
+  y = jax.jit(model.apply)({"params": {"latent_kernel": jnp.asarray(w)}}, jnp.asarray(x))
+  w = w.astype(np.float64)
   flat = w.reshape(-1, w.shape[-1])
   if scale_mode == "none":
     wb = _sign_np(w)
@@ -178,10 +179,8 @@ def test_binary_conv_scale_modes(scale_mode):
 def test_binary_dense_forward_all_precisions(use_bias):
   rng = np.random.RandomState(3)
   x = _with_zeros(rng.randn(5, 6))
-  init_model = layers.BinaryDense(features=4, precision="full", use_bias=use_bias)
-  params = dict(init_model.init(jax.random.PRNGKey(0), jnp.asarray(x))["params"])
   w = _with_zeros(rng.randn(6, 4), every=5)
-  params["latent_kernel"] = jnp.asarray(w)
+  params = {"latent_kernel": jnp.asarray(w)}
   b = np.zeros(4)
   if use_bias:
     b = rng.randn(4).astype(F32)
@@ -192,9 +191,12 @@ def test_binary_dense_forward_all_precisions(use_bias):
       "binary_activations": xs @ w + b,
       "binary": xs @ (_mean_abs_np(w) * ws) + b,
   }
+  models = {p: layers.BinaryDense(features=4, precision=p, use_bias=use_bias)
+            for p in PRECISIONS}
+  outs = jax.jit(lambda prm, v: {p: m.apply({"params": prm}, v) for p, m in models.items()})(
+      params, jnp.asarray(x))
   for precision in PRECISIONS:
-    model = layers.BinaryDense(features=4, precision=precision, use_bias=use_bias)
-    y = model.apply({"params": params}, jnp.asarray(x))
+    y = outs[precision]
     assert y.shape == (5, 4)
     np.testing.assert_allclose(np.asarray(y, np.float64), refs[precision], rtol=1e-5, atol=1e-5)
   assert not np.allclose(refs["full"], refs["binary_activations"])
@@ -205,9 +207,10 @@ def test_binary_dense_bfloat16():
   rng = np.random.RandomState(4)
   x = rng.randn(3, 16).astype(F32)
   model = layers.BinaryDense(features=5, precision="binary", dtype=jnp.bfloat16)
-  params = model.init(jax.random.PRNGKey(2), jnp.asarray(x))["params"]
-  assert params["latent_kernel"].dtype == jnp.float32          # latent weights stay f32
-  y = model.apply({"params": params}, jnp.asarray(x))
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(2), jnp.asarray(x))["params"]
+  assert shapes["latent_kernel"].dtype == jnp.float32          # latent weights stay f32
+  params = {"latent_kernel": jnp.asarray(rng.randn(16, 5).astype(F32))}
+  y = jax.jit(model.apply)({"params": params}, jnp.asarray(x))
   assert y.dtype == jnp.bfloat16
   w = np.asarray(params["latent_kernel"])
   ref = _sign_np(x) @ (_mean_abs_np(w) * _sign_np(w))
@@ -217,34 +220,46 @@ def test_binary_dense_bfloat16():
 # --- parameters ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["conv", "dense"])
-@pytest.mark.parametrize("use_bias", [False, True])
-def test_param_tree_identical_across_precisions(kind, use_bias):
-  if kind == "conv":
-    x = jnp.ones((1, 5, 5, 3))
-    make = lambda p: layers.BinaryConv(features=4, precision=p, use_bias=use_bias)
-    kernel_shape = (3, 3, 3, 4)
-  else:
-    x = jnp.ones((2, 3))
-    make = lambda p: layers.BinaryDense(features=4, precision=p, use_bias=use_bias)
-    kernel_shape = (3, 4)
-  trees = {}
-  for p in PRECISIONS:
-    variables = make(p).init(jax.random.PRNGKey(0), x)
-    assert set(variables) == {"params"}
-    trees[p] = _flat(variables["params"])
-  expected_keys = {"latent_kernel"} | ({"bias"} if use_bias else set())
-  for p in PRECISIONS:
-    assert set(trees[p]) == expected_keys
-    assert trees[p]["latent_kernel"].shape == kernel_shape
-    assert trees[p]["latent_kernel"].dtype == jnp.float32
-    for key in trees[p]:
-      assert trees[p][key].shape == trees["full"][key].shape
-      np.testing.assert_array_equal(np.asarray(trees[p][key]), np.asarray(trees["full"][key]))
-  # A tree from one precision applies unchanged in every other.
-  for p_from in PRECISIONS:
-    for p_to in PRECISIONS:
-      make(p_to).apply({"params": flax.core.unfreeze(
-          make(p_from).init(jax.random.PRNGKey(1), x))["params"]}, x)
+def test_param_tree_identical_across_precisions(kind):
+  for use_bias in (False, True):
+    if kind == "conv":
+      x = jnp.asarray(np.random.RandomState(11).randn(1, 5, 5, 3).astype(F32))
+      make = lambda p: layers.BinaryConv(features=4, precision=p, use_bias=use_bias)
+      kernel_shape = (3, 3, 3, 4)
+    else:
+      x = jnp.asarray(np.random.RandomState(11).randn(2, 3).astype(F32))
+      make = lambda p: layers.BinaryDense(features=4, precision=p, use_bias=use_bias)
+      kernel_shape = (3, 4)
+    models = {p: make(p) for p in PRECISIONS}
+
+    @jax.jit
+    def init_all_and_cross_apply(key, v):
+      trees = {p: m.init(key, v) for p, m in models.items()}
+      # The tree from each precision, unchanged, applied in every other precision.
+      cross = {(pf, pt): models[pt].apply(trees[pf], v) for pf in PRECISIONS for pt in PRECISIONS}
+      return trees, cross
+
+    variables, cross = init_all_and_cross_apply(jax.random.PRNGKey(0), x)
+    expected_keys = {"latent_kernel"} | ({"bias"} if use_bias else set())
+    trees = {}
+    for p in PRECISIONS:
+      assert set(variables[p]) == {"params"}
+      trees[p] = _flat(variables[p]["params"])
+      assert set(trees[p]) == expected_keys
+      assert trees[p]["latent_kernel"].shape == kernel_shape
+      assert trees[p]["latent_kernel"].dtype == jnp.float32
+      if use_bias:
+        assert trees[p]["bias"].shape == (4,)
+    for p in PRECISIONS:                          # same paths, shapes and (same key) values
+      for key in trees[p]:
+        assert trees[p][key].shape == trees["full"][key].shape
+        np.testing.assert_array_equal(np.asarray(trees[p][key]), np.asarray(trees["full"][key]))
+    for pt in PRECISIONS:                         # identical trees give identical outputs
+      for pf in PRECISIONS:
+        np.testing.assert_array_equal(np.asarray(cross[(pf, pt)]),
+                                      np.asarray(cross[("full", pt)]))
+    assert not np.allclose(np.asarray(cross[("full", "full")]),
+                           np.asarray(cross[("full", "binary")]))
 
 
 def test_kernel_param_is_named_latent_kernel_inside_a_model():
@@ -258,7 +273,7 @@ def test_kernel_param_is_named_latent_kernel_inside_a_model():
       x = x.reshape(x.shape[0], -1)
       return layers.BinaryDense(features=2, name="fc")(x)
 
-  params = Net().init(jax.random.PRNGKey(0), jnp.ones((1, 4, 4, 2)))["params"]
+  params = jax.eval_shape(Net().init, jax.random.PRNGKey(0), jnp.ones((1, 4, 4, 2)))["params"]
   flat = _flat(params)
   assert set(flat) == {"conv1/latent_kernel", "act/shift_in", "act/slope", "act/shift_out",
                        "fc/latent_kernel"}
@@ -279,8 +294,9 @@ def test_estimator_args_reach_kernel_quantizer_dense():
   c = rng.randn(4, 3).astype(F32)
   model = layers.BinaryDense(features=3, precision="binary", input_quantizer="ste",
                              kernel_quantizer="ede")
-  params = model.init(jax.random.PRNGKey(3), jnp.asarray(x))["params"]
-  w = np.asarray(params["latent_kernel"], np.float64)
+  w = (rng.randn(6, 3) * 0.7).astype(F32)
+  params = {"latent_kernel": jnp.asarray(w)}
+  w = w.astype(np.float64)
   traces = []
 
   @jax.jit
@@ -306,8 +322,9 @@ def test_estimator_args_reach_kernel_quantizer_conv():
   rng = np.random.RandomState(6)
   x = rng.randn(2, 5, 5, 3).astype(F32)
   model = layers.BinaryConv(features=4, precision="binary", kernel_quantizer="ede")
-  params = model.init(jax.random.PRNGKey(4), jnp.asarray(x))["params"]
-  w = np.asarray(params["latent_kernel"], np.float64)
+  w = (rng.randn(3, 3, 3, 4) * 0.5).astype(F32)
+  params = {"latent_kernel": jnp.asarray(w)}
+  w = w.astype(np.float64)
   c = rng.randn(2, 5, 5, 4).astype(F32)
 
   @jax.jit
@@ -335,8 +352,9 @@ def test_estimator_args_reach_input_quantizer(precision):
   c = rng.randn(4, 3).astype(F32)
   model = layers.BinaryDense(features=3, precision=precision, input_quantizer="ede",
                              kernel_quantizer="ste")
-  params = model.init(jax.random.PRNGKey(5), jnp.asarray(x))["params"]
-  w = np.asarray(params["latent_kernel"], np.float64)
+  w = rng.randn(6, 3).astype(F32)
+  params = {"latent_kernel": jnp.asarray(w)}
+  w = w.astype(np.float64)
   kernel = w if precision == "binary_activations" else _mean_abs_np(w) * _sign_np(w)
   grad_x = jax.jit(jax.grad(lambda v, t: jnp.sum(
       model.apply({"params": params}, v, estimator_args={"ede": {"t": t, "k": 1.0}}) * c)))
@@ -355,12 +373,19 @@ def test_default_quantizer_gradients_and_full_precision_gradient():
   x = rng.uniform(-2, 2, size=(5, 4)).astype(F32)
   x[0, :2] = [1.0, -1.0]
   c = rng.randn(5, 2).astype(F32)
+  w = rng.uniform(-1.5, 1.5, size=(4, 2)).astype(F32)
+  params = {"latent_kernel": jnp.asarray(w)}
+  w = w.astype(np.float64)
+  models = {p: layers.BinaryDense(features=2, precision=p) for p in PRECISIONS}
+
+  @jax.jit
+  def all_grads(v, prm):
+    return {p: jax.grad(lambda a, b: jnp.sum(m.apply({"params": b}, a) * c),
+                        argnums=(0, 1))(v, prm) for p, m in models.items()}
+
+  grads = all_grads(jnp.asarray(x), params)
   for precision in PRECISIONS:
-    model = layers.BinaryDense(features=2, precision=precision)
-    params = model.init(jax.random.PRNGKey(6), jnp.asarray(x))["params"]
-    w = np.asarray(params["latent_kernel"], np.float64)
-    gx, gp = jax.jit(jax.grad(lambda v, p: jnp.sum(model.apply({"params": p}, v) * c),
-                              argnums=(0, 1)))(jnp.asarray(x), params)
+    gx, gp = grads[precision]
     if precision == "full":
       exp_x, exp_w = c @ w.T, x.astype(np.float64).T @ c
     elif precision == "binary_activations":
@@ -451,7 +476,7 @@ def test_rprelu_dense_input_and_bfloat16():
 def test_unknown_precision_raises(make):
   x = jnp.ones((1, 4, 4, 3))
   with pytest.raises(ValueError) as info:
-    make().init(jax.random.PRNGKey(0), x)
+    jax.eval_shape(make().init, jax.random.PRNGKey(0), x)
   msg = str(info.value)
   assert "fp32" in msg
   for p in PRECISIONS:
@@ -469,8 +494,11 @@ def test_check_precision():
 def test_unknown_quantizer_or_scale_mode_raises():
   x = jnp.ones((2, 3))
   with pytest.raises(ValueError, match="quantizer"):
-    layers.BinaryDense(features=2, input_quantizer="nope").init(jax.random.PRNGKey(0), x)
+    jax.eval_shape(layers.BinaryDense(features=2, input_quantizer="nope").init,
+                   jax.random.PRNGKey(0), x)
   with pytest.raises(ValueError, match="quantizer"):
-    layers.BinaryDense(features=2, kernel_quantizer="nope").init(jax.random.PRNGKey(0), x)
+    jax.eval_shape(layers.BinaryDense(features=2, kernel_quantizer="nope").init,
+                   jax.random.PRNGKey(0), x)
   with pytest.raises(ValueError, match="scale_mode"):
-    layers.BinaryDense(features=2, scale_mode="nope").init(jax.random.PRNGKey(0), x)
+    jax.eval_shape(layers.BinaryDense(features=2, scale_mode="nope").init,
+                   jax.random.PRNGKey(0), x)

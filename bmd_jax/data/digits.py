@@ -8,24 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from bmd_jax.data.in_memory import ArraySource
+
 NUM_CLASSES = 10
 IMAGE_SHAPE = (8, 8, 1)
-
-
-class ArraySource:
-  """A random-access source over in-memory images and labels (grain's RandomAccessDataSource)."""
-
-  def __init__(self, images: np.ndarray, labels: np.ndarray):
-    if len(images) != len(labels):
-      raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    self.images = images
-    self.labels = labels
-
-  def __len__(self) -> int:
-    return len(self.labels)
-
-  def __getitem__(self, index: int) -> dict:
-    return {"image": self.images[index], "label": int(self.labels[index])}
 
 
 def digits_sources(test_fraction: float = 0.2, split_seed: int = 0):
