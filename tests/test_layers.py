@@ -231,35 +231,45 @@ def test_param_tree_identical_across_precisions(kind):
       make = lambda p: layers.BinaryDense(features=4, precision=p, use_bias=use_bias)
       kernel_shape = (3, 4)
     models = {p: make(p) for p in PRECISIONS}
-
-    @jax.jit
-    def init_all_and_cross_apply(key, v):
-      trees = {p: m.init(key, v) for p, m in models.items()}
-      # The tree from each precision, unchanged, applied in every other precision.
-      cross = {(pf, pt): models[pt].apply(trees[pf], v) for pf in PRECISIONS for pt in PRECISIONS}
-      return trees, cross
-
-    variables, cross = init_all_and_cross_apply(jax.random.PRNGKey(0), x)
+    # Shapes only, no computation: random init compiles slowly on CPU (and the models'
+    # tests run real inits).
+    shapes = {p: jax.eval_shape(m.init, jax.random.PRNGKey(0), x) for p, m in models.items()}
+    for p in PRECISIONS:
+      assert jax.tree_util.tree_structure(shapes[p]) == \
+          jax.tree_util.tree_structure(shapes["full"])
+    # Concrete values for the "full" tree; every precision applies that same tree.
+    kernel = jnp.asarray(np.random.RandomState(12).randn(*kernel_shape).astype(F32))
+    tree = jax.tree_util.tree_map(lambda a: jnp.full(a.shape, 0.5, a.dtype), shapes["full"])
+    tree["params"]["latent_kernel"] = kernel
+    variables = {p: jax.tree_util.tree_map(lambda a, t: t, shapes[p], tree) for p in PRECISIONS}
+    # The tree from each precision, unchanged, applied in every other precision.
+    cross = {(pf, pt): models[pt].apply(variables[pf], x)
+             for pf in PRECISIONS for pt in PRECISIONS}
     expected_keys = {"latent_kernel"} | ({"bias"} if use_bias else set())
     trees = {}
     for p in PRECISIONS:
-      assert set(variables[p]) == {"params"}
-      trees[p] = _flat(variables[p]["params"])
+      assert set(shapes[p]) == {"params"}
+      trees[p] = _flat(shapes[p]["params"])       # what init makes for this precision
       assert set(trees[p]) == expected_keys
       assert trees[p]["latent_kernel"].shape == kernel_shape
       assert trees[p]["latent_kernel"].dtype == jnp.float32
       if use_bias:
         assert trees[p]["bias"].shape == (4,)
-    for p in PRECISIONS:                          # same paths, shapes and (same key) values
+    for p in PRECISIONS:                          # same paths, shapes and dtypes
       for key in trees[p]:
         assert trees[p][key].shape == trees["full"][key].shape
-        np.testing.assert_array_equal(np.asarray(trees[p][key]), np.asarray(trees["full"][key]))
+        assert trees[p][key].dtype == trees["full"][key].dtype
     for pt in PRECISIONS:                         # identical trees give identical outputs
       for pf in PRECISIONS:
         np.testing.assert_array_equal(np.asarray(cross[(pf, pt)]),
                                       np.asarray(cross[("full", pt)]))
     assert not np.allclose(np.asarray(cross[("full", "full")]),
                            np.asarray(cross[("full", "binary")]))
+    # The "full" output is the plain product with the latent kernel.
+    xf = np.asarray(x, np.float64)
+    ref = _conv_np(xf, kernel) if kind == "conv" else xf @ np.asarray(kernel, np.float64)
+    np.testing.assert_allclose(np.asarray(cross[("binary", "full")]),
+                               ref + (0.5 if use_bias else 0.0), rtol=1e-5, atol=1e-4)
 
 
 def test_kernel_param_is_named_latent_kernel_inside_a_model():
