@@ -76,10 +76,21 @@ def load_variables(path: str, expected: dict) -> dict:
     if not steps:
       raise FileNotFoundError(f"no checkpoint in {path}")
     step_dir = os.path.join(path, str(max(steps)))
-  raw = ocp.StandardCheckpointer().restore(os.path.join(step_dir, "state"))
+  raw = read_state(os.path.join(step_dir, "state"))
   variables = {"params": raw["params"], "batch_stats": raw.get("batch_stats", {})}
   _check_shapes(expected, variables, step_dir)
   return jax.tree_util.tree_map(np.asarray, variables)
+
+
+def read_state(path: str) -> dict:
+  """A saved train state as host numpy arrays, whatever device layout it was saved from
+  (8 devices, several processes, FSDP): restored onto this process's first device."""
+  checkpointer = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      checkpointer.metadata(path).item_metadata.tree)
+  return jax.device_get(checkpointer.restore(path, target))
 
 
 def _check_shapes(expected: dict, given: dict, where: str) -> None:

@@ -224,7 +224,8 @@ def eval_step(state: TrainState, batch: dict, *, config, progress: float = 1.0):
 def evaluate(p_eval_step, state, config, datasets, mesh) -> dict[str, float]:
   """Loss and accuracy over the eval split (or config.steps_per_eval batches of it)."""
   totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-  for i, batch in enumerate(input_pipeline.eval_batches(config, datasets.eval)):
+  batches = sharding.equal_batch_count(input_pipeline.eval_batches(config, datasets.eval))
+  for i, batch in enumerate(batches):
     if 0 < config.steps_per_eval <= i:
       break
     sums = jax.device_get(p_eval_step(state, sharding.global_batch(batch, mesh)))
@@ -332,8 +333,10 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
   teacher_model = create_model(config, info.num_classes, config.get("teacher_precision"))
   teacher = _teacher_variables(config, stage, workdir, teacher_model, info.image_shape)
 
-  # Sharding: replicated state and teacher, batches split over the data axis.
-  state = sharding.replicate(state, mesh)
+  # Sharding: batches split over the data axis; the state replicated, or split with
+  # config.fsdp; the teacher replicated.
+  state_shardings = sharding.state_sharding(state, mesh, config.get("fsdp", False))
+  state = sharding.place(state, state_shardings)
   teacher = None if teacher is None else sharding.replicate(teacher, mesh)
 
   # Checkpoint: resume from the newest of this stage, if any.
@@ -344,12 +347,17 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
     log.info("stage %s: resumed from step %d", stage, int(state.step))
 
   # Update and eval steps, jitted over the mesh; the state is donated.
+  replicated = sharding.replicated_sharding(mesh)
+  batch_sharding = sharding.batch_sharding(mesh)
   p_train_step = jax.jit(
       functools.partial(train_step, config=config, learning_rate_fn=learning_rate_fn,
                         steps_per_epoch=steps_per_epoch, total_epochs=total_epochs,
                         teacher_apply=teacher_model.apply),
-      donate_argnums=(0,))
-  p_eval_step = jax.jit(functools.partial(eval_step, config=config))
+      in_shardings=(state_shardings, batch_sharding, replicated),
+      out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+  p_eval_step = jax.jit(functools.partial(eval_step, config=config),
+                        in_shardings=(state_shardings, batch_sharding),
+                        out_shardings=replicated)
 
   meta = {"stage": stage, "config": config.to_json()}
   eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
@@ -413,8 +421,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Resumes automatically from the newest checkpoint in workdir. Raises Preempted after a
   SIGTERM (once the checkpoint is written) and NonFiniteLossError on a non-finite loss.
   """
-  mesh = sharding.create_mesh()
-  sharding.check_batch_size(config.batch_size, mesh)
+  mesh = sharding.mesh_from_config(config)
   datasets = input_pipeline.create_datasets(config)
   writer = MetricWriter(workdir)
   results = {}

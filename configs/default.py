@@ -70,6 +70,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_train_steps = -1  # -1: from num_epochs
   config.steps_per_eval = -1  # -1: the whole eval split
 
+  # Devices: num_devices=-1 uses every device of every process; fsdp shards the
+  # parameters and optimizer state over the data axis (large leaves only).
+  config.num_devices = -1
+  config.fsdp = False
+
   config.log_every_steps = 50
   config.eval_every_epochs = 10.0
   config.checkpoint_every_steps = 200  # and at every epoch end

@@ -1,0 +1,86 @@
+"""Training images per second against the number of devices in the data-parallel mesh.
+
+    python bench/scaling.py --simulated_devices=8 [--model=small_cnn --batch_size=256]
+
+With --simulated_devices=N (CPU), XLA splits this machine's cores into N devices, so the
+figures show the cost of sharding (collectives, smaller per-device work), not a speed-up;
+on a GPU/TPU host leave it out and the mesh runs over the real devices. For each device count
+that divides the global batch (1, 2, 4, ...), the train step of bmd_jax.train is jitted over
+a mesh of that many devices, exactly as train.train_stage does, and timed on random data.
+Prints one JSON line per device count.
+"""
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+
+
+def parse():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--simulated_devices", type=int, default=0)
+  parser.add_argument("--model", default="small_cnn")
+  parser.add_argument("--image_size", type=int, default=8)
+  parser.add_argument("--channels", type=int, default=1)
+  parser.add_argument("--batch_size", type=int, default=256, help="global batch")
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--fsdp", action="store_true")
+  return parser.parse_args()
+
+
+def main():
+  args = parse()
+  if args.simulated_devices:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={args.simulated_devices}")
+    os.environ["JAX_PLATFORMS"] = "cpu"
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  import jax
+  import numpy as np
+  from bmd_jax import sharding, train
+  from configs import default
+
+  config = default.get_config()
+  config.model.name = args.model
+  shape = (args.image_size, args.image_size, args.channels)
+  model = train.create_model(config, 10)
+  lr_fn = train.create_learning_rate_fn(config, 100)
+  state0 = jax.device_get(train.create_train_state(jax.random.PRNGKey(0), config, model,
+                                                   shape, lr_fn))
+  rng = np.random.default_rng(0)
+  local = {"image": rng.normal(size=(args.batch_size, *shape)).astype(np.float32),
+           "label": rng.integers(0, 10, args.batch_size).astype(np.int32)}
+  step_fn = functools.partial(train.train_step, config=config, learning_rate_fn=lr_fn,
+                              steps_per_epoch=100, total_epochs=1.0, teacher_apply=model.apply)
+  count = 1
+  while count <= jax.device_count():
+    if args.batch_size % count == 0:
+      mesh = sharding.create_mesh(num_devices=count)
+      shardings = sharding.state_sharding(state0, mesh, args.fsdp)
+      state = sharding.place(state0, shardings)
+      batch = sharding.global_batch(local, mesh)
+      replicated = sharding.replicated_sharding(mesh)
+      step = jax.jit(step_fn, in_shardings=(shardings, sharding.batch_sharding(mesh),
+                                            replicated),
+                     out_shardings=(shardings, replicated), donate_argnums=(0,))
+      for _ in range(2):  # compile and warm up
+        state, metrics = step(state, batch, None)
+      jax.block_until_ready(metrics)
+      start = time.perf_counter()
+      for _ in range(args.steps):
+        state, metrics = step(state, batch, None)
+      jax.block_until_ready((state, metrics))
+      seconds = time.perf_counter() - start
+      print(json.dumps({
+          "devices": count, "platform": jax.devices()[0].platform,
+          "device_kind": jax.devices()[0].device_kind, "model": args.model,
+          "global_batch": args.batch_size, "fsdp": args.fsdp,
+          "images_per_second": round(args.steps * args.batch_size / seconds, 1),
+          "ms_per_step": round(1000 * seconds / args.steps, 2)}), flush=True)
+    count *= 2
+
+
+if __name__ == "__main__":
+  main()
