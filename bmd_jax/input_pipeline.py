@@ -119,34 +119,45 @@ def create_datasets(config: ml_collections.ConfigDict) -> Datasets:
     raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
   if config.get("augment", "none") not in AUGMENTATIONS:
     raise ValueError(f"unknown augment {config.augment!r}; choose one of {AUGMENTATIONS}")
+  channels = digits.IMAGE_SHAPE[-1] if name == "digits" else config.channels
+  if channels not in (1, 3):
+    raise ValueError(f"config.channels must be 1 (greyscale) or 3 (RGB), got {channels}")
+  for field in ("mean", "std"):
+    if len(config[field]) not in (1, channels):
+      raise ValueError(f"config.{field} has {len(config[field])} values for images of "
+                       f"{channels} channels; give {channels} (or 1)")
   datasets = DATASETS[name](config)
   if config.get("cache_decoded_images", False) and name != "digits":
     datasets = _cached(datasets)
   return datasets
 
 
-def _fixed_size(config) -> list:
-  """Resizes images that are not image_size square (no-op for those that are)."""
-  return [] if config.dataset == "digits" else [transforms.ResizeCenterCrop(config.image_size)]
+def _fixed_size(config, source) -> list:
+  """Resizes images that are not image_size square, unless the source's are known to be
+  (a no-op map still costs grain ~25% of a cached CIFAR image's time)."""
+  known = getattr(source, "image_shape", None)
+  if known is not None and tuple(known[:2]) == (config.image_size, config.image_size):
+    return []
+  return [transforms.ResizeCenterCrop(config.image_size)]
 
 
-def train_operations(config, batch_size: int) -> list:
+def train_operations(config, source, batch_size: int) -> list:
   """The train loader's operations: augmentation (config.augment), batching, normalization."""
   augment = config.get("augment", "none")
   per_record = ([transforms.ImagenetAugment(config.image_size)] if augment == "imagenet"
-                else _fixed_size(config))
+                else _fixed_size(config, source))
   per_batch = [transforms.CifarAugment(config.image_size)] if augment == "cifar" else []
   return [*per_record, grain.transforms.Batch(batch_size, drop_remainder=True), *per_batch,
           transforms.Normalize(config.mean, config.std)]
 
 
-def eval_operations(config, batch_size: int) -> list:
+def eval_operations(config, source, batch_size: int) -> list:
   """The eval loader's operations (ImageNet: resize the shorter side, center crop), batching
   (the last batch may be short) and normalization."""
   if config.get("augment", "none") == "imagenet":
     per_record = [transforms.ResizeCenterCrop(config.image_size, _eval_resize_size(config))]
   else:
-    per_record = _fixed_size(config)
+    per_record = _fixed_size(config, source)
   return [*per_record, grain.transforms.Batch(batch_size, drop_remainder=False),
           transforms.Normalize(config.mean, config.std)]
 
@@ -174,6 +185,19 @@ def _worker_count(config) -> int:
   return workers
 
 
+def _read_options(source) -> grain.ReadOptions:
+  """Threads that read (decode) records ahead of the operations, in each process.
+
+  grain's default (16 threads, 500 records ahead) was the slowest setting measured on 2 cores
+  (docs/BENCHMARKS.md): the threads contend for the GIL, and grain checks every buffered record
+  on every read. Sources in memory need no read-ahead; decoding ones get 2 threads (Pillow
+  decodes without holding the GIL, so they overlap with the operations and the train step).
+  """
+  if isinstance(source, in_memory.ArraySource):
+    return grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+  return grain.ReadOptions(num_threads=2, prefetch_buffer_size=32)
+
+
 def create_train_loader(config, source, seed: int) -> grain.DataLoader:
   """An endless, shuffled, augmented loader of this host's batches (drop_remainder)."""
   sampler = grain.samplers.IndexSampler(
@@ -182,20 +206,24 @@ def create_train_loader(config, source, seed: int) -> grain.DataLoader:
   batch_size = local_batch_size(config.batch_size)
   return grain.DataLoader(
       data_source=source, sampler=sampler,
-      operations=train_operations(config, batch_size),
-      worker_count=_worker_count(config))
+      operations=train_operations(config, source, batch_size),
+      worker_count=_worker_count(config), read_options=_read_options(source))
 
 
 def eval_batches(config, source) -> Iterator[dict]:
-  """One ordered pass over this host's eval shard; the last batch padded and masked."""
+  """One ordered pass over this host's eval shard; the last batch padded and masked.
+
+  With worker processes each worker batches its own share of the shard, so each may end
+  with a short (padded) batch: every example is still evaluated exactly once.
+  """
   batch_size = local_batch_size(config.get("eval_batch_size", config.batch_size))
   sampler = grain.samplers.IndexSampler(
       num_records=len(source), shard_options=_shard_options(False), shuffle=False,
       num_epochs=1, seed=0)
   loader = grain.DataLoader(
       data_source=source, sampler=sampler,
-      operations=eval_operations(config, batch_size),
-      worker_count=_worker_count(config))
+      operations=eval_operations(config, source, batch_size),
+      worker_count=_worker_count(config), read_options=_read_options(source))
   for batch in loader:
     n = len(batch["label"])
     mask = np.zeros(batch_size, bool)

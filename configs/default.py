@@ -15,9 +15,14 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
 
-  # Data. dataset: 'digits' (built in); other sources are added by input_pipeline.DATASETS.
+  # Data. dataset: 'digits' (built in), 'image_folder' (<data_dir>/train/<class>/*, and
+  # <data_dir>/val or /test), 'tfds' (tfds_name, with data_dir as TFDS data_dir), or 'auto'
+  # (an image folder when <data_dir>/train exists, else TFDS).
   config.dataset = "digits"
   config.data_dir = ""
+  config.tfds_name = "cifar10"  # any TFDS name, optionally name:version
+  config.skip_unreadable_images = False  # False: an unreadable image is an error naming it
+  config.cache_decoded_images = False  # decode every image once into memory (same-size images)
   config.split_seed = 0
   config.num_workers = 0  # grain worker processes per host
   config.image_size = 8  # model input is image_size x image_size x channels

@@ -174,7 +174,9 @@ class ImageFolderSource:
     raise UnreadableImageError(f"no image of {self.split_dir} could be decoded")
 
   def __repr__(self) -> str:
-    return (f"ImageFolderSource({self.split_dir!r}, {len(self)} images, "
+    # grain checks a restored iterator state against this: it names the data, not where the
+    # folder is mounted, so a run can resume with its data moved.
+    return (f"ImageFolderSource(split={os.path.basename(self.split_dir)!r}, {len(self)} images, "
             f"{len(self.classes)} classes, channels={self.channels})")
 
 

@@ -18,11 +18,16 @@ from absl import logging
 class ArraySource:
   """A random-access source over in-memory images and labels (grain's RandomAccessDataSource)."""
 
-  def __init__(self, images: np.ndarray, labels: np.ndarray):
+  def __init__(self, images: np.ndarray, labels: np.ndarray, name: str | None = None):
     if len(images) != len(labels):
       raise ValueError(f"{len(images)} images but {len(labels)} labels")
     self.images = images
     self.labels = labels
+    self.name = name  # the repr of the source it was loaded from, if any
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    return self.images.shape[1:]
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -31,6 +36,11 @@ class ArraySource:
     return {"image": self.images[index], "label": int(self.labels[index])}
 
   def __repr__(self) -> str:
+    # grain checks a restored iterator state against this (the default repr, with an object
+    # address, would never match): a loaded source keeps its origin's, so a run can resume
+    # with config.cache_decoded_images switched.
+    if self.name:
+      return self.name
     return f"ArraySource({len(self)} images of {self.images.shape[1:]} {self.images.dtype})"
 
 
@@ -58,4 +68,4 @@ def load_into_memory(source, num_threads: int = 4) -> ArraySource:
       pass
   logging.info("decoded %d images of %s into memory (%.0f MB) in %.1f s", len(source),
                first.shape, images.nbytes / 2**20, time.time() - start)
-  return ArraySource(images, labels)
+  return ArraySource(images, labels, name=repr(source))

@@ -70,9 +70,13 @@ def _load(name: str, split: str, data_dir: str | None):
 class TfdsSource:
   """A TFDS array_record source mapped to {'image': uint8 (H, W, channels), 'label': int32}."""
 
-  def __init__(self, source, channels: int):
+  def __init__(self, source, channels: int, name: str = ""):
     self.source = source
     self.channels = channels
+    self.name = name
+    height, width = source.dataset_info.features["image"].shape[:2]
+    # Known when every image has one size (cifar10), None when they vary (imagenet2012).
+    self.image_shape = (height, width, channels) if height and width else None
 
   def __len__(self) -> int:
     return len(self.source)
@@ -89,7 +93,8 @@ class TfdsSource:
     return {"image": image, "label": np.int32(record["label"])}
 
   def __repr__(self) -> str:
-    return f"TfdsSource({self.source!r}, channels={self.channels})"
+    # grain checks a restored iterator state against this: no paths, so data can move.
+    return f"TfdsSource({self.name!r}, {len(self)} records, channels={self.channels})"
 
 
 def tfds_sources(name: str, *, data_dir: str | None = None, channels: int = 3):
@@ -104,5 +109,6 @@ def tfds_sources(name: str, *, data_dir: str | None = None, channels: int = 3):
   splits = set(info.splits) if info.splits else set()
   eval_split = next((s for s in EVAL_SPLITS if s in splits), "test")
   evaluation = _load(name, eval_split, data_dir)
-  return (TfdsSource(train, channels), TfdsSource(evaluation, channels),
+  return (TfdsSource(train, channels, f"{info.full_name} train"),
+          TfdsSource(evaluation, channels, f"{info.full_name} {eval_split}"),
           info.features["label"].num_classes)

@@ -1,8 +1,8 @@
 """Grain operations: the recipes' augmentation (PAPER.md section 4) and normalization.
 
-Per record: decoding and resizing (images of any size -> image_size square), on uint8 images.
-Per batch, vectorized with numpy where it can be: the CIFAR augmentation, ``Normalize``
-(returning float32 images).
+Per record (images of any size -> image_size square): resizing, ImageNet's augmentation.
+Per batch, vectorized with numpy: the CIFAR augmentation, ``Normalize`` (-> float32 images).
+Images stay uint8 until then: 4x less to batch and to send from worker processes.
 
 - CIFAR (IR-Net): random crop of image_size from the image zero-padded by 4 pixels, horizontal
   flip with probability 1/2.
@@ -10,8 +10,9 @@ Per batch, vectorized with numpy where it can be: the CIFAR augmentation, ``Norm
   4/3, as torchvision's RandomResizedCrop), flip, AlexNet's PCA lighting noise (std 0.1);
   evaluation: shorter side resized to image_size * 256 / 224, then a center crop of image_size.
 
-Random operations are ``grain.transforms.RandomMap``s: grain gives each record a generator
-seeded from the loader's seed and the record's position, so a seed fixes every batch.
+Random operations are ``grain.transforms.RandomMap``s: grain gives each record (and each
+batch: its last record's) a generator seeded from the loader's seed and the record's position
+in the sampler's order, so a seed fixes every batch, also after a restored iterator state.
 """
 
 from __future__ import annotations
