@@ -42,8 +42,10 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from absl import app, flags
+from ml_collections import config_flags
 
-from bmd_jax import layers
+from bmd_jax import layers, models
 
 ASSUMPTIONS = (
     "1-bit params: latent kernels of binary layers in 'binary' precision (deployed as signs); "
@@ -85,25 +87,29 @@ class LayerRow:
     return self.params * 4
 
 
+def _summed(field: str) -> property:
+  return property(lambda self: sum(getattr(row, field) for row in self.rows),
+                  doc=f"The rows' {field}, summed.")
+
+
 @dataclasses.dataclass
 class ModelSummary:
+  """Per-layer rows in call order, and their totals."""
+
   name: str
   precision: str
   input_shape: tuple[int, ...]
   rows: list[LayerRow]
-  batch_stats: int = 0
+  batch_stats: int = 0  # BN running means and variances (not parameters)
 
-  def _total(self, field: str):
-    return sum(getattr(r, field) for r in self.rows)
-
-  params = property(lambda self: self._total("params"))
-  params_1bit = property(lambda self: self._total("params_1bit"))
-  params_32bit = property(lambda self: self._total("params_32bit"))
-  memory_bytes = property(lambda self: self._total("memory_bytes"))
-  float32_bytes = property(lambda self: self._total("float32_bytes"))
-  binary_macs = property(lambda self: self._total("binary_macs"))
-  float_macs = property(lambda self: self._total("float_macs"))
-  binary_input_macs = property(lambda self: self._total("binary_input_macs"))
+  params = _summed("params")
+  params_1bit = _summed("params_1bit")
+  params_32bit = _summed("params_32bit")
+  memory_bytes = _summed("memory_bytes")
+  float32_bytes = _summed("float32_bytes")
+  binary_macs = _summed("binary_macs")
+  float_macs = _summed("float_macs")
+  binary_input_macs = _summed("binary_input_macs")
 
   @property
   def macs(self) -> int:
@@ -258,6 +264,7 @@ KNOWN_NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet2012
 
 
 def num_classes_of(config) -> int | None:
+  """The config's ``num_classes``, else the class count of a known data set it names."""
   if "num_classes" in config:
     return int(config.num_classes)
   for key in ("tfds_name", "dataset"):
@@ -266,26 +273,30 @@ def num_classes_of(config) -> int | None:
   return None
 
 
-def main(argv):
-  from absl import flags  # pylint: disable=g-import-not-at-top
-
-  del argv
-  config = flags.FLAGS.config
-  num_classes = flags.FLAGS.num_classes or num_classes_of(config)
+def summarize_config(config, num_classes: int | None = None) -> ModelSummary:
+  """The summary of the model a training config describes, on one of its input images."""
+  num_classes = num_classes or num_classes_of(config)
   if num_classes is None:
-    raise SystemExit("cannot tell the number of classes from the config "
-                     f"(dataset={config.get('dataset')!r}); pass --num_classes=N")
-  from bmd_jax import models  # pylint: disable=g-import-not-at-top
+    raise ValueError("cannot tell the number of classes from the config "
+                     f"(dataset={config.get('dataset')!r}); pass num_classes (--num_classes=N)")
   model = models.from_config(config.model, num_classes=num_classes)
   shape = (1, config.image_size, config.image_size, config.channels)
-  print(summarize(model, shape, name=config.model.name).table())
+  return summarize(model, shape, name=config.model.name)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise SystemExit(f"unexpected arguments: {argv[1:]}")
+  try:
+    print(summarize_config(flags.FLAGS.config, flags.FLAGS.num_classes).table())
+  except ValueError as e:
+    raise SystemExit(str(e)) from None
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-
-  config_flags.DEFINE_config_file("config", None, "Config file (get_config()).",
+  # Flags are defined here, not at import, so that importing this module next to
+  # bmd_jax.main (which defines --config too) does not clash.
+  config_flags.DEFINE_config_file("config", None, "Training config file (a get_config()).",
                                   lock_config=True)
   flags.DEFINE_integer("num_classes", None,
                        "Classes of the classifier (default: from the config's data set).")

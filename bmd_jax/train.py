@@ -45,13 +45,8 @@ class TrainState(train_state.TrainState):
 def create_model(config: ml_collections.ConfigDict, num_classes: int,
                  precision: str | None = None) -> flax.linen.Module:
   """The model named by config.model, in config.model.precision unless overridden."""
-  fields = dict(config.model)
-  name = fields.pop("name")
-  if precision is not None:
-    fields["precision"] = precision
-  if isinstance(fields.get("dtype"), str):
-    fields["dtype"] = jnp.dtype(fields["dtype"])
-  return models.get_model(name, num_classes=num_classes, **fields)
+  overrides = {} if precision is None else {"precision": precision}
+  return models.from_config(config.model, num_classes, **overrides)
 
 
 def create_learning_rate_fn(config: ml_collections.ConfigDict, steps_per_epoch: int):

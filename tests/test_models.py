@@ -1,8 +1,13 @@
 """Tests of the model zoo: forward/backward, binary operands, parameter counts, precisions.
 
-CIFAR models run at 32x32, the ImageNet models at 32x32 too (their layout only needs the
-size to halve five times), batch 2, to keep the file fast on a 2-core CPU.
+Parameter counts are checked at the papers' sizes by tracing each model's ``init``
+(``jax.eval_shape``, nothing is computed). The forward/backward and binary-operand checks run
+each architecture's code at reduced widths (the same layers and layout, fewer channels), CIFAR
+models at 32x32 and ImageNet models at 64x64, batch 2, in one jitted train step per model whose
+compilation is most of this file's time on a 2-core CPU.
 """
+
+import functools
 
 import flax
 import flax.linen as nn
@@ -13,23 +18,31 @@ import pytest
 
 from bmd_jax import layers, models
 
-# name -> (constructor kwargs, input shape)
-CASES = {
-    "small_cnn": ({}, (2, 8, 8, 1)),
-    "resnet20": ({}, (2, 32, 32, 3)),
-    "resnet18_cifar": ({}, (2, 32, 32, 3)),
-    "vgg_small": ({}, (2, 32, 32, 3)),
-    "resnet18": ({}, (2, 32, 32, 3)),
-    "resnet18_react": ({"react": True}, (2, 32, 32, 3)),
-    "resnet34": ({"react": True}, (2, 32, 32, 3)),
-    "reactnet_a": ({}, (2, 32, 32, 3)),
-}
 NUM_CLASSES = 10
+NARROW_RESNET = (8, 16, 32, 64)
+NARROW_VGG = (16, 16, 32, 32, 64, 64)
+NARROW_REACTNET = dict(stem_width=4, block_widths=(8, 16, 16, 32, 32) + (64,) * 6 + (128,) * 2)
+
+# case -> (registered name, kwargs of the narrow test model, input shape)
+CASES = {
+    "small_cnn": ("small_cnn", {}, (2, 8, 8, 1)),
+    "resnet20": ("resnet20", {}, (2, 32, 32, 3)),
+    "resnet18_cifar": ("resnet18_cifar", {"widths": NARROW_RESNET}, (2, 32, 32, 3)),
+    "vgg_small": ("vgg_small", {"widths": NARROW_VGG}, (2, 32, 32, 3)),
+    "resnet18": ("resnet18", {"widths": NARROW_RESNET, "react": True}, (2, 64, 64, 3)),
+    "resnet34": ("resnet34", {"widths": NARROW_RESNET, "react": False}, (2, 64, 64, 3)),
+    "reactnet_a": ("reactnet_a", NARROW_REACTNET, (2, 64, 64, 3)),
+}
+LAYER_TYPES = (nn.Conv, nn.Dense, layers.BinaryConv, layers.BinaryDense)
+# XLA:CPU compiles every fusion of a train step through LLVM, seconds per model on a 2-core
+# machine; these models run once on tiny inputs, so the cheapest code generation is best
+# (about 3x less compile time than the defaults).
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
+                "xla_cpu_use_fusion_emitters": False}
 
 
 def build(case, **overrides):
-  kwargs, shape = CASES[case]
-  name = case.removesuffix("_react")
+  name, kwargs, shape = CASES[case]
   return models.get_model(name, num_classes=NUM_CLASSES, **{**kwargs, **overrides}), shape
 
 
@@ -46,7 +59,7 @@ def abstract_variables(model, shape):
 
 
 def test_registry():
-  assert set(CASES) - {"resnet18_react"} <= set(models.list_models())
+  assert {name for name, _, _ in CASES.values()} == set(models.list_models())
   with pytest.raises(ValueError, match="unknown model"):
     models.get_model("resnet19")
   with pytest.raises(ValueError, match="does not accept"):
@@ -60,29 +73,86 @@ def test_from_config_builds_the_named_model():
       True, jnp.bfloat16, 7, "full")
 
 
-# --- forward and backward -----------------------------------------------------------------
+# --- one jitted train-mode step per model, shared by the tests below ---------------------------
+
+def initial_variables(model, shape, seed=0):
+  """Variables of `model` with random values, without compiling an init for every model.
+
+  The model's own ``init`` runs traced (``jax.eval_shape``) for the tree and its shapes; the
+  values are He-normal kernels and random but plausible biases, shifts, slopes and BN
+  statistics (nonzero, unlike a fresh init, so every learnable shift is exercised).
+  Compiling each model's init would cost as much as its train step on this CPU.
+  """
+  rng = np.random.default_rng(seed)
+
+  def value(path, leaf):
+    name = path[-1].key
+    if name in ("kernel", "latent_kernel"):
+      return rng.standard_normal(leaf.shape) * np.sqrt(2 / np.prod(leaf.shape[:-1]))
+    if name in ("scale", "var"):
+      return rng.uniform(0.5, 1.5, leaf.shape)
+    if name == "slope":
+      return rng.uniform(0.1, 0.4, leaf.shape)
+    return 0.1 * rng.standard_normal(leaf.shape)  # biases, shifts, means
+
+  return jax.tree_util.tree_map_with_path(
+      lambda p, leaf: jnp.asarray(value(p, leaf), leaf.dtype), abstract_variables(model, shape))
+
+
+@functools.lru_cache(maxsize=None)
+def binary_step(case):
+  """Loss and gradient of the binary model from step-1 (binary activations) variables, jitted.
+
+  Also returns, for every conv/dense call, what it received and computed (captured while
+  tracing, returned as outputs of the jitted function) and the module that made it.
+  """
+  step1, shape = build(case, precision="binary_activations")
+  model, _ = build(case, precision="binary")
+  variables = initial_variables(step1, shape, seed=1)
+  labels = jnp.arange(shape[0]) % NUM_CLASSES
+  layer_info = []  # filled while tracing: (path, module) of every conv/dense call
+
+  def loss_fn(params, batch_stats, x):
+    arrays = []
+
+    def capture(next_fun, args, kwargs, context):
+      module, method = context.module, context.method_name
+      if method == "binary_operands":  # runs inside the BinaryConv call recorded last
+        arrays[-1]["operands"] = next_fun(*args, **kwargs)
+        return arrays[-1]["operands"]
+      if method != "__call__" or not isinstance(module, LAYER_TYPES):
+        return next_fun(*args, **kwargs)
+      entry = {"input": args[0]}
+      layer_info.append(("/".join(module.path), module))
+      arrays.append(entry)
+      entry["output"] = next_fun(*args, **kwargs)
+      entry["latent"] = module.variables["params"].get("latent_kernel")
+      return entry["output"]
+
+    with nn.intercept_methods(capture):
+      logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, x,
+                                    train=True, mutable=["batch_stats"])
+    one_hot = jax.nn.one_hot(labels, NUM_CLASSES)
+    loss = -jnp.mean(jnp.sum(one_hot * jax.nn.log_softmax(logits), -1))
+    return loss, (logits, updates, arrays)
+
+  step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+  args = (variables["params"], variables["batch_stats"], images(shape, seed=2))
+  (loss, (logits, updates, arrays)), grads = step.lower(*args).compile(
+      compiler_options=FAST_COMPILE)(*args)
+  calls = [{"path": path, "module": module, **jax.tree_util.tree_map(np.asarray, a)}
+           for (path, module), a in zip(layer_info, arrays)]
+  return dict(variables=variables, loss=float(loss), logits=np.asarray(logits),
+              updates=updates, grads=grads, calls=calls, shape=shape)
+
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_forward_backward_under_jit(case):
-  """Params initialized in step 1 (binary activations) train the step-2 (binary) model."""
-  step1, shape = build(case, precision="binary_activations")
-  model, _ = build(case, precision="binary")
-  variables = jax.jit(lambda x: step1.init(jax.random.key(1), x, train=False))(images(shape))
-  labels = jnp.arange(shape[0]) % NUM_CLASSES
-
-  @jax.jit
-  def loss_and_grad(params, batch_stats, x):
-    def loss_fn(p):
-      logits, updates = model.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
-                                    mutable=["batch_stats"])
-      one_hot = jax.nn.one_hot(labels, NUM_CLASSES)
-      return -jnp.mean(jnp.sum(one_hot * jax.nn.log_softmax(logits), -1)), (logits, updates)
-    return jax.value_and_grad(loss_fn, has_aux=True)(params)
-
-  (loss, (logits, updates)), grads = loss_and_grad(
-      variables["params"], variables["batch_stats"], images(shape, seed=2))
-  assert logits.shape == (shape[0], NUM_CLASSES) and logits.dtype == jnp.float32
-  assert np.isfinite(np.asarray(logits)).all() and np.isfinite(float(loss))
+  """Params initialized in step 1 (binary activations) run and train the binary model."""
+  r = binary_step(case)
+  variables, grads = r["variables"], r["grads"]
+  assert r["logits"].shape == (r["shape"][0], NUM_CLASSES) and r["logits"].dtype == np.float32
+  assert np.isfinite(r["logits"]).all() and np.isfinite(r["loss"])
   assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(variables["params"])
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(grads), sep="/")
   assert all(np.isfinite(np.asarray(g)).all() for g in flat.values())
@@ -90,8 +160,9 @@ def test_forward_backward_under_jit(case):
   for path, g in flat.items():
     if path.endswith("latent_kernel") or path.startswith("stem_conv"):
       assert np.abs(np.asarray(g)).max() > 0, path
+  # Train mode updates every BN's running statistics.
   moved = jax.tree_util.tree_map(lambda a, b: bool(np.any(a != b)),
-                                 updates["batch_stats"], variables["batch_stats"])
+                                 r["updates"]["batch_stats"], variables["batch_stats"])
   assert all(jax.tree_util.tree_leaves(moved))
 
 
@@ -114,36 +185,12 @@ def np_binary_kernel(w, scale_mode):
   return 2.0 ** np.round(np.log2(np.mean(np.abs(w_hat), axis=axes))) * np_sign(w_hat)
 
 
-def capture_layer_calls(model, variables, x):
-  """Runs the model eagerly and records each conv/dense call and each binarization in it."""
-  calls = []
-
-  def interceptor(next_fun, args, kwargs, context):
-    module, method = context.module, context.method_name
-    if method == "binary_operands":  # runs inside the BinaryConv call recorded last
-      calls[-1]["operands"] = next_fun(*args, **kwargs)
-      return calls[-1]["operands"]
-    if method != "__call__" or not isinstance(
-        module, (nn.Conv, nn.Dense, layers.BinaryConv, layers.BinaryDense)):
-      return next_fun(*args, **kwargs)
-    entry = {"module": module, "path": "/".join(module.path), "input": args[0]}
-    calls.append(entry)
-    entry["output"] = next_fun(*args, **kwargs)
-    entry["latent"] = module.variables["params"].get("latent_kernel")
-    return entry["output"]
-
-  with nn.intercept_methods(interceptor):
-    model.apply(variables, x, train=False)
-  return calls
-
-
 EXPECTED_BINARY_CONVS = {  # independent count from each architecture's definition
     "small_cnn": 3,
     "resnet20": 2 * 9,
     "resnet18_cifar": 2 * 8 + 3,  # + 3 binary 1x1 shortcut convs
     "vgg_small": 5,
     "resnet18": 2 * 8,
-    "resnet18_react": 2 * 8,
     "resnet34": 2 * 16,
     "reactnet_a": 13 + 13 + 5,  # 3x3 and 1x1 per block, 5 reduction blocks duplicate the 1x1
 }
@@ -151,15 +198,13 @@ EXPECTED_BINARY_CONVS = {  # independent count from each architecture's definiti
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_binary_convs_see_pm1_operands(case):
-  model, shape = build(case, precision="binary")
-  variables = model.init(jax.random.key(3), images(shape), train=False)
-  calls = capture_layer_calls(model, variables, images(shape, seed=4))
+  calls = binary_step(case)["calls"]
   binary = [c for c in calls if isinstance(c["module"], layers.BinaryConv)]
   real = [c for c in calls if not isinstance(c["module"], layers.BinaryConv)]
   assert len(binary) == EXPECTED_BINARY_CONVS[case]
 
   for c in binary:
-    x_b, k_b = (np.asarray(a) for a in c["operands"])
+    x_b, k_b = c["operands"]
     x_ref = np_sign(c["input"])
     k_ref = np_binary_kernel(c["latent"], c["module"].scale_mode)
     assert set(np.unique(x_b)) <= {-1.0, 1.0}, c["path"]
@@ -199,88 +244,112 @@ def dense(cin, cout):
 
 
 def cifar_resnet_count(widths, blocks, shortcut_b):
-  total = conv(3, 3, widths[0]) + bn(widths[0])
+  total = conv(3, 3, widths[0]) + bn(widths[0])  # stem
   cin = widths[0]
   for width, n in zip(widths, blocks):
     for _ in range(n):
       total += conv(3, cin, width) + conv(3, width, width) + 2 * bn(width)
       if shortcut_b and cin != width:
-        total += conv(1, cin, width) + bn(width)
+        total += conv(1, cin, width) + bn(width)  # binary 1x1 shortcut
       cin = width
   return total + dense(widths[-1], NUM_CLASSES)
 
 
-def bireal_count(blocks, react):
-  total = conv(7, 3, 64) + bn(64)
-  cin = 64
-  for width, n in zip((64, 128, 256, 512), blocks):
+def vgg_small_count(widths, image_size):
+  total, cin = 0, 3
+  for width in widths:
+    total += conv(3, cin, width) + bn(width)
+    cin = width
+  return total + dense(widths[-1] * (image_size // 8) ** 2, NUM_CLASSES)  # 3 max pools
+
+
+def bireal_count(widths, blocks, react):
+  total = conv(7, 3, widths[0]) + bn(widths[0])  # stem
+  cin = widths[0]
+  for width, n in zip(widths, blocks):
     for _ in range(n):
-      for unit_in in (cin, width):
+      for unit_in in (cin, width):  # two binary 3x3 convs a block
         total += conv(3, unit_in, width) + bn(width)
-        total += (unit_in + 3 * width) if react else 0  # RSign shift, RPReLU (2 shifts, slope)
+        total += (unit_in + 3 * width) if react else 0  # RSign shift; RPReLU: 2 shifts, slope
       if cin != width:
-        total += conv(1, cin, width) + bn(width)  # downsample
+        total += conv(1, cin, width) + bn(width)  # real downsample
       cin = width
-  return total + dense(512, NUM_CLASSES)
+  return total + dense(widths[-1], NUM_CLASSES)
 
 
-def reactnet_a_count():
-  total = conv(3, 3, 32) + bn(32)
-  cin = 32
-  for cout in (64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024):
+def reactnet_a_count(stem_width, block_widths):
+  total = conv(3, 3, stem_width) + bn(stem_width)
+  cin = stem_width
+  for cout in block_widths:
     total += conv(3, cin, cin) + bn(cin) + cin + 3 * cin  # 3x3: conv, BN, RSign, RPReLU
-    copies = cout // cin  # 1 or 2 pointwise convs of cin -> cin
-    total += copies * (conv(1, cin, cin) + bn(cin)) + cin + 3 * cout  # 1x1 + RSign + RPReLU
+    copies = cout // cin  # 1 or 2 pointwise convs of cin -> cin, each with its BN
+    total += copies * (conv(1, cin, cin) + bn(cin)) + cin + 3 * cout  # + RSign, RPReLU
     cin = cout
-  return total + dense(1024, NUM_CLASSES)
+  return total + dense(block_widths[-1], NUM_CLASSES)
 
 
-EXPECTED_PARAMS = {
-    "small_cnn": conv(3, 1, 32) + bn(32) + conv(3, 32, 64) + conv(3, 64, 64)
-                 + conv(3, 64, 128) + bn(64) * 2 + bn(128) + dense(128, NUM_CLASSES),
-    "resnet20": cifar_resnet_count((16, 32, 64), (3, 3, 3), shortcut_b=False),
-    "resnet18_cifar": cifar_resnet_count((64, 128, 256, 512), (2, 2, 2, 2), shortcut_b=True),
-    "vgg_small": conv(3, 3, 128) + conv(3, 128, 128) + conv(3, 128, 256) + conv(3, 256, 256)
-                 + conv(3, 256, 512) + conv(3, 512, 512)
-                 + bn(128) * 2 + bn(256) * 2 + bn(512) * 2 + dense(512 * 4 * 4, NUM_CLASSES),
-    "resnet18": bireal_count((2, 2, 2, 2), react=False),
-    "resnet18_react": bireal_count((2, 2, 2, 2), react=True),
-    "resnet34": bireal_count((3, 4, 6, 3), react=True),
-    "reactnet_a": reactnet_a_count(),
+REACTNET_A = dict(stem_width=32, block_widths=(64, 128, 128, 256, 256) + (512,) * 6 + (1024,) * 2)
+PAPER_SIZE = {  # case -> (count at the papers' widths, count of the narrow test model)
+    "small_cnn": (conv(3, 1, 32) + bn(32) + conv(3, 32, 64) + conv(3, 64, 64) + conv(3, 64, 128)
+                  + 2 * bn(64) + bn(128) + dense(128, NUM_CLASSES),) * 2,
+    "resnet20": (cifar_resnet_count((16, 32, 64), (3, 3, 3), False),) * 2,
+    "resnet18_cifar": (cifar_resnet_count((64, 128, 256, 512), (2, 2, 2, 2), True),
+                       cifar_resnet_count(NARROW_RESNET, (2, 2, 2, 2), True)),
+    "vgg_small": (vgg_small_count((128, 128, 256, 256, 512, 512), 32),
+                  vgg_small_count(NARROW_VGG, 32)),
+    "resnet18": (bireal_count((64, 128, 256, 512), (2, 2, 2, 2), True),
+                 bireal_count(NARROW_RESNET, (2, 2, 2, 2), True)),
+    "resnet34": (bireal_count((64, 128, 256, 512), (3, 4, 6, 3), False),
+                 bireal_count(NARROW_RESNET, (3, 4, 6, 3), False)),
+    "reactnet_a": (reactnet_a_count(**REACTNET_A), reactnet_a_count(**NARROW_REACTNET)),
 }
 
 
-def test_parameter_counts_of_the_papers():
-  # The well-known totals, with the 10-class classifiers swapped for 1000-class ones.
-  assert EXPECTED_PARAMS["resnet20"] == 269_722  # "0.27M"
-  assert bireal_count((2, 2, 2, 2), False) - dense(512, 10) + dense(512, 1000) == 11_689_512
-  assert bireal_count((3, 4, 6, 3), False) - dense(512, 10) + dense(512, 1000) == 21_797_672
-  assert round(reactnet_a_count() - dense(1024, 10) + dense(1024, 1000), -5) == 29_300_000
+def with_1000_classes(n, features):
+  return n - dense(features, NUM_CLASSES) + dense(features, 1000)
+
+
+def test_counts_agree_with_the_papers():
+  assert PAPER_SIZE["resnet20"][0] == 269_722  # "0.27M" (He et al.; IR-Net's resnet.py)
+  assert PAPER_SIZE["resnet18_cifar"][0] == 11_173_962  # the usual CIFAR ResNet-18, 11.2M
+  # torchvision's ResNet-18/34 have 11,689,512 / 21,797,672: Bi-Real's avg-pool downsample
+  # keeps their parameter count.
+  assert with_1000_classes(bireal_count((64, 128, 256, 512), (2, 2, 2, 2), False), 512) \
+      == 11_689_512
+  assert with_1000_classes(PAPER_SIZE["resnet34"][0], 512) == 21_797_672
+  assert round(with_1000_classes(PAPER_SIZE["reactnet_a"][0], 1024), -5) == 29_300_000
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_parameter_count_matches_architecture(case):
-  model, shape = build(case)
-  assert count(abstract_variables(model, shape)["params"]) == EXPECTED_PARAMS[case]
+  """At the papers' widths (traced only) and at the test widths (the initialized model)."""
+  name, kwargs, shape = CASES[case]
+  full = models.get_model(name, num_classes=NUM_CLASSES,
+                          **{k: v for k, v in kwargs.items() if k == "react"})
+  assert count(abstract_variables(full, shape)["params"]) == PAPER_SIZE[case][0]
+  assert count(binary_step(case)["variables"]["params"]) == PAPER_SIZE[case][1]
 
 
 # --- one parameter tree for the three precisions ------------------------------------------------
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_same_variables_in_every_precision(case):
-  trees = [abstract_variables(build(case, precision=p)[0], CASES[case][1])
-           for p in layers.PRECISIONS]
-  assert trees[0] == trees[1] == trees[2]
+  step1, step2 = (abstract_variables(*build(case, precision=p))
+                  for p in ("binary_activations", "binary"))
+  assert step1 == step2
+  if case == "reactnet_a":  # the richest tree (RSign, RPReLU, duplicated 1x1 convs)
+    assert abstract_variables(*build(case, precision="full")) == step2
 
 
 def test_step1_params_load_unchanged_into_step2():
-  step1, shape = build("reactnet_a", precision="binary_activations")
-  step2, _ = build("reactnet_a", precision="binary")
-  variables = step1.init(jax.random.key(5), images(shape), train=False)
-  x = images(shape, seed=6)
-  out1 = step1.apply(variables, x, train=False)
-  out2 = step2.apply(variables, x, train=False)
-  assert np.isfinite(np.asarray(out2)).all()
-  assert not np.allclose(out1, out2)  # the switch binarizes the weights, nothing else changes
-  full, _ = build("reactnet_a", precision="full")
-  assert not np.allclose(full.apply(variables, x, train=False), out1)
+  """The step-1 variables apply as they are in step 2; only the precision switch differs.
+
+  (test_forward_backward_under_jit trains every binary model from step-1 variables.)
+  """
+  variables = binary_step("small_cnn")["variables"]
+  x = images(CASES["small_cnn"][2], seed=6)
+  out = {p: np.asarray(build("small_cnn", precision=p)[0].apply(variables, x, train=False))
+         for p in layers.PRECISIONS}
+  assert all(np.isfinite(o).all() for o in out.values())
+  assert not np.allclose(out["binary_activations"], out["binary"])
+  assert not np.allclose(out["binary_activations"], out["full"])

@@ -29,7 +29,6 @@ from bmd_jax import layers
 from bmd_jax.models.common import (BinarySpec, avg_pool_2x2, batch_norm, hardtanh, real_conv,
                                    torch_padding)
 
-STEM_WIDTH = 32
 BLOCK_WIDTHS = (64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
 
 
@@ -68,6 +67,7 @@ class ReActBlock(nn.Module):
 
 
 class ReActNetA(nn.Module):
+  stem_width: int = 32
   block_widths: Sequence[int] = BLOCK_WIDTHS
   num_classes: int = 1000
   react: bool = True
@@ -82,7 +82,7 @@ class ReActNetA(nn.Module):
     spec = BinarySpec(self.precision, self.input_quantizer, self.kernel_quantizer,
                       self.scale_mode, self.dtype)
     x = x.astype(self.dtype or jnp.float32)
-    x = real_conv(STEM_WIDTH, (3, 3), strides=2, dtype=self.dtype, name="stem_conv")(x)
+    x = real_conv(self.stem_width, (3, 3), strides=2, dtype=self.dtype, name="stem_conv")(x)
     x = batch_norm(train, "stem_bn", self.dtype)(x)
     for i, features in enumerate(self.block_widths):
       strides = 2 if features != x.shape[-1] and i > 0 else 1

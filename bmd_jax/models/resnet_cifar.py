@@ -82,9 +82,10 @@ class CifarResNet(nn.Module):
 
 def resnet20(**kwargs) -> CifarResNet:
   """ResNet-20 for CIFAR (16/32/64 channels, 3 blocks a stage, option-A shortcuts)."""
-  return CifarResNet(stage_sizes=(3, 3, 3), widths=(16, 32, 64), **kwargs)
+  return CifarResNet(**{"stage_sizes": (3, 3, 3), "widths": (16, 32, 64), **kwargs})
 
 
 def resnet18_cifar(**kwargs) -> CifarResNet:
   """ResNet-18 for CIFAR (64..512 channels, 2 blocks a stage, binary 1x1 shortcut convs)."""
-  return CifarResNet(stage_sizes=(2, 2, 2, 2), widths=(64, 128, 256, 512), shortcut="B", **kwargs)
+  return CifarResNet(**{"stage_sizes": (2, 2, 2, 2), "widths": (64, 128, 256, 512),
+                        "shortcut": "B", **kwargs})

@@ -1,0 +1,23 @@
+"""Loading one config file from another, so variants build on a single source of truth.
+
+Config files are loaded by path (``--config=configs/x.py``), not as a package, so a variant
+finds its base next to itself: ``config = load_sibling(__file__, "cifar10.py")``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+
+def load_sibling(this_file: str, name: str) -> ml_collections.ConfigDict:
+  """get_config() of the config file `name` in the folder of `this_file`."""
+  path = pathlib.Path(this_file).with_name(name)
+  if not path.is_file():
+    raise FileNotFoundError(f"config file {path} does not exist")
+  spec = importlib.util.spec_from_file_location(f"bmd_jax_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
