@@ -1,0 +1,305 @@
+"""Export a trained BNN as deployable bits, and run the export with XNOR-popcount inference.
+
+    python -m bmd_jax.export --workdir=runs/digits --out=digits.npz
+
+reads the newest checkpoint of the workdir's last binary-precision stage and writes one ``.npz``:
+
+- ``packed/<layer>/words``: every binary layer's kernel signs, bit-packed along the fan-in
+  (bit 1 = -1; layout in packed.py), as uint32;
+- ``packed/<layer>/scale``, ``packed/<layer>/shift``: the layer's per-output-channel affine on
+  its integer XNOR-popcount result: alpha (the kernel's scale, quantizers.binarize_kernel) and
+  its bias, with the batch norm that follows the layer folded in where there is one that takes
+  the layer's output as it is (packed.foldable_batch_norms; VGG-Small's pool sits between, so
+  its batch norms stay separate);
+- ``params/...``, ``batch_stats/...``: the full-precision variables (first conv, classifier,
+  real shortcuts, batch norms not folded, RPReLU/shift parameters) as float32;
+- ``manifest``: JSON with the model name and fields, the number of classes and input shape, the
+  precision and shape of every layer, which batch norms were folded, the source checkpoint and
+  its config, and the sizes (exported file against the float32 checkpoint).
+
+``load(path)`` rebuilds the model from the manifest; ``Exported.predict(images)`` returns its
+logits computed by packed.packed_apply. They equal the float forward pass of the binary model
+up to float32 rounding outside the binary layers (inside, the counts are integer-exact).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from bmd_jax import packed, summary, train
+
+FORMAT = "bmd_jax.packed/1"
+BIT_CONVENTION = ("bit 1 = -1, bit 0 = +1 (sign(0) = +1); little-endian in uint32 words along "
+                  "the fan-in; conv kernels (cout, kh*kw*ceil(cin/32)), per kernel position along "
+                  "cin; dense kernels (out, ceil(in/32)); padded bits 0 in kernel and input")
+
+
+# --- reading checkpoints ------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+  stage: str
+  step: int
+  path: str  # the step's folder
+
+
+def list_checkpoints(workdir: str) -> dict[str, list[Checkpoint]]:
+  """{stage: its finished checkpoints by step} of ``<workdir>/checkpoints``."""
+  root = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"{root} does not exist: --workdir must be a training run's "
+                            "workdir (python -m bmd_jax.main ... --workdir=W)")
+  found = {}
+  for stage in sorted(os.listdir(root)):
+    steps = sorted(int(d) for d in os.listdir(os.path.join(root, stage))
+                   if d.isdigit() and os.path.isdir(os.path.join(root, stage, d, "state")))
+    if steps:
+      found[stage] = [Checkpoint(stage, s, os.path.join(root, stage, str(s))) for s in steps]
+  if not found:
+    raise FileNotFoundError(f"no finished checkpoint in {root}")
+  return found
+
+
+def read_meta(ckpt: Checkpoint) -> tuple[str, ml_collections.ConfigDict]:
+  """(stage, config) recorded with a checkpoint."""
+  with open(os.path.join(ckpt.path, "meta", "metadata")) as f:
+    meta = json.load(f)
+  return meta["stage"], ml_collections.ConfigDict(json.loads(meta["config"]))
+
+
+def read_variables(ckpt: Checkpoint) -> dict:
+  """{'params', 'batch_stats'} of a checkpoint as numpy arrays."""
+  raw = ocp.StandardCheckpointer().restore(os.path.join(ckpt.path, "state"))
+  return jax.tree_util.tree_map(np.asarray, {"params": raw["params"],
+                                             "batch_stats": raw.get("batch_stats", {})})
+
+
+def stage_order(workdir: str) -> list[str]:
+  """The stages with checkpoints, in the run's order (its config's ``stages``)."""
+  found = list_checkpoints(workdir)
+  _, config = read_meta(next(iter(found.values()))[-1])
+  order = [s.strip() for s in config.get("stages", "").split(",") if s.strip() in found]
+  return order + [s for s in found if s not in order]
+
+
+def choose_checkpoint(workdir: str, stage: str | None = None, step: int | None = None,
+                      precision: str | None = "binary") -> Checkpoint:
+  """The newest checkpoint of `stage`, or of the run's last stage trained in `precision`."""
+  found = list_checkpoints(workdir)
+  if stage is None:
+    candidates = [s for s in stage_order(workdir)
+                  if precision is None or read_meta(found[s][-1])[1].model.precision == precision]
+    if not candidates:
+      raise ValueError(f"no stage of {workdir} was trained in precision {precision!r}; "
+                       f"stages found: {sorted(found)}")
+    stage = candidates[-1]
+  if stage not in found:
+    raise ValueError(f"no checkpoint of stage {stage!r} in {workdir}; stages: {sorted(found)}")
+  if step is None:
+    return found[stage][-1]
+  for ckpt in found[stage]:
+    if ckpt.step == step:
+      return ckpt
+  raise ValueError(f"stage {stage!r} has no checkpoint at step {step}; steps: "
+                   f"{[c.step for c in found[stage]]}")
+
+
+def model_of(config: ml_collections.ConfigDict, params: dict, precision: str | None = None):
+  """(model, input shape (H, W, C)) of a checkpoint's config; classes from its classifier."""
+  classifier = params.get("classifier", {}).get("kernel")
+  num_classes = (classifier.shape[-1] if classifier is not None
+                 else summary.num_classes_of(config))
+  if num_classes is None:
+    raise ValueError("cannot tell the number of classes (no 'classifier' layer)")
+  model = train.create_model(config, int(num_classes), precision)
+  return model, (config.image_size, config.image_size, config.channels)
+
+
+def _nbytes(tree) -> int:
+  return sum(int(np.asarray(x).nbytes) for x in jax.tree_util.tree_leaves(tree))
+
+
+def _directory_bytes(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+# --- packing a model --------------------------------------------------------------------------
+
+def pack_model(model, variables: dict, input_shape, fold_batch_norm: bool = True):
+  """(packed layers, remaining float variables, folded {bn: layer}, layer info) of a model.
+
+  input_shape is one example's (H, W, C).
+  """
+  shape = (1, *input_shape)
+  info = packed.binary_modules(model, shape)
+  params = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables["params"]), sep="/")
+  stats = flax.traverse_util.flatten_dict(
+      flax.core.unfreeze(variables.get("batch_stats", {})), sep="/")
+  foldable = packed.foldable_batch_norms(model, variables, shape) if fold_batch_norm else {}
+  folded = {bn: layer for bn, (layer, _) in foldable.items()}
+  by_layer = {layer: bn for bn, layer in folded.items()}
+  layers_out = {}
+  for name, fields in info.items():
+    if fields["precision"] != "binary":
+      raise ValueError(f"layer {name} is in precision {fields['precision']!r}; export packs "
+                       "binary-precision models (step 2 of the recipe)")
+    latent = params.pop(f"{name}/latent_kernel")
+    bias = params.pop(f"{name}/bias", None)
+    layer = packed.pack_layer(latent, fields["scale_mode"], bias)
+    if name in by_layer:
+      bn = by_layer[name]
+      bn_params = {k: params.pop(f"{bn}/{k}") for k in ("scale", "bias") if f"{bn}/{k}" in params}
+      bn_stats = {k: stats.pop(f"{bn}/{k}") for k in ("mean", "var")}
+      layer = packed.fold_batch_norm(layer, bn_params, bn_stats, foldable[bn][1])
+    layers_out[name] = packed.as_numpy(layer)
+    fields.update(latent_shape=list(latent.shape), words_shape=list(layer["words"].shape),
+                  folded_batch_norm=by_layer.get(name))
+  remaining = {"params": flax.traverse_util.unflatten_dict(params, sep="/"),
+               "batch_stats": flax.traverse_util.unflatten_dict(stats, sep="/")}
+  return layers_out, packed.as_numpy(remaining), folded, info
+
+
+# --- the export file ---------------------------------------------------------------------------
+
+def export(workdir: str, out: str, stage: str | None = None, step: int | None = None,
+           fold_batch_norm: bool = True) -> dict:
+  """Writes the packed export of a checkpoint to `out` (.npz); returns its manifest."""
+  ckpt = choose_checkpoint(workdir, stage, step)
+  stage_name, config = read_meta(ckpt)
+  variables = read_variables(ckpt)
+  model, input_shape = model_of(config, variables["params"])
+  layers_out, remaining, folded, info = pack_model(model, variables, input_shape,
+                                                   fold_batch_norm)
+
+  arrays = {}
+  for name, layer in layers_out.items():
+    for key, value in layer.items():
+      arrays[f"packed/{name}/{key}"] = value
+  for collection in ("params", "batch_stats"):
+    for key, value in flax.traverse_util.flatten_dict(remaining[collection], sep="/").items():
+      arrays[f"{collection}/{key}"] = np.asarray(value, np.float32)
+
+  latent_bytes = sum(math.prod(f["latent_shape"]) * 4 for f in info.values())
+  words_bytes = sum(layer["words"].nbytes for layer in layers_out.values())
+  affine_bytes = sum(layer["scale"].nbytes + layer["shift"].nbytes
+                     for layer in layers_out.values())
+  manifest = {
+      "format": FORMAT,
+      "bit_convention": BIT_CONVENTION,
+      "model": config.model.name,
+      "model_fields": config.model.to_dict(),
+      "num_classes": int(model.num_classes),
+      "input_shape": list(input_shape),
+      "source": {"workdir": os.path.abspath(workdir), "checkpoint": ckpt.path,
+                 "stage": stage_name, "step": ckpt.step},
+      "config": config.to_json(),
+      "binary_layers": info,
+      "folded_batch_norms": folded,
+      "full_precision": {k: {"shape": list(v.shape), "precision": "float32"}
+                         for k, v in arrays.items() if not k.startswith("packed/")},
+      "sizes": {
+          "binary_weights_float32_bytes": latent_bytes,
+          "binary_weights_packed_bytes": words_bytes,
+          "binary_scale_shift_bytes": affine_bytes,
+          "checkpoint_variables_float32_bytes": _nbytes(variables),
+          "checkpoint_state_dir_bytes": _directory_bytes(os.path.join(ckpt.path, "state")),
+      },
+  }
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  path = out if out.endswith(".npz") else out + ".npz"
+  np.savez(path, manifest=np.array(json.dumps(manifest)), **arrays)
+  manifest["sizes"]["export_file_bytes"] = os.path.getsize(path)
+  return manifest
+
+
+@dataclasses.dataclass
+class Exported:
+  """A loaded export: the model (its own code), packed layers and float variables."""
+
+  manifest: dict
+  model: Any
+  packed_layers: dict
+  variables: dict
+
+  @functools.cached_property
+  def _forward(self):
+    folded = self.manifest["folded_batch_norms"]
+    return jax.jit(lambda v, p, x: packed.packed_apply(self.model, v, p, x, folded))
+
+  def predict(self, images) -> jax.Array:
+    """Logits of NHWC images (normalized as in training) by XNOR-popcount inference."""
+    return self._forward(self.variables, self.packed_layers, jnp.asarray(images, jnp.float32))
+
+
+def load(path: str) -> Exported:
+  with np.load(path) as data:
+    manifest = json.loads(str(data["manifest"]))
+    if manifest.get("format") != FORMAT:
+      raise ValueError(f"{path} is not a bmd_jax packed export (format {manifest.get('format')})")
+    arrays = {k: data[k] for k in data.files if k != "manifest"}
+  grouped = {"packed": {}, "params": {}, "batch_stats": {}}
+  for key, value in arrays.items():
+    collection, rest = key.split("/", 1)
+    grouped[collection][rest] = value
+  packed_layers = {}
+  for key, value in grouped["packed"].items():
+    name, field = key.rsplit("/", 1)
+    packed_layers.setdefault(name, {})[field] = value
+  variables = {c: flax.traverse_util.unflatten_dict(grouped[c], sep="/")
+               for c in ("params", "batch_stats")}
+  config = ml_collections.ConfigDict(json.loads(manifest["config"]))
+  model = train.create_model(config, manifest["num_classes"])
+  return Exported(manifest, model, packed_layers, variables)
+
+
+def describe_sizes(sizes: dict) -> str:
+  b = sizes
+  binary_ratio = b["binary_weights_float32_bytes"] / max(1, b["binary_weights_packed_bytes"])
+  return "\n".join([
+      f"binary weights: {b['binary_weights_float32_bytes']:,} B float32 -> "
+      f"{b['binary_weights_packed_bytes']:,} B packed ({binary_ratio:.1f}x smaller; "
+      f"+{b['binary_scale_shift_bytes']:,} B of per-channel scale/shift)",
+      f"export file: {b.get('export_file_bytes', 0):,} B; checkpoint variables in float32: "
+      f"{b['checkpoint_variables_float32_bytes']:,} B "
+      f"({b['checkpoint_variables_float32_bytes'] / max(1, b.get('export_file_bytes', 1)):.1f}x"
+      f"); checkpoint state folder (with optimizer state): {b['checkpoint_state_dir_bytes']:,} B",
+  ])
+
+
+def main(argv):
+  from absl import flags, logging  # pylint: disable=g-import-not-at-top
+
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO
+  if len(argv) > 1:
+    raise SystemExit(f"unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  manifest = export(f.workdir, f.out, f.stage, f.step, f.fold_batch_norm)
+  src = manifest["source"]
+  print(f"exported {manifest['model']} ({len(manifest['binary_layers'])} binary layers, "
+        f"{len(manifest['folded_batch_norms'])} batch norms folded) from stage {src['stage']} "
+        f"step {src['step']} to {f.out}")
+  print(describe_sizes(manifest["sizes"]))
+
+
+if __name__ == "__main__":
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+
+  flags.DEFINE_string("workdir", None, "A training run's workdir.")
+  flags.DEFINE_string("out", None, "The export file to write (.npz).")
+  flags.DEFINE_string("stage", None, "Stage to export (default: the last binary-precision one).")
+  flags.DEFINE_integer("step", None, "Step to export (default: the stage's newest).")
+  flags.DEFINE_bool("fold_batch_norm", True, "Fold batch norms into the binary layers' affine.")
+  flags.mark_flags_as_required(["workdir", "out"])
+  app.run(main)

@@ -1,0 +1,312 @@
+"""Bit-packed binary layers and XNOR-popcount inference.
+
+Packing. A sign is one bit: **bit 1 means -1**, bit 0 means +1 (so sign(0) = +1, as
+everywhere in bmd_jax). Bits go along the fan-in into ``uint32`` words, little-endian inside
+a word (element ``32 * k + j`` is bit ``j`` of word ``k``); a fan-in that is not a multiple of
+32 is padded with 0 bits in the activations and the weights alike, so a padded bit never
+differs and never counts.
+
+A conv kernel (HWIO) is packed per kernel position along its input channels: the packed kernel
+is ``(cout, kh * kw * ceil(cin / 32))`` words, and an input is packed the same way, per pixel
+along its channels, before its patches are gathered (the patches of packed words are 32 times
+smaller than those of floats). A channel count that is not a multiple of 32 thus leaves unused
+bits in every kernel position's last word (ResNet-20's 16-channel stage uses half of each word).
+A dense kernel (in, out) is packed to ``(out, ceil(in / 32))``.
+
+Arithmetic. For +-1 vectors a, b of n elements, ``a . b = n - 2 * popcount(bits(a) XOR
+bits(b))``. A conv's zero padding is not a sign: the float path multiplies the weights of a
+padded position by 0, whereas a packed padded position holds bit 0 (+1) and adds the weight's
+sign. The packed conv therefore subtracts, at each output position, the sum of the weight
+signs that fall on padding (an integer computed from the packed kernel), which makes it exact.
+The integer result equals the float conv of sign(x) with sign(W) exactly (both are integers
+below 2**24); a layer's output is then ``scale * count + shift`` per output channel, with
+``scale`` the kernel's alpha (quantizers.binarize_kernel) and ``shift`` its bias, or both
+folded with a following batch norm (see export.py).
+
+``packed_apply`` runs a model's own forward pass with every BinaryConv/BinaryDense computed
+this way (flax's ``nn.intercept_methods``), so any model of the registry runs packed with no
+change to its code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bmd_jax import layers, quantizers
+
+WORD_BITS = 32
+
+
+# --- packing ---------------------------------------------------------------------------------
+
+def num_words(n: int) -> int:
+  return -(-n // WORD_BITS)
+
+
+def pack_bits(negative: jax.Array) -> jax.Array:
+  """Packs booleans (True = -1) along the last axis into uint32 words, zero-padded."""
+  n = negative.shape[-1]
+  pad = num_words(n) * WORD_BITS - n
+  bits = jnp.pad(negative.astype(jnp.uint32), [(0, 0)] * (negative.ndim - 1) + [(0, pad)])
+  bits = bits.reshape(*negative.shape[:-1], -1, WORD_BITS)
+  weights = jnp.left_shift(jnp.uint32(1), jnp.arange(WORD_BITS, dtype=jnp.uint32))
+  return jnp.sum(bits * weights, axis=-1, dtype=jnp.uint32)  # distinct bits: sum == or
+
+
+def unpack_bits(words: jax.Array, n: int) -> jax.Array:
+  """The inverse of pack_bits: booleans (True = -1) of length n along the last axis."""
+  shifts = jnp.arange(WORD_BITS, dtype=jnp.uint32)
+  bits = jnp.right_shift(words[..., None], shifts) & jnp.uint32(1)
+  return bits.reshape(*words.shape[:-1], -1)[..., :n].astype(bool)
+
+
+def pack_signs(x: jax.Array) -> jax.Array:
+  """Packs sign(x) (sign(0) = +1) along the last axis."""
+  return pack_bits(x < 0)
+
+
+def pack_kernel(signs_negative: jax.Array) -> jax.Array:
+  """Packed words of a binary kernel's signs (True = -1): HWIO -> (cout, kh*kw*words(cin)),
+  (in, out) -> (out, words(in))."""
+  if signs_negative.ndim == 2:
+    return pack_bits(signs_negative.T)
+  kh, kw, cin, cout = signs_negative.shape
+  words = pack_bits(jnp.transpose(signs_negative, (3, 0, 1, 2)))  # (cout, kh, kw, wc)
+  return words.reshape(cout, kh * kw * num_words(cin))
+
+
+def unpack_kernel(words: jax.Array, shape) -> jax.Array:
+  """Booleans (True = -1) of the kernel `shape` (HWIO or (in, out)) from pack_kernel's words."""
+  if len(shape) == 2:
+    return unpack_bits(words, shape[0]).T
+  kh, kw, cin, cout = shape
+  bits = unpack_bits(words.reshape(cout, kh, kw, num_words(cin)), cin)
+  return jnp.transpose(bits, (1, 2, 3, 0))
+
+
+def kernel_signs_and_scale(latent: jax.Array, scale_mode: str):
+  """(negative, alpha) of a latent kernel: the bits of the binary kernel and its per-output-
+  channel scale, exactly as quantizers.binarize_kernel forms alpha * sign(W)."""
+  latent = jnp.asarray(latent, jnp.float32)
+  cout = latent.shape[-1]
+  if scale_mode == "none":
+    return latent < 0, jnp.ones((cout,), jnp.float32)
+  if scale_mode == "mean_abs":
+    return latent < 0, quantizers.mean_abs_scale(latent).reshape(cout)
+  if scale_mode == "irnet":
+    w_hat, scale = quantizers.irnet_standardize(latent)
+    return w_hat < 0, scale.reshape(cout)
+  raise ValueError(f"unknown scale_mode {scale_mode!r}; choose one of {quantizers.SCALE_MODES}")
+
+
+# --- XNOR-popcount ---------------------------------------------------------------------------
+
+def _mismatches(a: jax.Array, b: jax.Array, chunk: int = 128) -> jax.Array:
+  """popcount(a XOR b) summed over words: a (..., K), b (O, K) -> (..., O) int32.
+
+  Written as a sum of K elementwise terms over (..., O), one per word, rather than as a
+  reduction over K: XLA fuses the terms into one loop vectorized along O, about 8x faster on
+  CPU (AVX2) than its reduction over the minor axis (measured in bench/packed_inference.py's
+  development). Chunks of `chunk` words bound the size of one fused expression.
+  """
+  bt = b.T  # (K, O): each word's row is contiguous along O
+  total = None
+  for lo in range(0, a.shape[-1], chunk):
+    part = None
+    for k in range(lo, min(lo + chunk, a.shape[-1])):
+      term = jax.lax.population_count(jnp.bitwise_xor(a[..., k, None], bt[k])).astype(jnp.int32)
+      part = term if part is None else part + term
+    total = part if total is None else total + part
+  return total
+
+
+def binary_dense_counts(x: jax.Array, kernel_words: jax.Array, fan_in: int) -> jax.Array:
+  """sign(x) @ sign(W) as int32 from packed words: fan_in - 2 * popcount(xor)."""
+  return fan_in - 2 * _mismatches(jax.lax.optimization_barrier(pack_signs(x)), kernel_words)
+
+
+def _pads(padding, spatial, window, strides):
+  if isinstance(padding, str):
+    return jax.lax.padtype_to_pads(spatial, window, strides, padding)
+  return [tuple(p) for p in padding]
+
+
+def binary_conv_counts(x: jax.Array, kernel_words: jax.Array, kernel_size, strides=1,
+                       padding="SAME") -> jax.Array:
+  """conv(sign(x), sign(W)) as int32 from packed words (NHWC input, zero padding exact).
+
+  x: (N, H, W, cin) floats; kernel_words: pack_kernel's (cout, kh*kw*words(cin)).
+  """
+  n, h, w, cin = x.shape
+  kh, kw = kernel_size
+  sh, sw = (strides,) * 2 if isinstance(strides, int) else tuple(strides)
+  (pt, pb), (pl, pr) = _pads(padding, (h, w), (kh, kw), (sh, sw))
+  ho = (h + pt + pb - kh) // sh + 1
+  wo = (w + pl + pr - kw) // sw + 1
+  wc = num_words(cin)
+  cout = kernel_words.shape[0]
+
+  words = jnp.pad(pack_signs(x), ((0, 0), (pt, pb), (pl, pr), (0, 0)))  # pad: bit 0 = +1
+  inside = jnp.pad(jnp.ones((h, w), jnp.int32), ((pt, pb), (pl, pr)))
+
+  def window(a, i, j):  # the (ho, wo) grid of kernel position (i, j)
+    return a[..., i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
+
+  offsets = [(i, j) for i in range(kh) for j in range(kw)]
+  patches = jnp.concatenate([window(words, i, j) for i, j in offsets], axis=-1)
+  # Materialize the packed patches: fused into the popcount loop, XLA would repack the input's
+  # 32 floats of a word once per output channel.
+  patches = jax.lax.optimization_barrier(patches)
+  counts = kh * kw * cin - 2 * _mismatches(patches, kernel_words)  # (n, ho, wo, cout)
+
+  # Padded positions held +1: subtract the weight signs that landed on them.
+  on_padding = jnp.stack([1 - window(inside[..., None], i, j)[..., 0] for i, j in offsets],
+                         axis=-1)  # (ho, wo, kh*kw)
+  if (pt, pb, pl, pr) != (0, 0, 0, 0):
+    per_position = kernel_words.reshape(cout, kh * kw, wc)
+    negatives = jnp.sum(jax.lax.population_count(per_position), axis=-1, dtype=jnp.int32)
+    sign_sums = cin - 2 * negatives  # (cout, kh*kw): sum over cin of sign(W)
+    counts = counts - jnp.einsum("hwk,ok->hwo", on_padding, sign_sums)
+  return counts
+
+
+# --- a packed layer --------------------------------------------------------------------------
+
+def pack_layer(latent: jax.Array, scale_mode: str, bias: jax.Array | None = None) -> dict:
+  """{'words', 'scale', 'shift'} of a binary layer (scale alpha, shift the bias or 0)."""
+  negative, alpha = kernel_signs_and_scale(latent, scale_mode)
+  cout = latent.shape[-1]
+  shift = jnp.zeros((cout,), jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)
+  return {"words": pack_kernel(negative), "scale": alpha, "shift": shift}
+
+
+def packed_layer_forward(module: nn.Module, x: jax.Array, layer: Mapping[str, jax.Array]):
+  """A BinaryConv/BinaryDense's output computed from its packed layer."""
+  if module.precision != "binary":
+    raise ValueError(f"packed inference needs precision 'binary', layer {module.path} has "
+                     f"{module.precision!r}")
+  if isinstance(module, layers.BinaryConv):
+    counts = binary_conv_counts(x, layer["words"], module.kernel_size, module.strides,
+                                module.padding)
+  else:
+    counts = binary_dense_counts(x, layer["words"], x.shape[-1])
+  y = counts.astype(jnp.float32) * layer["scale"] + layer["shift"]
+  return y.astype(module.dtype or x.dtype)
+
+
+def module_name(module: nn.Module) -> str:
+  return "/".join(module.path)
+
+
+def packed_apply(model: nn.Module, variables: Mapping[str, Any],
+                 packed_layers: Mapping[str, Mapping[str, jax.Array]], images: jax.Array,
+                 folded_batch_norms: Mapping[str, str] | None = None) -> jax.Array:
+  """The model's logits (train=False) with its binary layers computed by XNOR-popcount.
+
+  packed_layers: ``{module path: pack_layer(...)}`` for every binary layer; their latent
+  kernels need not be in `variables`. folded_batch_norms: ``{batch norm path: binary layer
+  path}`` for batch norms already folded into that layer's scale and shift: each must take
+  that layer's output as it is, and then passes it through.
+  """
+  folded = dict(folded_batch_norms or {})
+  outputs = {}
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name != "__call__":
+      return next_fun(*args, **kwargs)
+    name = module_name(module)
+    if isinstance(module, (layers.BinaryConv, layers.BinaryDense)):
+      if name not in packed_layers:
+        raise KeyError(f"no packed weights for binary layer {name}")
+      y = packed_layer_forward(module, args[0], packed_layers[name])
+      outputs[name] = y
+      return y
+    if name in folded:
+      if args[0] is not outputs.get(folded[name]):
+        raise ValueError(f"batch norm {name} was folded into {folded[name]} but does not take "
+                         "that layer's output directly")
+      return args[0]
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(interceptor):
+    return model.apply(variables, images, train=False)
+
+
+def foldable_batch_norms(model: nn.Module, variables: Mapping[str, Any],
+                         input_shape) -> dict[str, tuple[str, float]]:
+  """{batch norm path: (binary layer path, its epsilon)} of the batch norms (in inference mode, on the last
+  axis) whose input is a binary layer's output as it is; found by tracing the model once.
+
+  A batch norm after a pool (VGG-Small pools between conv and BN) is not foldable: max pooling
+  does not commute with a negative scale. The folding assumes the binary layer's output has no
+  other consumer than that batch norm, true of every registered model (packed_apply's results
+  are tested against the float forward on each).
+  """
+  produced, pairs = {}, {}
+
+  def interceptor(next_fun, args, kwargs, context):
+    y = next_fun(*args, **kwargs)
+    module = context.module
+    if context.method_name != "__call__":
+      return y
+    if isinstance(module, (layers.BinaryConv, layers.BinaryDense)):
+      produced[id(y)] = (module_name(module), y)  # keep y alive so its id stays unique
+    elif (isinstance(module, nn.BatchNorm) and module.use_running_average
+          and module.axis == -1 and id(args[0]) in produced
+          and produced[id(args[0])][1] is args[0]):
+      pairs[module_name(module)] = (produced[id(args[0])][0], float(module.epsilon))
+    return y
+
+  def forward(v):
+    with nn.intercept_methods(interceptor):
+      return model.apply(v, jnp.zeros(input_shape, jnp.float32), train=False)
+
+  jax.eval_shape(forward, variables)
+  return pairs
+
+
+def fold_batch_norm(layer: Mapping[str, jax.Array], bn_params: Mapping[str, Any],
+                    bn_stats: Mapping[str, Any], epsilon: float) -> dict:
+  """A packed layer whose scale and shift include the batch norm that follows it:
+  BN(s * c + t) = (g * s / sqrt(v + eps)) * c + (beta + g * (t - m) / sqrt(v + eps))."""
+  inv = jax.lax.rsqrt(jnp.asarray(bn_stats["var"], jnp.float32) + epsilon)
+  gamma = jnp.asarray(bn_params.get("scale", 1.0), jnp.float32) * inv
+  beta = jnp.asarray(bn_params.get("bias", 0.0), jnp.float32)
+  return {"words": layer["words"], "scale": layer["scale"] * gamma,
+          "shift": beta + (layer["shift"] - jnp.asarray(bn_stats["mean"], jnp.float32)) * gamma}
+
+
+def binary_modules(model: nn.Module, input_shape) -> dict[str, dict[str, Any]]:
+  """{path: its fields} of the model's BinaryConv/BinaryDense layers, found by tracing init."""
+  found = {}
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name == "__call__" and isinstance(
+        module, (layers.BinaryConv, layers.BinaryDense)):
+      fields = {"kind": type(module).__name__, "precision": module.precision,
+                "scale_mode": module.scale_mode, "use_bias": module.use_bias,
+                "features": module.features,
+                "input_shape": list(args[0].shape[1:])}
+      if isinstance(module, layers.BinaryConv):
+        fields.update(kernel_size=list(module.kernel_size), strides=module.strides,
+                      padding=module.padding)
+      found[module_name(module)] = fields
+    return next_fun(*args, **kwargs)
+
+  def init():
+    with nn.intercept_methods(interceptor):
+      return model.init(jax.random.key(0), jnp.zeros(input_shape, jnp.float32), train=False)
+
+  jax.eval_shape(init)
+  return found
+
+
+def as_numpy(tree):
+  return jax.tree_util.tree_map(np.asarray, tree)

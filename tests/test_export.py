@@ -1,0 +1,185 @@
+"""Bit packing, XNOR-popcount layers and models, and the export of a short digits run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bmd_jax import export, input_pipeline, layers, models, packed, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMAGENET_MODELS = ("resnet18", "resnet34", "reactnet_a")
+
+
+@pytest.mark.parametrize("n", [1, 5, 31, 32, 33, 64, 100, 577])
+def test_pack_unpack_round_trip(n):
+  rng = np.random.default_rng(n)
+  negative = rng.random((3, 2, n)) < 0.5
+  words = packed.pack_bits(jnp.asarray(negative))
+  assert words.dtype == jnp.uint32 and words.shape == (3, 2, -(-n // 32))
+  np.testing.assert_array_equal(packed.unpack_bits(words, n), negative)
+  # Padding bits are 0, so they never differ between two packed vectors.
+  assert int(jnp.max(words[..., -1] >> (n % 32))) == 0 or n % 32 == 0
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 16, 8), (3, 3, 40, 5), (1, 1, 64, 3), (70, 9)])
+def test_kernel_pack_unpack_round_trip(shape):
+  negative = np.random.default_rng(0).random(shape) < 0.5
+  words = packed.pack_kernel(jnp.asarray(negative))
+  np.testing.assert_array_equal(packed.unpack_kernel(words, shape), negative)
+
+
+def test_sign_of_zero_is_plus_one():
+  words = packed.pack_signs(jnp.array([0.0, -0.0, -1e-30, 2.0]))
+  np.testing.assert_array_equal(packed.unpack_bits(words, 4), [False, False, True, False])
+
+
+CONV_CASES = [  # (cin, kernel, stride, padding)
+    (16, 3, 1, "SAME"),
+    (16, 3, 2, "SAME"),
+    (40, 3, 2, ((1, 1), (1, 1))),  # the models' symmetric (PyTorch) padding
+    (64, 1, 1, "SAME"),
+    (33, 1, 2, ((0, 0), (0, 0))),
+    (5, 3, 2, "VALID"),
+    (3, 5, 1, ((2, 1), (0, 2))),
+]
+
+
+@pytest.mark.parametrize("cin,k,stride,padding", CONV_CASES)
+@pytest.mark.parametrize("scale_mode", ["mean_abs", "irnet", "none"])
+def test_packed_conv_is_integer_exact(cin, k, stride, padding, scale_mode):
+  rng = np.random.default_rng(cin * k + stride)
+  x = jnp.asarray(rng.normal(size=(2, 9, 8, cin)), jnp.float32)
+  x = x.at[0, 0, 0, 0].set(0.0)  # sign(0) = +1
+  latent = jnp.asarray(rng.normal(size=(k, k, cin, 7)) + 0.1, jnp.float32)
+  layer = packed.pack_layer(latent, scale_mode)
+  counts = packed.binary_conv_counts(x, layer["words"], (k, k), stride, padding)
+  negative, _ = packed.kernel_signs_and_scale(latent, scale_mode)
+  signs = lambda b: jnp.where(b, -1.0, 1.0)
+  expected = jax.lax.conv_general_dilated(
+      signs(x < 0), signs(negative), (stride, stride), padding,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  assert counts.dtype == jnp.int32
+  np.testing.assert_array_equal(counts, expected.astype(np.int32))
+
+  conv = layers.BinaryConv(7, (k, k), stride, padding=padding, scale_mode=scale_mode)
+  module = conv.bind({"params": {"latent_kernel": latent}})
+  float_out = conv.apply({"params": {"latent_kernel": latent}}, x)
+  np.testing.assert_allclose(packed.packed_layer_forward(module, x, layer), float_out,
+                             rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fan_in", [20, 64, 100])
+def test_packed_dense_is_integer_exact(fan_in):
+  rng = np.random.default_rng(fan_in)
+  x = jnp.asarray(rng.normal(size=(4, fan_in)), jnp.float32)
+  latent = jnp.asarray(rng.normal(size=(fan_in, 6)), jnp.float32)
+  layer = packed.pack_layer(latent, "mean_abs")
+  counts = packed.binary_dense_counts(x, layer["words"], fan_in)
+  expected = jnp.where(x < 0, -1.0, 1.0) @ jnp.where(latent < 0, -1.0, 1.0)
+  np.testing.assert_array_equal(counts, expected.astype(np.int32))
+  dense = layers.BinaryDense(6)
+  variables = {"params": {"latent_kernel": latent}}
+  np.testing.assert_allclose(
+      packed.packed_layer_forward(dense.bind(variables), x, layer),
+      dense.apply(variables, x), rtol=1e-5, atol=1e-5)
+
+
+def _random_batch_stats(stats, rng):
+  """Running statistics away from the init (mean 0, var 1), so folding them is tested."""
+  return jax.tree_util.tree_map(
+      lambda a: a + jnp.asarray(np.abs(rng.normal(size=a.shape)) * 0.5, a.dtype), stats)
+
+
+# Logits: float32 sums in another order outside the binary layers, and alpha * count instead of
+# a conv with alpha * sign(W); relative tolerance 1e-4 of the logits' scale.
+@pytest.mark.parametrize("name", models.list_models())
+def test_packed_forward_equals_float_forward_on_every_model(name):
+  rng = np.random.default_rng(0)
+  size, channels = (32, 3) if name != "small_cnn" else (8, 1)
+  model = models.get_model(name, num_classes=10)
+  x = jnp.asarray(rng.normal(size=(3, size, size, channels)), jnp.float32)
+  variables = model.init(jax.random.key(1), x, train=False)
+  variables = {"params": variables["params"],
+               "batch_stats": _random_batch_stats(variables["batch_stats"], rng)}
+  expected = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  layers_packed, remaining, folded, info = export.pack_model(model, variables, x.shape[1:])
+  assert info and all(f["precision"] == "binary" for f in info.values())
+  assert not any("latent_kernel" in str(k) for k in jax.tree_util.tree_leaves_with_path(
+      remaining))
+  got = jax.jit(lambda v, p, x: packed.packed_apply(model, v, p, x, folded))(
+      remaining, layers_packed, x)
+  scale = float(jnp.max(jnp.abs(expected)))
+  np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * (1 + scale))
+  np.testing.assert_array_equal(jnp.argmax(got, -1), jnp.argmax(expected, -1))
+
+
+def test_vgg_batch_norms_after_a_pool_are_not_folded():
+  model = models.get_model("vgg_small", num_classes=10)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                                                train=False))
+  folded = packed.foldable_batch_norms(model, variables, (1, 32, 32, 3))
+  # conv1, conv3, conv5 are pooled before their BN; conv2 and conv4 are not.
+  assert sorted(folded) == ["bn2", "bn4"]
+
+
+# --- export of a short digits run -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+  from configs import default
+
+  config = default.get_config()
+  config.num_train_steps = 12
+  config.log_every_steps = 6
+  config.eval_every_epochs = 100.0
+  workdir = str(tmp_path_factory.mktemp("digits_run"))
+  train.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+def _eval_images(config, count=128):
+  datasets = input_pipeline.create_datasets(config)
+  batch = next(iter(input_pipeline.eval_batches(config, datasets.eval)))
+  return batch["image"][:count]
+
+
+def test_export_command_reloaded_gives_the_same_predictions(digits_run, tmp_path):
+  config, workdir = digits_run
+  out = str(tmp_path / "digits.npz")
+  result = subprocess.run(
+      [sys.executable, "-m", "bmd_jax.export", f"--workdir={workdir}", f"--out={out}"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert "smaller" in result.stdout
+
+  exported = export.load(out)
+  manifest = exported.manifest
+  assert manifest["model"] == "small_cnn" and manifest["source"]["step"] == 12
+  assert set(manifest["binary_layers"]) == {"conv0", "conv1", "conv2"}
+  assert manifest["folded_batch_norms"] == {"bn0": "conv0", "bn1": "conv1", "bn2": "conv2"}
+  sizes = manifest["sizes"]
+  assert sizes["binary_weights_float32_bytes"] >= 20 * sizes["binary_weights_packed_bytes"]
+  assert os.path.getsize(out) < sizes["checkpoint_variables_float32_bytes"] / 5
+
+  ckpt = export.choose_checkpoint(workdir)
+  variables = export.read_variables(ckpt)
+  model, _ = export.model_of(config, variables["params"])
+  images = _eval_images(config)
+  expected = model.apply(variables, images, train=False)
+  got = exported.predict(images)
+  np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * (1 + float(jnp.max(
+      jnp.abs(expected)))))
+  np.testing.assert_array_equal(jnp.argmax(got, -1), jnp.argmax(expected, -1))
+  json.dumps(manifest)  # the manifest is plain JSON
+
+
+def test_export_refuses_a_non_binary_stage(digits_run, tmp_path):
+  config, workdir = digits_run
+  with pytest.raises(ValueError, match="precision"):
+    export.choose_checkpoint(workdir, precision="binary_activations")
