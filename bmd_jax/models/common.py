@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from bmd_jax import layers
@@ -49,7 +50,11 @@ def batch_norm(train: bool, name: str | None = None, dtype: Any = None) -> nn.Ba
 
 
 def hardtanh(x):
-  return jnp.clip(x, -1, 1)
+  """clip(x, -1, 1) with PyTorch's gradient: 0 at exactly +-1 (jnp.clip gives 0.5 there).
+
+  Binary convs give integer outputs, so pre-activations often sit exactly on +-1.
+  """
+  return jnp.where(jnp.abs(x) < 1, x, jax.lax.stop_gradient(jnp.sign(x)))
 
 
 def torch_padding(kernel_size) -> tuple[tuple[int, int], tuple[int, int]]:
