@@ -267,10 +267,10 @@ def num_classes_of(config) -> int | None:
   """The config's ``num_classes``, else the class count of a known data set it names."""
   if "num_classes" in config:
     return int(config.num_classes)
-  for key in ("tfds_name", "dataset"):
-    if key in config and config[key] in KNOWN_NUM_CLASSES:
-      return KNOWN_NUM_CLASSES[config[key]]
-  return None
+  dataset = config.get("dataset")
+  if dataset in ("tfds", "auto"):
+    dataset = config.get("tfds_name", "").split(":")[0]
+  return KNOWN_NUM_CLASSES.get(dataset)
 
 
 def summarize_config(config, num_classes: int | None = None) -> ModelSummary:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from bmd_jax import export, input_pipeline, layers, models, packed, train
+from narrow_models import CASES, FAST_COMPILE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGENET_MODELS = ("resnet18", "resnet34", "reactnet_a")
@@ -98,21 +99,23 @@ def _random_batch_stats(stats, rng):
 
 # Logits: float32 sums in another order outside the binary layers, and alpha * count instead of
 # a conv with alpha * sign(W); relative tolerance 1e-4 of the logits' scale.
-@pytest.mark.parametrize("name", models.list_models())
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_packed_forward_equals_float_forward_on_every_model(name):
   rng = np.random.default_rng(0)
-  size, channels = (32, 3) if name != "small_cnn" else (8, 1)
-  model = models.get_model(name, num_classes=10)
-  x = jnp.asarray(rng.normal(size=(3, size, size, channels)), jnp.float32)
+  registered, kwargs, shape = CASES[name]
+  model = models.get_model(registered, num_classes=10, **kwargs)
+  x = jnp.asarray(rng.normal(size=(3, *shape[1:])), jnp.float32)
   variables = model.init(jax.random.key(1), x, train=False)
   variables = {"params": variables["params"],
                "batch_stats": _random_batch_stats(variables["batch_stats"], rng)}
-  expected = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  expected = jax.jit(lambda v, x: model.apply(v, x, train=False),
+                     compiler_options=FAST_COMPILE)(variables, x)
   layers_packed, remaining, folded, info = export.pack_model(model, variables, x.shape[1:])
   assert info and all(f["precision"] == "binary" for f in info.values())
   assert not any("latent_kernel" in str(k) for k in jax.tree_util.tree_leaves_with_path(
       remaining))
-  got = jax.jit(lambda v, p, x: packed.packed_apply(model, v, p, x, folded))(
+  got = jax.jit(lambda v, p, x: packed.packed_apply(model, v, p, x, folded),
+                compiler_options=FAST_COMPILE)(
       remaining, layers_packed, x)
   scale = float(jnp.max(jnp.abs(expected)))
   np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * (1 + scale))

@@ -17,28 +17,19 @@ import numpy as np
 import pytest
 
 from bmd_jax import layers, models
+from narrow_models import CASES, FAST_COMPILE, NARROW_REACTNET, NARROW_RESNET, NARROW_VGG
 
 NUM_CLASSES = 10
-NARROW_RESNET = (8, 16, 32, 64)
-NARROW_VGG = (16, 16, 32, 32, 64, 64)
-NARROW_REACTNET = dict(stem_width=4, block_widths=(8, 16, 16, 32, 32) + (64,) * 6 + (128,) * 2)
 
-# case -> (registered name, kwargs of the narrow test model, input shape)
-CASES = {
-    "small_cnn": ("small_cnn", {}, (2, 8, 8, 1)),
-    "resnet20": ("resnet20", {}, (2, 32, 32, 3)),
-    "resnet18_cifar": ("resnet18_cifar", {"widths": NARROW_RESNET}, (2, 32, 32, 3)),
-    "vgg_small": ("vgg_small", {"widths": NARROW_VGG}, (2, 32, 32, 3)),
-    "resnet18": ("resnet18", {"widths": NARROW_RESNET, "react": True}, (2, 64, 64, 3)),
-    "resnet34": ("resnet34", {"widths": NARROW_RESNET, "react": False}, (2, 64, 64, 3)),
-    "reactnet_a": ("reactnet_a", NARROW_REACTNET, (2, 64, 64, 3)),
-}
+
+def test_every_registered_model_has_a_test_case():
+  assert sorted(CASES) == models.list_models()
+
+
 LAYER_TYPES = (nn.Conv, nn.Dense, layers.BinaryConv, layers.BinaryDense)
 # XLA:CPU compiles every fusion of a train step through LLVM, seconds per model on a 2-core
 # machine; these models run once on tiny inputs, so the cheapest code generation is best
 # (about 3x less compile time than the defaults).
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
-                "xla_cpu_use_fusion_emitters": False}
 
 
 def build(case, **overrides):
