@@ -21,3 +21,18 @@ def load_sibling(this_file: str, name: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+def without_bd_bnn_terms(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The ablation baseline of a recipe: no kurtosis term and no WDM in any stage.
+
+  Output distillation, where the recipe has it, stays, so a difference in accuracy is the
+  two BD-BNN terms' doing.
+  """
+  config.loss.kurtosis_weight = 0.0
+  config.loss.wdm_weight = 0.0
+  for stage in config.stage_overrides.values():
+    if "loss" in stage:
+      stage.loss.wdm_weight = 0.0
+      stage.loss.kurtosis_weight = 0.0
+  return config

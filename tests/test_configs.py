@@ -1,0 +1,34 @@
+"""Every config file loads, names a registered model, and its stages resolve."""
+
+import glob
+import os
+
+import pytest
+
+from bmd_jax import models, stages
+from bmd_jax.config_files import load_sibling
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+FILES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CONFIGS, "*.py"))
+               if not os.path.basename(p).startswith("_"))
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_config_loads_and_its_stages_resolve(name):
+  config = load_sibling(os.path.join(CONFIGS, "x.py"), name)
+  assert config.model.name in models.list_models()
+  for stage in stages.stage_list(config):
+    assert stage.config.model.precision in ("full", "binary_activations", "binary")
+    if stage.config.teacher:
+      assert stage.config.model.precision == "binary"
+
+
+@pytest.mark.parametrize("name", [f for f in FILES if f.endswith("_baseline.py")])
+def test_baselines_drop_kurtosis_and_wdm_only(name):
+  base = load_sibling(os.path.join(CONFIGS, "x.py"), name.replace("_baseline", ""))
+  baseline = load_sibling(os.path.join(CONFIGS, "x.py"), name)
+  for full, ablated in zip(stages.stage_list(base), stages.stage_list(baseline)):
+    assert ablated.config.loss.kurtosis_weight == ablated.config.loss.wdm_weight == 0.0
+    assert ablated.config.loss.kd_weight == full.config.loss.kd_weight
+    assert ablated.config.num_epochs == full.config.num_epochs
+  assert any(s.config.loss.kurtosis_weight > 0 for s in stages.stage_list(base))
