@@ -88,6 +88,13 @@ def create_optimizer(config: ml_collections.ConfigDict, learning_rate_fn):
   return optax.chain(decay, update) if config.weight_decay else update
 
 
+def variable_shapes(model, image_shape) -> dict:
+  """{'params', 'batch_stats'} of `model` as shapes only: traced, never compiled or run."""
+  variables = jax.eval_shape(functools.partial(model.init, train=False),
+                             jax.random.PRNGKey(0), jnp.zeros((1, *image_shape), jnp.float32))
+  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
 def initialized(rng, model, image_shape):
   """(params, batch_stats) of `model` for inputs of shape image_shape (H, W, C)."""
   variables = jax.jit(functools.partial(model.init, train=False))(
@@ -97,11 +104,12 @@ def initialized(rng, model, image_shape):
 
 def create_train_state(rng, config, model, image_shape, learning_rate_fn,
                        params=None, batch_stats=None) -> TrainState:
-  """A fresh train state; `params`/`batch_stats` given (e.g. from step 1) replace the init."""
-  init_params, init_stats = initialized(rng, model, image_shape)
-  params = init_params if params is None else params
-  batch_stats = init_stats if batch_stats is None else batch_stats
-  _check_same_structure(init_params, params, "params")
+  """A fresh train state; `params` and `batch_stats` given (e.g. from step 1) replace the init."""
+  if params is None or batch_stats is None:
+    init_params, init_stats = initialized(rng, model, image_shape)
+    params = init_params if params is None else params
+    batch_stats = init_stats if batch_stats is None else batch_stats
+  _check_same_structure(variable_shapes(model, image_shape)["params"], params, "params")
   return TrainState.create(apply_fn=model.apply, params=params, batch_stats=batch_stats,
                            tx=create_optimizer(config, learning_rate_fn))
 
@@ -298,8 +306,7 @@ def _teacher_variables(config, stage, workdir, model_for_teacher, image_shape):
   if not config.get("teacher"):
     return None
   path = stages_lib.checkpoint_source(config.teacher, workdir, stage, "the teacher")
-  params, stats = initialized(jax.random.PRNGKey(0), model_for_teacher, image_shape)
-  return checkpoint.load_variables(path, {"params": params, "batch_stats": stats})
+  return checkpoint.load_variables(path, variable_shapes(model_for_teacher, image_shape))
 
 
 def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dict:
@@ -321,8 +328,7 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
   init = None
   if config.get("init_from"):
     path = stages_lib.checkpoint_source(config.init_from, workdir, stage, "initial weights")
-    params, stats = initialized(jax.random.PRNGKey(config.seed), model, info.image_shape)
-    init = checkpoint.load_variables(path, {"params": params, "batch_stats": stats})
+    init = checkpoint.load_variables(path, variable_shapes(model, info.image_shape))
   state = create_train_state(jax.random.PRNGKey(config.seed), config, model, info.image_shape,
                              learning_rate_fn, **(init or {}))
   teacher_model = create_model(config, info.num_classes, config.get("teacher_precision"))
