@@ -36,3 +36,20 @@ def without_bd_bnn_terms(config: ml_collections.ConfigDict) -> ml_collections.Co
       stage.loss.wdm_weight = 0.0
       stage.loss.kurtosis_weight = 0.0
   return config
+
+
+def use_two_steps(config: ml_collections.ConfigDict, step2_loss: dict,
+                  **step2_fields) -> ml_collections.ConfigDict:
+  """BD-BNN's two steps (PAPER.md sections 3-4) on the config's schedule.
+
+  Step 1: binary activations, real weights. Step 2: binary, initialized from step 1, which is
+  also its frozen teacher; `step2_loss` and `step2_fields` are step 2's own overrides.
+  """
+  config.stages = "step1,step2"
+  config.teacher_precision = "binary_activations"  # the teacher is step 1's network
+  config.stage_overrides = ml_collections.ConfigDict({
+      "step1": {"model": {"precision": "binary_activations"}},
+      "step2": {"model": {"precision": "binary"}, "init_from": "step1", "teacher": "step1",
+                "loss": step2_loss, **step2_fields},
+  })
+  return config

@@ -13,9 +13,7 @@ Every field of configs/default.py is kept (it is loaded from this file's folder,
 default stays the one source of truth); only the recipe's values are overridden here.
 """
 
-import ml_collections
-
-from bmd_jax.config_files import load_sibling
+from bmd_jax.config_files import load_sibling, use_two_steps
 
 
 def get_config():
@@ -49,18 +47,7 @@ def get_config():
   config.log_every_steps = 100
   config.eval_every_epochs = 5.0
 
-  # BD-BNN's two steps (PAPER.md sections 3-4), each on the schedule above.
-  config.stages = "step1,step2"
-  config.teacher_precision = "binary_activations"  # the teacher is step 1's network
-  config.stage_overrides = ml_collections.ConfigDict({
-      "step1": {"model": {"precision": "binary_activations"}},
-      "step2": {
-          "model": {"precision": "binary"},
-          "init_from": "step1",
-          "teacher": "step1",
-          # CE kept (IR-Net lineage) next to the release's L_DL weight; WDM's softmax_kl
-          # weight is untuned (the release's 200 was for its degenerate 'released' form).
-          "loss": {"ce_weight": 1.0, "kd_weight": 0.9, "wdm_weight": 1.0},
-      },
-  })
-  return config
+  # BD-BNN's two steps, each on the schedule above. CE kept (IR-Net lineage) next to the
+  # release's L_DL weight; WDM's softmax_kl weight is untuned (the release's 200 was for its
+  # degenerate 'released' form).
+  return use_two_steps(config, {"ce_weight": 1.0, "kd_weight": 0.9, "wdm_weight": 1.0})

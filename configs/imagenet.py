@@ -19,9 +19,7 @@ when ``data_dir/train`` exists, else TFDS's ``imagenet2012`` (its manual downloa
 number of classes comes from the data set.
 """
 
-import ml_collections
-
-from bmd_jax.config_files import load_sibling
+from bmd_jax.config_files import load_sibling, use_two_steps
 
 
 def get_config():
@@ -55,18 +53,7 @@ def get_config():
   config.log_every_steps = 500
   config.eval_every_epochs = 1.0
 
-  config.stages = "step1,step2"
-  config.teacher_precision = "binary_activations"  # the teacher is step 1's network
-  config.stage_overrides = ml_collections.ConfigDict({
-      "step1": {"model": {"precision": "binary_activations"}},
-      "step2": {
-          "model": {"precision": "binary"},
-          "init_from": "step1",
-          "teacher": "step1",
-          "weight_decay": 0.0,
-          # ReActNet: distillation only (no CE). The release weighs L_DL by 0.9 and its WDM
-          # by 200, a weight tuned for wdm_form='released'; the softmax_kl form's is untuned.
-          "loss": {"ce_weight": 0.0, "kd_weight": 0.9, "wdm_weight": 1.0},
-      },
-  })
-  return config
+  # ReActNet: distillation only (no CE) in step 2, no weight decay. The release weighs L_DL by
+  # 0.9 and its WDM by 200, a weight tuned for wdm_form='released'; softmax_kl's is untuned.
+  return use_two_steps(config, {"ce_weight": 0.0, "kd_weight": 0.9, "wdm_weight": 1.0},
+                       weight_decay=0.0)

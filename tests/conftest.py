@@ -19,3 +19,19 @@ def digits_config():
   config.log_every_steps = 10
   config.eval_every_epochs = 100.0
   return config
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+  """(config, workdir) of a 12-step digits run with its checkpoint, shared by the tests that
+  read a trained run (export, analyze)."""
+  from bmd_jax import train
+  from configs import default
+
+  config = default.get_config()
+  config.num_train_steps = 12
+  config.log_every_steps = 6
+  config.eval_every_epochs = 100.0
+  workdir = str(tmp_path_factory.mktemp("digits_run"))
+  train.train_and_evaluate(config, workdir)
+  return config, workdir

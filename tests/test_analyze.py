@@ -8,22 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from bmd_jax import export, losses, train
+from bmd_jax import export, losses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-  from configs import default
-
-  config = default.get_config()
-  config.num_train_steps = 12
-  config.log_every_steps = 6
-  config.eval_every_epochs = 100.0
-  workdir = str(tmp_path_factory.mktemp("digits_run"))
-  train.train_and_evaluate(config, workdir)
-  return config, workdir
 
 
 def test_analyze_writes_figures_and_the_kurtosis_of_the_checkpoint(digits_run, tmp_path):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bmd_jax import export, input_pipeline, layers, models, packed, train
+from bmd_jax import export, input_pipeline, layers, models, packed
 from narrow_models import CASES, FAST_COMPILE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,19 +132,6 @@ def test_vgg_batch_norms_after_a_pool_are_not_folded():
 
 
 # --- export of a short digits run -------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-  from configs import default
-
-  config = default.get_config()
-  config.num_train_steps = 12
-  config.log_every_steps = 6
-  config.eval_every_epochs = 100.0
-  workdir = str(tmp_path_factory.mktemp("digits_run"))
-  train.train_and_evaluate(config, workdir)
-  return config, workdir
-
 
 def _eval_images(config, count=128):
   datasets = input_pipeline.create_datasets(config)
