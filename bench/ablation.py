@@ -10,11 +10,17 @@ variant's mean final per-layer kurtosis:
   wdm_<form>       both stages, WDM of that form on, no kurtosis
   bd_bnn           both stages, kurtosis and WDM (softmax_kl)
 
-A CPU-sized example (ResNet-20 on the CIFAR-10 folder, a few hundred steps a stage):
+Variants whose first stage is the same train it once per seed: plain binary and the WDM-only
+variants share step 1 (no kurtosis), kurtosis only and BD-BNN share theirs (kurtosis on); the
+later variant's step 2 starts from, and is taught by, that checkpoint (ablation.json records
+whose step 1 each variant used). Every run reads the same decoded-image cache.
+
+The CPU-sized schedule of docs/RESULTS.md (ResNet-20, 300 steps of 128 images a stage, EDE's
+t advanced every step since the run is shorter than an epoch; about 1.5 hours on 2 cores):
 
     python bench/ablation.py --config=configs/cifar10.py --workdir=runs/ablation \\
         --config.data_dir=../shared/data/cifar10-jpeg --config.num_train_steps=300 \\
-        --config.cache_decoded_images=True --seeds=0,1
+        --config.cache_decoded_images=True --config.estimators.schedule_per=step --seeds=0,1
 """
 
 from __future__ import annotations
@@ -22,12 +28,15 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 
 import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from bmd_jax import train
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
+
+from bmd_jax import checkpoint, input_pipeline, metric_writers, stages, train  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/cifar10.py", "Base config (two stages).")
@@ -67,15 +76,46 @@ def variants(base):
   return table
 
 
-def run_variant(base, name, edit, seed, workdir):
+def _stage_key(stage) -> str:
+  """What a stage trains, independent of the stages after it (for sharing step 1)."""
+  fields = stage.config.to_dict()
+  for later_only in ("stages", "stage_overrides"):
+    fields.pop(later_only, None)
+  return json.dumps(fields, sort_keys=True, default=str)
+
+
+def run_variant(base, name, edit, seed, workdir, first_stages, datasets=None):
+  """Trains one variant; its first stage is reused from an earlier variant trained alike.
+
+  `first_stages` maps a first stage's key to (variant, its checkpoint folder): variants
+  whose step 1 is the same (plain binary and the WDM-only ones; kurtosis only and BD-BNN)
+  train it once per seed, and their step 2 starts from, and is taught by, that checkpoint.
+  """
   config = base.copy_and_resolve_references()
   with config.unlocked():
     edit(config)
     config.seed = seed
-  results = train.train_and_evaluate(config, os.path.join(workdir, f"{name}_seed{seed}"))
+  run_dir = os.path.join(workdir, f"{name}_seed{seed}")
+  all_stages = stages.stage_list(config)
+  first = all_stages[0]
+  key = _stage_key(first)
+  reused_from = None
+  if len(all_stages) > 1 and key in first_stages:
+    reused_from, folder = first_stages[key]
+    with config.unlocked():
+      config.stages = ",".join(s.name for s in all_stages[1:])
+      for later in all_stages[1:]:
+        overrides = config.stage_overrides[later.name]
+        for field in ("init_from", "teacher"):
+          if overrides.get(field) == first.name:
+            overrides[field] = folder
+  else:
+    first_stages[key] = (name, checkpoint.stage_directory(run_dir, first.name))
+  results = train.train_and_evaluate(config, run_dir, datasets)
   last = list(results.values())[-1]
-  final_kurtosis = _final_kurtosis(os.path.join(workdir, f"{name}_seed{seed}", "metrics.jsonl"))
-  return {"accuracy": last["eval"]["eval/accuracy"], "kurtosis": final_kurtosis}
+  return {"accuracy": last["eval"]["eval/accuracy"],
+          "kurtosis": _final_kurtosis(os.path.join(run_dir, "metrics.jsonl")),
+          "first_stage_from": reused_from or name}
 
 
 def _final_kurtosis(metrics_path):
@@ -89,6 +129,7 @@ def _final_kurtosis(metrics_path):
 
 def main(argv):
   del argv
+  metric_writers.console_logging()
   base = FLAGS.config
   seeds = [int(s) for s in FLAGS.seeds.split(",")]
   table = variants(base)
@@ -96,9 +137,13 @@ def main(argv):
   unknown = sorted(set(chosen) - set(table))
   if unknown:
     raise app.UsageError(f"unknown variants {unknown}; choose from {sorted(table)}")
-  rows = {}
-  for name in chosen:
-    rows[name] = [run_variant(base, name, table[name], seed, FLAGS.workdir) for seed in seeds]
+  rows = {name: [] for name in chosen}
+  datasets = input_pipeline.create_datasets(base)  # one decoded-image cache for every run
+  for seed in seeds:
+    first_stages = {}
+    for name in chosen:
+      rows[name].append(run_variant(base, name, table[name], seed, FLAGS.workdir, first_stages,
+                                     datasets))
   print("| variant | test accuracy (mean) | spread (max - min) | seeds | mean final kurtosis |")
   print("|---|---|---|---|---|")
   for name, runs in rows.items():

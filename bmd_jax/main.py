@@ -11,13 +11,11 @@ on a TPU pod or under srun, where it is detected. See launch/ and the README.
 """
 
 import logging
-import sys
 
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from bmd_jax import sharding, train
+from bmd_jax import metric_writers, sharding, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for metrics, TensorBoard events and checkpoints.")
@@ -36,20 +34,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  # Our progress lines at INFO; the libraries' (Orbax logs every save) only from WARNING.
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  log = logging.getLogger("bmd_jax")
-  log.setLevel(logging.INFO)
-  handler = logging.StreamHandler(sys.stderr)
-  handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-  log.addHandler(handler)
-  log.propagate = False
+  metric_writers.console_logging()
   sharding.initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address,
                                   FLAGS.num_processes, FLAGS.process_id)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except train.Preempted as e:
-    log.warning("%s", e)
+    logging.getLogger("bmd_jax").warning("%s", e)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,24 @@ import json
 import logging
 import math
 import os
+import sys
 from typing import Mapping
 
 import jax
 
 log = logging.getLogger("bmd_jax")
+
+
+def console_logging() -> None:
+  """Command lines' logging: bmd_jax's progress lines at INFO on stderr, the libraries' (Orbax
+  logs every save through absl) only from WARNING."""
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  log.setLevel(logging.INFO)
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+  log.addHandler(handler)
+  log.propagate = False
 
 
 # The console shows these, in this order; every metric goes to the files.

@@ -128,6 +128,17 @@ def num_train_steps(config, steps_per_epoch: int) -> int:
 
 # --- estimators' traced arguments --------------------------------------------------
 
+def schedule_progress(config: ml_collections.ConfigDict, epoch, total_epochs: float):
+  """Where the estimators' schedule stands, in [0, 1]: at the last epoch start (IR-Net's
+  epoch-wise update, `estimators.schedule_per='epoch'`) or at this step ('step', for runs of
+  a few epochs, where an epoch-wise t would hardly move)."""
+  per = config.estimators.get("schedule_per", "epoch")
+  if per not in ("epoch", "step"):
+    raise ValueError(f"estimators.schedule_per={per!r}; choose 'epoch' or 'step'")
+  position = jnp.floor(epoch) if per == "epoch" else epoch
+  return jnp.minimum(position / max(total_epochs, 1e-9), 1.0)
+
+
 def estimator_args(config: ml_collections.ConfigDict, progress) -> dict:
   """Arguments of every registered quantizer at a point of training (progress in [0, 1]).
 
@@ -159,8 +170,7 @@ def train_step(state: TrainState, batch: dict, teacher: dict | None, *, config,
   """
   loss_cfg = config.loss
   epoch = state.step / steps_per_epoch
-  progress = jnp.minimum(jnp.floor(epoch) / max(total_epochs, 1e-9), 1.0)
-  est_args = estimator_args(config, progress)
+  est_args = estimator_args(config, schedule_progress(config, epoch, total_epochs))
   teacher_logits = None
   if teacher is not None:
     teacher = jax.lax.stop_gradient(teacher)
@@ -416,14 +426,18 @@ def losses_zero_signs(params):
   return {k: jnp.ones(w.shape, bool) for k, w in losses.binarized_kernels(params).items()}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       datasets: input_pipeline.Datasets | None = None) -> dict:
   """Runs every stage of the config in order (see stages.py); returns each stage's results.
 
   Resumes automatically from the newest checkpoint in workdir. Raises Preempted after a
   SIGTERM (once the checkpoint is written) and NonFiniteLossError on a non-finite loss.
+  `datasets` (from input_pipeline.create_datasets of a config with the same data fields)
+  lets several runs share one decoded-image cache; by default they are made from `config`.
   """
   mesh = sharding.mesh_from_config(config)
-  datasets = input_pipeline.create_datasets(config)
+  if datasets is None:
+    datasets = input_pipeline.create_datasets(config)
   writer = MetricWriter(workdir)
   results = {}
   try:

@@ -45,6 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.estimators.swish_beta = 5.0
   config.estimators.ede_t_min = 1e-2  # BD-BNN's release; IR-Net's CIFAR trainer uses 1e-3
   config.estimators.ede_t_max = 10.0
+  # EDE's t advances at each epoch start (IR-Net) or every step ('step': short runs).
+  config.estimators.schedule_per = "epoch"
 
   # Loss: L = ce_weight*CE + kd_weight*L_DL + wdm_weight*L_WDM + kurtosis_weight*L_K.
   config.loss = ml_collections.ConfigDict()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -136,3 +137,20 @@ def test_cli_rejects_unknown_config_key(tmp_path):
        f"--workdir={tmp_path}", "--config.no_such_field=1"],
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0 and "no_such_field" in result.stderr
+
+
+@pytest.mark.parametrize("per, epoch, expected", [
+    ("epoch", 2.7, 0.2),  # IR-Net: t moves at epoch starts only
+    ("step", 2.5, 0.25),
+    ("step", 12.0, 1.0),  # capped at the end of the schedule
+])
+def test_estimator_schedule_progress(digits_config, per, epoch, expected):
+  digits_config.estimators.schedule_per = per
+  progress = train.schedule_progress(digits_config, jnp.float32(epoch), 10.0)
+  assert float(progress) == pytest.approx(expected)
+
+
+def test_estimator_schedule_rejects_unknown_granularity(digits_config):
+  digits_config.estimators.schedule_per = "batch"
+  with pytest.raises(ValueError, match="schedule_per"):
+    train.schedule_progress(digits_config, 1.0, 10.0)
