@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bmd_jax import quantizers
+from bmd_jax import quantizers, xla_flags
 
 PRECISIONS = ("full", "binary_activations", "binary")
 EstimatorArgs = Mapping[str, Mapping[str, Any]] | None
@@ -36,6 +36,17 @@ def check_precision(precision: str) -> str:
   if precision not in PRECISIONS:
     raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
   return precision
+
+
+def stored_on_cpu(x: jax.Array) -> jax.Array:
+  """`x` behind an optimization barrier on XLA:CPU when barriers are kept (xla_flags.py).
+
+  The barrier makes the weight gradient's transpose read the stored binary input instead of
+  recomputing batch norm, residual, hardtanh and sign inside it; values are unchanged.
+  """
+  if jax.default_backend() == "cpu" and xla_flags.cpu_barriers_active():
+    return jax.lax.optimization_barrier(x)
+  return x
 
 
 def quantize(x: jax.Array, name: str, estimator_args: EstimatorArgs = None) -> jax.Array:
@@ -81,6 +92,7 @@ class BinaryConv(_BinaryBase):
     latent = self.param("latent_kernel", self.kernel_init, kernel_shape, jnp.float32)
     dtype = self.dtype or x.dtype
     x, kernel = self.binary_operands(x.astype(dtype), latent.astype(dtype), estimator_args)
+    x = stored_on_cpu(x)
     strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
     y = jax.lax.conv_general_dilated(
         x, kernel, window_strides=strides, padding=self.padding,

@@ -1,4 +1,4 @@
-"""XLA:CPU's convolutions: keep them on Eigen, not YNNPACK, before JAX starts its backend.
+"""XLA:CPU flags for a faster binary train step, set before JAX starts its backend.
 
 jaxlib 0.10 hands every CPU convolution to a YNNPACK fusion. For the weight-gradient
 convolutions of a small-channel CNN (ResNet-20's 16- and 32-channel layers, batch 128) that
@@ -8,15 +8,24 @@ step 3x slower and its eval 1.6x slower than with Eigen's convolutions (docs/BEN
 
     --xla_cpu_experimental_ynn_fusion_type=individual_dot
 
-to XLA_FLAGS (YNNPACK keeps the matrix products, convolutions go back to Eigen), unless
+to XLA_FLAGS (YNNPACK keeps the matrix products, convolutions go back to Eigen), and
 
-- XLA_FLAGS already names that flag (your choice wins),
-- BMD_JAX_CPU_CONVOLUTIONS=ynn is set (keep jaxlib's default), or
-- the installed jaxlib is not a version this was measured on (the flag is experimental: XLA
-  aborts on a flag it does not know, so it is never passed to an untested jaxlib).
+    --xla_disable_hlo_passes=cse_barrier_expander
+
+which keeps the optimization barriers that `layers.BinaryConv` puts on its binary input on
+XLA:CPU (`cpu_barriers_active`). Without them XLA:CPU fuses each weight-gradient convolution's
+input transpose with a recomputation of the batch norm, residual, hardtanh and sign that made
+that input, which is several times slower than transposing the stored input (10-16% of the
+step). The barriers are added on the CPU backend only, so other backends compile the same
+programs as without the flags. bmd_jax does not set a flag when
+
+- XLA_FLAGS already names it (your choice wins; each flag is checked on its own),
+- BMD_JAX_CPU_FLAGS=off is set (jaxlib's defaults, no barriers), or
+- the installed jaxlib is not a version they were measured on (both are experimental or debug
+  options: XLA aborts on a flag it does not know, so they never reach an untested jaxlib).
 
 XLA reads XLA_FLAGS once, when JAX creates its first backend: import bmd_jax before running
-anything on JAX (the flag only touches the CPU backend; GPUs and TPUs are unaffected).
+anything on JAX.
 """
 
 from __future__ import annotations
@@ -29,8 +38,10 @@ from typing import MutableMapping
 
 FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 VALUE = "individual_dot"
-CHOICE_VARIABLE = "BMD_JAX_CPU_CONVOLUTIONS"
-CHOICES = ("eigen", "ynn")
+BARRIER_FLAG = "--xla_disable_hlo_passes"
+BARRIER_VALUE = "cse_barrier_expander"
+CHOICE_VARIABLE = "BMD_JAX_CPU_FLAGS"
+CHOICES = ("on", "off")
 # jaxlib versions (major.minor) on which the flag exists and was measured to help.
 MEASURED_JAXLIB = ("0.10",)
 
@@ -49,21 +60,27 @@ def measured(jaxlib_version: str) -> bool:
   return jaxlib_version.startswith(tuple(v + "." for v in MEASURED_JAXLIB))
 
 
-def eigen_cpu_convolutions(environ: MutableMapping[str, str] = os.environ,
+def set_cpu_flags(environ: MutableMapping[str, str] = os.environ,
                            jaxlib_version: str | None = None) -> bool:
-  """Appends the flag to environ['XLA_FLAGS'] when it applies; True if it did."""
-  choice = environ.get(CHOICE_VARIABLE, "eigen").strip().lower()
+  """Appends the flags to environ['XLA_FLAGS'] when they apply; True if it added any."""
+  choice = environ.get(CHOICE_VARIABLE, "on").strip().lower()
   if choice not in CHOICES:
     raise ValueError(f"{CHOICE_VARIABLE}={environ[CHOICE_VARIABLE]!r} is not one of {CHOICES}: "
-                     "'eigen' (bmd_jax's default, faster CPU training) or 'ynn' (jaxlib's)")
+                     "'on' (bmd_jax's default, faster CPU training) or 'off' (jaxlib's flags)")
   flags = environ.get("XLA_FLAGS", "")
-  if choice == "ynn" or FLAG in flags:
-    return False
   version = _jaxlib_version() if jaxlib_version is None else jaxlib_version
-  if not measured(version):
+  if choice == "off" or not measured(version):
     return False
-  environ["XLA_FLAGS"] = f"{flags} {FLAG}={VALUE}".strip()
-  return True
+  added = [f"{name}={value}" for name, value in ((FLAG, VALUE), (BARRIER_FLAG, BARRIER_VALUE))
+           if name not in flags]
+  environ["XLA_FLAGS"] = " ".join([flags, *added]).strip()
+  return bool(added)
+
+
+def cpu_barriers_active(environ: MutableMapping[str, str] = os.environ) -> bool:
+  """Whether XLA keeps optimization barriers (the pass that strips them is disabled)."""
+  return any(BARRIER_VALUE in flag.split("=", 1)[-1].split(",")
+             for flag in environ.get("XLA_FLAGS", "").split() if flag.startswith(BARRIER_FLAG))
 
 
 def _backends_started() -> bool:
@@ -79,7 +96,7 @@ def _backends_started() -> bool:
 def apply_at_import() -> None:
   """What `import bmd_jax` does: set the flag, or say why it cannot take effect."""
   started = _backends_started()
-  if eigen_cpu_convolutions() and started:
-    log.warning("JAX's backend started before bmd_jax was imported, so %s=%s has no effect; "
+  if set_cpu_flags() and started:
+    log.warning("JAX's backend started before bmd_jax was imported, so %s has no effect; "
                 "CPU training can be up to 3x slower. Import bmd_jax first, or set it in "
-                "XLA_FLAGS yourself.", FLAG, VALUE)
+                "XLA_FLAGS yourself.", os.environ["XLA_FLAGS"])

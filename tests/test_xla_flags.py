@@ -1,5 +1,5 @@
-"""bmd_jax's XLA:CPU convolution flag: when it is set, that a user's choice wins, and that
-convolutions and their gradients are the same with and without it."""
+"""bmd_jax's XLA:CPU flags: when they are set, that a user's choice wins, and that
+convolutions, binary layers and their gradients are the same with and without them."""
 
 import json
 import os
@@ -13,36 +13,46 @@ from bmd_jax import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTING = f"{xla_flags.FLAG}={xla_flags.VALUE}"
+BARRIERS = f"{xla_flags.BARRIER_FLAG}={xla_flags.BARRIER_VALUE}"
 
 
-def test_flag_appended_to_existing_flags():
+def test_flags_appended_to_existing_flags():
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  assert xla_flags.eigen_cpu_convolutions(env, jaxlib_version="0.10.2")
-  assert env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=8 {SETTING}"
-  assert not xla_flags.eigen_cpu_convolutions(env, jaxlib_version="0.10.2")  # once only
+  assert not xla_flags.cpu_barriers_active(env)
+  assert xla_flags.set_cpu_flags(env, jaxlib_version="0.10.2")
+  assert env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=8 {SETTING} {BARRIERS}"
+  assert xla_flags.cpu_barriers_active(env)
+  assert not xla_flags.set_cpu_flags(env, jaxlib_version="0.10.2")  # once only
 
 
-@pytest.mark.parametrize("env", [
-    {"XLA_FLAGS": f"{xla_flags.FLAG}=individual_dot,individual_convolution"},  # user's flag
-    {xla_flags.CHOICE_VARIABLE: "ynn"},  # jaxlib's default kept
+@pytest.mark.parametrize("users, added", [
+    (f"{xla_flags.FLAG}=individual_dot,individual_convolution", BARRIERS),
+    (f"{xla_flags.BARRIER_FLAG}=some_pass", SETTING),  # barriers then stay off
 ])
-def test_users_choice_wins(env):
-  before = dict(env)
-  assert not xla_flags.eigen_cpu_convolutions(env, jaxlib_version="0.10.2")
-  assert env == before
+def test_users_own_flag_wins(users, added):
+  env = {"XLA_FLAGS": users}
+  assert xla_flags.set_cpu_flags(env, jaxlib_version="0.10.2")
+  assert env["XLA_FLAGS"] == f"{users} {added}"
+  assert xla_flags.cpu_barriers_active(env) == (added == BARRIERS)
+
+
+def test_off_keeps_jaxlibs_flags():
+  env = {xla_flags.CHOICE_VARIABLE: "off"}
+  assert not xla_flags.set_cpu_flags(env, jaxlib_version="0.10.2")
+  assert "XLA_FLAGS" not in env
 
 
 @pytest.mark.parametrize("version", ["0.9.1", "0.11.0", ""])
 def test_unmeasured_jaxlib_gets_no_flag(version):
   # XLA aborts on a flag it does not know: never pass it to a jaxlib it was not checked on.
   env = {}
-  assert not xla_flags.eigen_cpu_convolutions(env, jaxlib_version=version)
+  assert not xla_flags.set_cpu_flags(env, jaxlib_version=version)
   assert "XLA_FLAGS" not in env
 
 
 def test_bad_choice_names_the_variable():
   with pytest.raises(ValueError, match=xla_flags.CHOICE_VARIABLE):
-    xla_flags.eigen_cpu_convolutions({xla_flags.CHOICE_VARIABLE: "fast"}, "0.10.2")
+    xla_flags.set_cpu_flags({xla_flags.CHOICE_VARIABLE: "fast"}, "0.10.2")
 
 
 _CONV_GRADIENTS = r"""
@@ -63,7 +73,7 @@ print(json.dumps({"flags": os.environ.get("XLA_FLAGS", ""), "value": float(value
 """
 
 
-def _run(choice):
+def _run(choice):  # "on" or "off"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env[xla_flags.CHOICE_VARIABLE] = choice
   out = subprocess.run([sys.executable, "-c", _CONV_GRADIENTS], env=env, cwd=REPO,
@@ -76,12 +86,13 @@ MEASURED = xla_flags.measured(xla_flags._jaxlib_version())
 
 @pytest.mark.skipif(not MEASURED, reason="flag not used on this jaxlib")
 def test_import_sets_flag_and_convolutions_agree():
-  eigen, ynn = _run("eigen"), _run("ynn")
-  assert SETTING in eigen["flags"] and xla_flags.FLAG not in ynn["flags"]
-  np.testing.assert_allclose(eigen["value"], ynn["value"], rtol=1e-5)
+  on, off = _run("on"), _run("off")
+  assert SETTING in on["flags"] and BARRIERS in on["flags"]
+  assert xla_flags.FLAG not in off["flags"] and xla_flags.BARRIER_FLAG not in off["flags"]
+  np.testing.assert_allclose(on["value"], off["value"], rtol=1e-5)
   for grad in ("dx", "dw"):
-    scale = np.max(np.abs(ynn[grad]))
-    np.testing.assert_allclose(eigen[grad], ynn[grad], atol=1e-5 * scale)
+    scale = np.max(np.abs(off[grad]))
+    np.testing.assert_allclose(on[grad], off[grad], atol=1e-5 * scale)
 
 
 def test_warns_when_jax_started_first():
@@ -91,3 +102,28 @@ def test_warns_when_jax_started_first():
   out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
                        text=True, check=True)
   assert ("has no effect" in out.stderr) == MEASURED
+
+
+def test_binary_conv_with_and_without_barrier(monkeypatch):
+  import jax
+  import jax.numpy as jnp
+  from bmd_jax import layers
+
+  layer = layers.BinaryConv(8, strides=2, input_quantizer="ede", kernel_quantizer="ede",
+                            scale_mode="irnet")
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 9, 9, 5)), jnp.float32)
+  est = {"ede": {"t": jnp.float32(0.5), "k": jnp.float32(2.0)}}
+  params = layer.init(jax.random.PRNGKey(0), x, est)
+
+  def value_and_grads(barriers):
+    monkeypatch.setattr(xla_flags, "cpu_barriers_active", lambda: barriers)
+    f = lambda p, x: jnp.sum(jnp.tanh(layer.apply(p, x, est)))
+    lowered = jax.jit(jax.value_and_grad(f, (0, 1))).lower(params, x)
+    assert ("optimization_barrier" in lowered.as_text()) == (
+        barriers and jax.default_backend() == "cpu")
+    return lowered.compile()(params, x)
+
+  (v1, g1), (v0, g0) = value_and_grads(True), value_and_grads(False)
+  np.testing.assert_allclose(v1, v0, rtol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g0)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
