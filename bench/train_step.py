@@ -5,6 +5,8 @@ PyTorch eager implementation (bench/torch_reference.py) timed in the same run.
     python bench/train_step.py --models=resnet20,resnet18   # + ResNet-18, 224x224, batch 32
     python bench/train_step.py --quick                # fewer steps
     python bench/train_step.py --malloc=tuned         # both frameworks with PERF-NOTES' glibc tunables
+    python bench/train_step.py --frameworks=jax,torch,jax_xla_defaults  # + bmd_jax without its
+                                                      # XLA:CPU flags (bmd_jax/xla_flags.py)
 
 Variants, each timed as the median of --steps steps after --warmup steps (fixed random batch,
 no input pipeline), per framework:
@@ -47,11 +49,15 @@ sys.path.insert(0, REPO)
 TUNED_MALLOC = ("glibc.malloc.mmap_threshold=4294967296:"
                 "glibc.malloc.trim_threshold=17179869184")
 VARIANTS = ("full", "ce_kurt", "ce", "teacher", "eval")
+FRAMEWORKS = ("jax", "torch", "jax_xla_defaults")
+RATIOS = (("jax", "torch"), ("jax", "jax_xla_defaults"))  # printed where both were timed
 # model -> (image size, batch size, number of classes)
 SIZES = {"resnet20": (32, 128, 10), "resnet18": (224, 32, 1000)}
 
 _MODELS = flags.DEFINE_list("models", ["resnet20"], f"models among {sorted(SIZES)}")
-_FRAMEWORKS = flags.DEFINE_list("frameworks", ["jax", "torch"], "jax and/or torch")
+_FRAMEWORKS = flags.DEFINE_list(
+    "frameworks", ["jax", "torch"], "among jax, torch and jax_xla_defaults (bmd_jax with "
+    "BMD_JAX_CPU_FLAGS=off: jaxlib's own XLA:CPU flags, see bmd_jax/xla_flags.py)")
 _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), f"among {VARIANTS}")
 _STEPS = flags.DEFINE_integer("steps", 20, "timed steps per variant (median reported)")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "untimed steps before timing")
@@ -242,7 +248,7 @@ def run_torch(model_name, variants=VARIANTS, steps=20, warmup=3, image_size=None
 
 def worker(spec, steps, warmup):
   framework, model_name = spec.split(":")
-  runner = run_jax if framework == "jax" else run_torch
+  runner = run_torch if framework == "torch" else run_jax
   image_size, batch_size, _ = _sizes(model_name)
   results = runner(model_name, _VARIANTS.value, steps, warmup, image_size, batch_size,
                    _BLOCKS.value)
@@ -251,8 +257,10 @@ def worker(spec, steps, warmup):
   print("RESULT " + json.dumps(out), flush=True)
 
 
-def _child_env():
+def _child_env(framework="jax"):
   env = dict(os.environ)
+  if framework == "jax_xla_defaults":
+    env["BMD_JAX_CPU_FLAGS"] = "off"
   if _MALLOC.value == "tuned":
     env["GLIBC_TUNABLES"] = TUNED_MALLOC
   elif _MALLOC.value == "default":
@@ -265,7 +273,7 @@ def _spawn(spec, steps, warmup):
           f"--steps={steps}", f"--warmup={warmup}", f"--variants={','.join(_VARIANTS.value)}",
           f"--batch={_BATCH.value}", f"--image_size={_IMAGE_SIZE.value}",
           f"--blocks_per_stage={_BLOCKS.value}"]
-  proc = subprocess.run(args, env=_child_env(), capture_output=True, text=True)
+  proc = subprocess.run(args, env=_child_env(spec.split(":")[0]), capture_output=True, text=True)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
   if proc.returncode or not lines:
     raise RuntimeError(f"{spec} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -308,9 +316,10 @@ def report(env, results):
     r0 = next(iter(by_fw.values()))
     lines.append(f"## {model_name}, {r0['image_size']}x{r0['image_size']}, "
                  f"batch {r0['batch']}")
+    ratios = [(a, b) for a, b in RATIOS if a in by_fw and b in by_fw]
     lines.append("| variant | " + " | ".join(f"{fw} img/s (ms)" for fw in by_fw)
-                 + (" | jax / torch |" if len(by_fw) == 2 else " |"))
-    lines.append("|---" * (len(by_fw) + 1 + (len(by_fw) == 2)) + "|")
+                 + "".join(f" | {a} / {b}" for a, b in ratios) + " |")
+    lines.append("|---" * (len(by_fw) + 1 + len(ratios)) + "|")
     for variant in r0["variants"]:
       cells, rates = [], {}
       for fw, r in by_fw.items():
@@ -318,8 +327,8 @@ def report(env, results):
         rates[fw] = r["batch"] / v["median_s"]
         extra = f", compile {v['compile_s']:.1f} s" if "compile_s" in v else ""
         cells.append(f"{rates[fw]:.0f} ({1e3 * v['median_s']:.1f}{extra})")
-      ratio = f" | {rates['jax'] / rates['torch']:.2f}x" if len(rates) == 2 else ""
-      lines.append(f"| {variant} | " + " | ".join(cells) + ratio + " |")
+      lines.append(f"| {variant} | " + " | ".join(cells)
+                   + "".join(f" | {rates[a] / rates[b]:.2f}x" for a, b in ratios) + " |")
     for fw, r in by_fw.items():
       v = r["variants"]
       notes = [f"peak RSS {r['maxrss_mib']:.0f} MiB"]
@@ -346,6 +355,9 @@ def main(argv):
   if env["torch"] == "(not installed)" and "torch" in _FRAMEWORKS.value:
     print("torch is not installed (pip install -e .[bench]); timing JAX only", file=sys.stderr)
     _FRAMEWORKS.value.remove("torch")
+  unknown = sorted(set(_FRAMEWORKS.value) - set(FRAMEWORKS))
+  if unknown:
+    raise app.UsageError(f"unknown frameworks {unknown}; choose among {FRAMEWORKS}")
   results = {}
   for model_name in _MODELS.value:
     if model_name not in SIZES:

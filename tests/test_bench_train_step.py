@@ -118,14 +118,16 @@ def test_benchmark_smoke_run(tmp_path):
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "bench", "train_step.py"), "--models=resnet20",
        "--blocks_per_stage=1", "--image_size=8", "--batch=4", "--steps=1", "--warmup=0",
-       "--variants=ce,eval", f"--json={out}"],
+       "--variants=ce,eval", "--frameworks=jax,torch,jax_xla_defaults", f"--json={out}"],
       capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "| ce |" in proc.stdout and "jax / torch" in proc.stdout
+  assert "jax / jax_xla_defaults" in proc.stdout
   results = json.loads(out.read_text())["results"]["resnet20"]
-  for framework in ("jax", "torch"):
+  for framework in ("jax", "torch", "jax_xla_defaults"):
     variants = results[framework]["variants"]
     assert set(variants) == {"ce", "eval"}
     assert all(v["median_s"] > 0 for v in variants.values())
     assert results[framework]["maxrss_mib"] > 0
   assert results["jax"]["variants"]["ce"]["compile_s"] > 0
+
