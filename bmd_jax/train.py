@@ -417,7 +417,9 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
   manager.wait_until_finished()
   manager.close()
   if first_step >= total_steps:
-    log.info("stage %s: already complete (step %d)", stage, first_step)
+    # A finished stage still reports its final evaluation (e.g. to a rerun of the ablation).
+    log.info("stage %s: already complete (step %d); evaluating it", stage, first_step)
+    eval_metrics = evaluate(p_eval_step, state, config, datasets, mesh)
   return {"state": state, "eval": eval_metrics,
           "train_step_compilations": p_train_step._cache_size()}
 

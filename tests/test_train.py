@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -154,3 +155,14 @@ def test_estimator_schedule_rejects_unknown_granularity(digits_config):
   digits_config.estimators.schedule_per = "batch"
   with pytest.raises(ValueError, match="schedule_per"):
     train.schedule_progress(digits_config, 1.0, 10.0)
+
+
+def test_rerun_of_a_finished_run_reports_its_evaluation(digits_run, tmp_path):
+  config, shared_workdir = digits_run
+  workdir = shutil.copytree(shared_workdir, tmp_path / "run")  # the fixture stays untouched
+  logged = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  final_eval = [e for e in logged if "eval/accuracy" in e][-1]
+  results = train.train_and_evaluate(config, workdir)  # every stage already complete
+  (stage_result,) = results.values()
+  assert stage_result["eval"]["eval/accuracy"] == pytest.approx(final_eval["eval/accuracy"])
+  assert stage_result["eval"]["eval/loss"] == pytest.approx(final_eval["eval/loss"], rel=1e-5)
