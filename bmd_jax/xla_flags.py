@@ -16,8 +16,8 @@ which keeps the optimization barriers that `layers.BinaryConv` puts on its binar
 XLA:CPU (`cpu_barriers_active`). Without them XLA:CPU fuses each weight-gradient convolution's
 input transpose with a recomputation of the batch norm, residual, hardtanh and sign that made
 that input, which is several times slower than transposing the stored input (10-16% of the
-step). The barriers are added on the CPU backend only, so other backends compile the same
-programs as without the flags. bmd_jax does not set a flag when
+step). The barriers are added on the CPU backend only; elsewhere the pass flag affects only
+programs with barriers of their own (jax.checkpoint's). bmd_jax does not set a flag when
 
 - XLA_FLAGS already names it (your choice wins; each flag is checked on its own),
 - BMD_JAX_CPU_FLAGS=off is set (jaxlib's defaults, no barriers), or
