@@ -42,7 +42,7 @@ BARRIER_FLAG = "--xla_disable_hlo_passes"
 BARRIER_VALUE = "cse_barrier_expander"
 CHOICE_VARIABLE = "BMD_JAX_CPU_FLAGS"
 CHOICES = ("on", "off")
-# jaxlib versions (major.minor) on which the flag exists and was measured to help.
+# jaxlib versions (major.minor) on which the flags exist and were measured to help.
 MEASURED_JAXLIB = ("0.10",)
 
 log = logging.getLogger("bmd_jax")
@@ -56,12 +56,12 @@ def _jaxlib_version() -> str:
 
 
 def measured(jaxlib_version: str) -> bool:
-  """Whether the flag exists in, and was measured on, this jaxlib version."""
+  """Whether the flags exist in, and were measured on, this jaxlib version."""
   return jaxlib_version.startswith(tuple(v + "." for v in MEASURED_JAXLIB))
 
 
 def set_cpu_flags(environ: MutableMapping[str, str] = os.environ,
-                           jaxlib_version: str | None = None) -> bool:
+                  jaxlib_version: str | None = None) -> bool:
   """Appends the flags to environ['XLA_FLAGS'] when they apply; True if it added any."""
   choice = environ.get(CHOICE_VARIABLE, "on").strip().lower()
   if choice not in CHOICES:
@@ -94,7 +94,7 @@ def _backends_started() -> bool:
 
 
 def apply_at_import() -> None:
-  """What `import bmd_jax` does: set the flag, or say why it cannot take effect."""
+  """What `import bmd_jax` does: set the flags, or say why they cannot take effect."""
   started = _backends_started()
   if set_cpu_flags() and started:
     log.warning("JAX's backend started before bmd_jax was imported, so %s has no effect; "
