@@ -92,9 +92,12 @@ def test_torch_twin_has_the_loss_and_gradients_of_the_jax_train_step():
                                    wdm_temperature=config.loss.wdm_temperature)
   total.backward()
 
-  for name in ("ce", "kurtosis", "wdm", "kd"):
+  # WDM's KL is a small difference of sums over every kernel entry (~270k float32 terms), so
+  # summation order alone (XLA's vs torch's reductions) moves it by a few 1e-5.
+  tolerance = {"ce": 2e-5, "kurtosis": 2e-5, "wdm": 1e-4, "kd": 2e-5}
+  for name, rtol in tolerance.items():
     np.testing.assert_allclose(float(parts[name].detach()), float(metrics[f"train/{name}"]),
-                               rtol=2e-5, err_msg=name)
+                               rtol=rtol, err_msg=name)
   np.testing.assert_allclose(float(total.detach()), float(metrics["train/loss"]), rtol=2e-5)
   assert float(parts["wdm"]) > 0 and float(parts["kurtosis"]) > 0
 
