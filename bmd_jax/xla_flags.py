@@ -8,20 +8,23 @@ step 3x slower and its eval 1.6x slower than with Eigen's convolutions (docs/BEN
 
     --xla_cpu_experimental_ynn_fusion_type=individual_dot
 
-to XLA_FLAGS (YNNPACK keeps the matrix products, convolutions go back to Eigen), and
+to XLA_FLAGS (YNNPACK keeps the matrix products, convolutions go back to Eigen).
+
+BMD_JAX_CPU_FLAGS picks what is set: 'on' (the default: the flag above), 'off' (nothing,
+jaxlib's defaults) or 'barriers' (experimental: also
 
     --xla_disable_hlo_passes=cse_barrier_expander
 
-which keeps the optimization barriers that `layers.BinaryConv` puts on its binary input on
-XLA:CPU (`cpu_barriers_active`). Without them XLA:CPU fuses each weight-gradient convolution's
-input transpose with a recomputation of the batch norm, residual, hardtanh and sign that made
-that input, which is several times slower than transposing the stored input (10-16% of the
-step). The barriers are added on the CPU backend only; elsewhere the pass flag affects only
-programs with barriers of their own (jax.checkpoint's). bmd_jax does not set a flag when
+which keeps the optimization barriers that `layers.BinaryConv` then puts on its binary input
+on XLA:CPU, see `cpu_barriers_active`). Without them XLA:CPU fuses each weight-gradient
+convolution's input transpose with a recomputation of the batch norm, residual, hardtanh and
+sign that made that input; with them the ResNet-20 step was 10-16% faster. It is not the
+default because XLA:CPU 0.10 then aborts the process (`Check failed: buffer != nullptr` in
+HandleOptimizationBarrier) on some programs with barriers of JAX's own inside a nested
+computation, e.g. one that uses `losses.wdm_histogram` (tests/test_losses.py). bmd_jax does not set a flag when
 
-- XLA_FLAGS already names it (your choice wins; each flag is checked on its own),
-- BMD_JAX_CPU_FLAGS=off is set (jaxlib's defaults, no barriers), or
-- the installed jaxlib is not a version they were measured on (both are experimental or debug
+- XLA_FLAGS already names it (your choice wins; each flag is checked on its own), or
+- the installed jaxlib is not a version it was measured on (both are experimental or debug
   options: XLA aborts on a flag it does not know, so they never reach an untested jaxlib).
 
 XLA reads XLA_FLAGS once, when JAX creates its first backend: import bmd_jax before running
@@ -41,7 +44,7 @@ VALUE = "individual_dot"
 BARRIER_FLAG = "--xla_disable_hlo_passes"
 BARRIER_VALUE = "cse_barrier_expander"
 CHOICE_VARIABLE = "BMD_JAX_CPU_FLAGS"
-CHOICES = ("on", "off")
+CHOICES = ("on", "off", "barriers")
 # jaxlib versions (major.minor) on which the flags exist and were measured to help.
 MEASURED_JAXLIB = ("0.10",)
 
@@ -66,13 +69,14 @@ def set_cpu_flags(environ: MutableMapping[str, str] = os.environ,
   choice = environ.get(CHOICE_VARIABLE, "on").strip().lower()
   if choice not in CHOICES:
     raise ValueError(f"{CHOICE_VARIABLE}={environ[CHOICE_VARIABLE]!r} is not one of {CHOICES}: "
-                     "'on' (bmd_jax's default, faster CPU training) or 'off' (jaxlib's flags)")
+                     "'on' (bmd_jax's default, faster CPU convolutions), 'off' (jaxlib's "
+                     "flags) or 'barriers' (also keep optimization barriers; experimental)")
   flags = environ.get("XLA_FLAGS", "")
   version = _jaxlib_version() if jaxlib_version is None else jaxlib_version
   if choice == "off" or not measured(version):
     return False
-  added = [f"{name}={value}" for name, value in ((FLAG, VALUE), (BARRIER_FLAG, BARRIER_VALUE))
-           if name not in flags]
+  wanted = [(FLAG, VALUE)] + ([(BARRIER_FLAG, BARRIER_VALUE)] if choice == "barriers" else [])
+  added = [f"{name}={value}" for name, value in wanted if name not in flags]
   environ["XLA_FLAGS"] = " ".join([flags, *added]).strip()
   return bool(added)
 

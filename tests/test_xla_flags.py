@@ -16,13 +16,21 @@ SETTING = f"{xla_flags.FLAG}={xla_flags.VALUE}"
 BARRIERS = f"{xla_flags.BARRIER_FLAG}={xla_flags.BARRIER_VALUE}"
 
 
-def test_flags_appended_to_existing_flags():
+def test_convolution_flag_appended_to_existing_flags():
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  assert xla_flags.set_cpu_flags(env, jaxlib_version="0.10.2")
+  assert env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=8 {SETTING}"
+  assert not xla_flags.cpu_barriers_active(env)  # barriers are opt-in
+  assert not xla_flags.set_cpu_flags(env, jaxlib_version="0.10.2")  # once only
+
+
+def test_barriers_opt_in():
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         xla_flags.CHOICE_VARIABLE: "barriers"}
   assert not xla_flags.cpu_barriers_active(env)
   assert xla_flags.set_cpu_flags(env, jaxlib_version="0.10.2")
   assert env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=8 {SETTING} {BARRIERS}"
   assert xla_flags.cpu_barriers_active(env)
-  assert not xla_flags.set_cpu_flags(env, jaxlib_version="0.10.2")  # once only
 
 
 @pytest.mark.parametrize("users, added", [
@@ -30,7 +38,7 @@ def test_flags_appended_to_existing_flags():
     (f"{xla_flags.BARRIER_FLAG}=some_pass", SETTING),  # barriers then stay off
 ])
 def test_users_own_flag_wins(users, added):
-  env = {"XLA_FLAGS": users}
+  env = {"XLA_FLAGS": users, xla_flags.CHOICE_VARIABLE: "barriers"}
   assert xla_flags.set_cpu_flags(env, jaxlib_version="0.10.2")
   assert env["XLA_FLAGS"] == f"{users} {added}"
   assert xla_flags.cpu_barriers_active(env) == (added == BARRIERS)
@@ -87,7 +95,7 @@ MEASURED = xla_flags.measured(xla_flags._jaxlib_version())
 @pytest.mark.skipif(not MEASURED, reason="flag not used on this jaxlib")
 def test_import_sets_flag_and_convolutions_agree():
   on, off = _run("on"), _run("off")
-  assert SETTING in on["flags"] and BARRIERS in on["flags"]
+  assert SETTING in on["flags"] and BARRIERS not in on["flags"]
   assert xla_flags.FLAG not in off["flags"] and xla_flags.BARRIER_FLAG not in off["flags"]
   np.testing.assert_allclose(on["value"], off["value"], rtol=1e-5)
   for grad in ("dx", "dw"):
