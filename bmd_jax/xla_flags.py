@@ -21,7 +21,9 @@ convolution's input transpose with a recomputation of the batch norm, residual, 
 sign that made that input; with them the ResNet-20 step was 10-16% faster. It is not the
 default because XLA:CPU 0.10 then aborts the process (`Check failed: buffer != nullptr` in
 HandleOptimizationBarrier) on some programs with barriers of JAX's own inside a nested
-computation, e.g. one that uses `losses.wdm_histogram` (tests/test_losses.py). bmd_jax does not set a flag when
+computation, e.g. one that uses `losses.wdm_histogram` (tests/test_losses.py).
+
+bmd_jax does not set a flag when
 
 - XLA_FLAGS already names it (your choice wins; each flag is checked on its own), or
 - the installed jaxlib is not a version it was measured on (both are experimental or debug
