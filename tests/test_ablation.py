@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from bmd_jax import export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,6 +26,7 @@ def get_config():
 """
 
 
+@pytest.mark.slow
 def test_ablation_shares_step1_between_variants_alike(tmp_path):
   config_file = tmp_path / "two_step_digits.py"
   config_file.write_text(TWO_STEP_DIGITS)

@@ -13,6 +13,7 @@ from bmd_jax import export, losses
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_analyze_writes_figures_and_the_kurtosis_of_the_checkpoint(digits_run, tmp_path):
   config, workdir = digits_run
   out = str(tmp_path / "analysis")

@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_profile_smoke_run(tmp_path):
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "bench", "profile_train_step.py"),

@@ -51,6 +51,7 @@ def _torch_grad(model, flax_path):
   return grad.transpose(2, 3, 1, 0) if grad.ndim == 4 else grad.T if grad.ndim == 2 else grad
 
 
+@pytest.mark.slow
 def test_torch_twin_has_the_loss_and_gradients_of_the_jax_train_step():
   # ResNet-20's code paths (both shortcut kinds, every estimator and loss) at 1 block a stage.
   config, model, teacher_model, state, teacher, batch, _ = bench.jax_setup(
@@ -115,6 +116,7 @@ def test_torch_twin_has_the_loss_and_gradients_of_the_jax_train_step():
                                atol=2e-3 * np.abs(torch_grad).max(), err_msg=path)
 
 
+@pytest.mark.slow
 def test_benchmark_smoke_run(tmp_path):
   # The CE-only train step and the eval step (the full step is compiled by the test above).
   out = tmp_path / "result.json"

@@ -99,6 +99,7 @@ def _random_batch_stats(stats, rng):
 
 # Logits: float32 sums in another order outside the binary layers, and alpha * count instead of
 # a conv with alpha * sign(W); relative tolerance 1e-4 of the logits' scale.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_packed_forward_equals_float_forward_on_every_model(name):
   rng = np.random.default_rng(0)
@@ -139,6 +140,7 @@ def _eval_images(config, count=128):
   return batch["image"][:count]
 
 
+@pytest.mark.slow
 def test_export_command_reloaded_gives_the_same_predictions(digits_run, tmp_path):
   config, workdir = digits_run
   out = str(tmp_path / "digits.npz")

@@ -162,6 +162,7 @@ def test_restore_across_epochs_for_every_augmentation(small_folder, augment):
   assert_same_batches(take(restored, 3), expected)
 
 
+@pytest.mark.slow
 def test_worker_process_gives_the_same_batches_and_restores(small_folder):
   # No flags.FLAGS(...) here: the library marks absl flags parsed for grain's workers.
   # (With several workers each batches its own share of the records, so batches depend on the

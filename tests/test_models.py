@@ -137,7 +137,12 @@ def binary_step(case):
               updates=updates, grads=grads, calls=calls, shape=shape)
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+# The two largest compiles (seconds each on 2 cores) run in the slow tier only.
+HEAVY_CASES = ("reactnet_a", "resnet18_cifar")
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in HEAVY_CASES
+                                  else c for c in sorted(CASES)])
 def test_forward_backward_under_jit(case):
   """Params initialized in step 1 (binary activations) run and train the binary model."""
   r = binary_step(case)

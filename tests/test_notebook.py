@@ -12,6 +12,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, "notebooks", "quickstart.ipynb")
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_executes():
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   env_path = os.environ.get("PYTHONPATH", "")

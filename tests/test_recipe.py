@@ -30,6 +30,7 @@ def _two_stage(config):
   return config
 
 
+@pytest.mark.slow
 def test_two_stages_end_to_end(digits_config, tmp_path):
   results = train.train_and_evaluate(_two_stage(digits_config), str(tmp_path))
   step1 = jax.device_get(results["step1"]["state"].params)
@@ -53,6 +54,7 @@ def test_stage_without_its_teacher_says_what_to_run(digits_config, tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_teacher_with_other_shapes_is_rejected(digits_config, tmp_path):
   config = _two_stage(digits_config)
   config.stages = "step1"
@@ -85,6 +87,7 @@ def _final_params(workdir):
   return _final_params_at(workdir, 300)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_exact(tmp_path):
   straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
   subprocess.run(_cli(straight), cwd=REPO, check=True, capture_output=True, timeout=300)
@@ -99,6 +102,7 @@ def test_resume_after_sigkill_is_exact(tmp_path):
                          _final_params(killed))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
   workdir = str(tmp_path)
   proc = _start_and_wait_for_checkpoint(workdir)
@@ -111,6 +115,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   assert 10 <= max(steps) < 300
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_checkpoint(digits_config, tmp_path):
   digits_config.num_train_steps = 10
   digits_config.checkpoint_every_steps = 5

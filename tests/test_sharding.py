@@ -39,6 +39,7 @@ def eight_devices():
   return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one_device(eight_devices):
   out = eight_devices
   # The batch is really split: 8 shards of 64 / 8 rows, one per device.
@@ -54,6 +55,7 @@ def test_eight_devices_match_one_device(eight_devices):
   assert out["params_update_size"] > 40 * PARAMS_ATOL  # the step really moved the params
 
 
+@pytest.mark.slow
 def test_fsdp_shards_parameters_and_matches_replicated(eight_devices):
   specs = eight_devices["fsdp_param_specs"]
   assert "data" in specs["['conv1']['latent_kernel']"]
@@ -66,6 +68,7 @@ def test_fsdp_shards_parameters_and_matches_replicated(eight_devices):
   assert eight_devices["params_diff_fsdp"] < PARAMS_ATOL
 
 
+@pytest.mark.slow
 def test_misfit_batch_and_mesh_errors_name_the_fix(eight_devices):
   errors = eight_devices["errors"]
   assert "batch_size=60 is not divisible by the 8 devices" in errors["batch"]
@@ -121,6 +124,7 @@ def _command(workdir, data_dir):
           "--config.eval_batch_size=16", "--config.log_every_steps=1"]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
   data = _image_folder(str(tmp_path / "data"))
   multi, single = tmp_path / "multi", tmp_path / "single"

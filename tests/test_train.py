@@ -41,6 +41,7 @@ def test_train_step_lowers_loss_on_a_fixed_batch(digits_config):
   assert int(state.step) == 15
 
 
+@pytest.mark.slow
 def test_binarized_layers_exclude_first_conv_and_classifier(digits_config):
   for name, shape in [("small_cnn", (8, 8, 1)), ("resnet20", (32, 32, 3))]:
     digits_config.model.name = name
@@ -53,6 +54,7 @@ def test_binarized_layers_exclude_first_conv_and_classifier(digits_config):
   assert len(names) == 18
 
 
+@pytest.mark.slow
 def test_teacher_terms_and_teacher_untouched(digits_config):
   digits_config.loss.wdm_weight = 1.0
   digits_config.loss.kd_weight = 1.0
@@ -75,6 +77,7 @@ def test_teacher_terms_and_teacher_untouched(digits_config):
   assert logits.shape == (digits_config.batch_size, 10)
 
 
+@pytest.mark.slow
 def test_kurtosis_start_epoch_gates_the_term(digits_config):
   digits_config.loss.kurtosis_start_epoch = 1000
   _, state, batch, step = _setup(digits_config)
@@ -83,6 +86,7 @@ def test_kurtosis_start_epoch_gates_the_term(digits_config):
   assert float(metrics["train/kurtosis"]) > 0
 
 
+@pytest.mark.slow
 def test_weight_decay_reaches_conv_kernels_only(digits_config):
   digits_config.weight_decay = 1.0
   digits_config.optimizer = "sgd"
@@ -106,6 +110,7 @@ def test_learning_rate_schedules(digits_config):
     train.create_learning_rate_fn(digits_config, 10)
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_writes_metrics(digits_config, tmp_path):
   train.train_and_evaluate(digits_config, str(tmp_path))
   events = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
@@ -120,6 +125,7 @@ def test_train_and_evaluate_writes_metrics(digits_config, tmp_path):
   assert os.listdir(tmp_path / "tensorboard")
 
 
+@pytest.mark.slow
 def test_cli_runs_without_tensorflow(tmp_path):
   code = ("import sys, runpy; sys.argv = ['main', '--config=configs/default.py', "
           f"'--workdir={tmp_path}', '--config.num_train_steps=5', '--config.log_every_steps=5'];"
@@ -157,6 +163,7 @@ def test_estimator_schedule_rejects_unknown_granularity(digits_config):
     train.schedule_progress(digits_config, 1.0, 10.0)
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_run_reports_its_evaluation(digits_run, tmp_path):
   config, shared_workdir = digits_run
   workdir = shutil.copytree(shared_workdir, tmp_path / "run")  # the fixture stays untouched

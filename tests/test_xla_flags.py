@@ -112,6 +112,7 @@ def test_warns_when_jax_started_first():
   assert ("has no effect" in out.stderr) == MEASURED
 
 
+@pytest.mark.slow
 def test_binary_conv_with_and_without_barrier(monkeypatch):
   import jax
   import jax.numpy as jnp
