@@ -39,6 +39,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
 
+import bmd_jax  # noqa: E402
 from bmd_jax import checkpoint, input_pipeline, metric_writers, stages, train  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -132,6 +133,7 @@ def _final_kurtosis(metrics_path):
 
 def main(argv):
   del argv
+  bmd_jax.configure_cpu()  # before any JAX computation
   metric_writers.console_logging()
   base = FLAGS.config
   seeds = [int(s) for s in FLAGS.seeds.split(",")]

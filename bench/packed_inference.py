@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import bmd_jax
 from bmd_jax import models, packed
 
 INPUTS = {"resnet20": (32, 32, 3), "resnet18": (224, 224, 3)}
@@ -77,6 +78,7 @@ def bench_layer(shape: dict, cout: int, batch: int, reps: int, rng) -> dict:
 
 
 def main():
+  bmd_jax.configure_cpu()  # before any JAX computation
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--models", default="resnet20,resnet18")
   parser.add_argument("--batches", default="1,128")

@@ -25,6 +25,8 @@ import time
 
 from absl import app, flags
 
+import bmd_jax
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import train_step as bench  # noqa: E402  (the benchmark's setup: same config, model, batch)
@@ -69,6 +71,7 @@ def _op_sources(hlo_text: str) -> dict[str, str]:
 
 def main(argv):
   del argv
+  bmd_jax.configure_cpu()  # before any JAX computation; BMD_JAX_CPU_FLAGS=off skips it
   import jax
   from bmd_jax import train
   image_size, batch_size, classes = bench._sizes(_MODEL.value)

@@ -39,7 +39,10 @@ def main():
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import jax
   import numpy as np
+  import bmd_jax
   from bmd_jax import sharding, train
+
+  bmd_jax.configure_cpu()  # before any JAX computation
   from configs import default
 
   config = default.get_config()

@@ -43,6 +43,8 @@ from unittest import mock
 
 from absl import app, flags
 
+import bmd_jax
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
@@ -347,6 +349,7 @@ def report(env, results):
 
 def main(argv):
   del argv
+  bmd_jax.configure_cpu()  # before any JAX computation; BMD_JAX_CPU_FLAGS=off skips it
   steps, warmup = (5, 2) if _QUICK.value else (_STEPS.value, _WARMUP.value)
   if _WORKER.value:
     worker(_WORKER.value, steps, warmup)

@@ -3,11 +3,12 @@
 Importable pieces that work on their own: ``quantizers`` (sign estimators), ``layers``
 (binary Flax modules), ``losses`` (kurtosis, WDM, distillation), ``models`` (registry).
 Training lives in ``train``; the command line in ``main``.
+
+Importing bmd_jax sets no process-wide state. Its faster XLA:CPU flags are one call, made by
+the entry points and by a notebook before its first JAX computation:
+``bmd_jax.configure_cpu()`` (see xla_flags.py).
 """
 
 __version__ = "0.1.0"
 
-# Before anything imports JAX's backend: XLA:CPU convolutions on Eigen (see xla_flags.py).
-from bmd_jax import xla_flags as _xla_flags
-
-_xla_flags.apply_at_import()
+from bmd_jax.xla_flags import configure_cpu  # noqa: E402  (standard library only)

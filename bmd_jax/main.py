@@ -15,7 +15,7 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
-from bmd_jax import metric_writers, sharding, train
+from bmd_jax import metric_writers, sharding, train, xla_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for metrics, TensorBoard events and checkpoints.")
@@ -35,6 +35,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   metric_writers.console_logging()
+  xla_flags.configure_cpu()  # before JAX's backend starts (jax.distributed starts it)
   sharding.initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address,
                                   FLAGS.num_processes, FLAGS.process_id)
   try:

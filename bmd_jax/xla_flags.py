@@ -4,11 +4,13 @@ jaxlib 0.10 hands every CPU convolution to a YNNPACK fusion. For the weight-grad
 convolutions of a small-channel CNN (ResNet-20's 16- and 32-channel layers, batch 128) that
 fusion runs at about 2 GFLOP/s: on the 2-core workplace CPU it made a binary ResNet-20 train
 step 3x slower and its eval 1.6x slower than with Eigen's convolutions (docs/BENCHMARKS.md,
-"Where the time went"). Importing bmd_jax therefore appends
+"Where the time went"). `configure_cpu()` therefore appends
 
     --xla_cpu_experimental_ynn_fusion_type=individual_dot
 
-to XLA_FLAGS (YNNPACK keeps the matrix products, convolutions go back to Eigen).
+to XLA_FLAGS (YNNPACK keeps the matrix products, convolutions go back to Eigen). Importing
+bmd_jax changes nothing: the entry points (bmd_jax.main, bench/, hence launch/) call it first
+thing, and a notebook calls ``bmd_jax.configure_cpu()`` before its first JAX computation.
 
 BMD_JAX_CPU_FLAGS picks what is set: 'on' (the default: the flag above), 'off' (nothing,
 jaxlib's defaults) or 'barriers' (experimental: also
@@ -29,8 +31,8 @@ bmd_jax does not set a flag when
 - the installed jaxlib is not a version it was measured on (both are experimental or debug
   options: XLA aborts on a flag it does not know, so they never reach an untested jaxlib).
 
-XLA reads XLA_FLAGS once, when JAX creates its first backend: import bmd_jax before running
-anything on JAX.
+XLA reads XLA_FLAGS once, when JAX creates its first backend: call `configure_cpu()` before
+running anything on JAX (importing JAX is fine; computing is not).
 """
 
 from __future__ import annotations
@@ -99,10 +101,13 @@ def _backends_started() -> bool:
     return False
 
 
-def apply_at_import() -> None:
-  """What `import bmd_jax` does: set the flags, or say why they cannot take effect."""
+def configure_cpu() -> bool:
+  """Sets bmd_jax's XLA:CPU flags for this process (see the module docstring); True if it added
+  any. Call it before the first JAX computation: afterwards it warns that they cannot apply."""
   started = _backends_started()
-  if set_cpu_flags() and started:
-    log.warning("JAX's backend started before bmd_jax was imported, so %s has no effect; "
-                "CPU training can be up to 3x slower. Import bmd_jax first, or set it in "
-                "XLA_FLAGS yourself.", os.environ["XLA_FLAGS"])
+  added = set_cpu_flags()
+  if added and started:
+    log.warning("JAX's backend started before bmd_jax.configure_cpu() was called, so %s has "
+                "no effect; CPU training can be up to 3x slower. Call it before the first JAX "
+                "computation, or set it in XLA_FLAGS yourself.", os.environ["XLA_FLAGS"])
+  return added

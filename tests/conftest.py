@@ -8,6 +8,12 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+# The tests run with the XLA:CPU flags that bmd_jax's entry points set (and so do the
+# subprocesses they start, which inherit the environment).
+import bmd_jax  # noqa: E402
+
+bmd_jax.configure_cpu()
+
 
 @pytest.fixture
 def digits_config():

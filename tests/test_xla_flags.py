@@ -66,6 +66,7 @@ def test_bad_choice_names_the_variable():
 _CONV_GRADIENTS = r"""
 import json, os, sys
 import bmd_jax
+bmd_jax.configure_cpu()
 import jax, jax.numpy as jnp, numpy as np
 rng = np.random.default_rng(0)
 x = jnp.sign(jnp.asarray(rng.standard_normal((8, 12, 12, 16)), jnp.float32))
@@ -93,7 +94,7 @@ MEASURED = xla_flags.measured(xla_flags._jaxlib_version())
 
 
 @pytest.mark.skipif(not MEASURED, reason="flag not used on this jaxlib")
-def test_import_sets_flag_and_convolutions_agree():
+def test_configure_cpu_sets_flag_and_convolutions_agree():
   on, off = _run("on"), _run("off")
   assert SETTING in on["flags"] and BARRIERS not in on["flags"]
   assert xla_flags.FLAG not in off["flags"] and xla_flags.BARRIER_FLAG not in off["flags"]
@@ -105,11 +106,41 @@ def test_import_sets_flag_and_convolutions_agree():
 
 def test_warns_when_jax_started_first():
   code = ("import jax; jax.devices(); import logging; logging.basicConfig(); "
-          "import bmd_jax")
+          "import bmd_jax; bmd_jax.configure_cpu()")
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_flags.CHOICE_VARIABLE)}
   out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
                        text=True, check=True)
   assert ("has no effect" in out.stderr) == MEASURED
+
+
+_IMPORT = r"""
+import importlib, json, os, pkgutil, sys
+for name in sys.argv[1:]:  # third-party libraries imported first: grain sets TF variables
+  importlib.import_module(name)
+before = dict(os.environ)
+import bmd_jax
+from bmd_jax import layers, losses, models, quantizers
+pure = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k))
+for module in pkgutil.walk_packages(bmd_jax.__path__, "bmd_jax."):
+  importlib.import_module(module.name)
+changed = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k))
+print(json.dumps({"pure": pure, "all": changed}))
+"""
+
+
+def _changed_by_import(*first):
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_flags.CHOICE_VARIABLE)}
+  out = subprocess.run([sys.executable, "-c", _IMPORT, *first], env=env, cwd=REPO,
+                       capture_output=True, text=True, check=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_importing_bmd_jax_leaves_the_environment_as_it_was():
+  # The notebook's pieces from a clean start; every module once the libraries are in (grain
+  # and orbax set TF_CPP_MIN_LOG_LEVEL and TPU_SKIP_MDS_QUERY when they are imported).
+  assert _changed_by_import()["pure"] == []
+  assert _changed_by_import("jax", "grain", "orbax.checkpoint", "tensorflow_datasets") == {
+      "pure": [], "all": []}
 
 
 @pytest.mark.slow
