@@ -1,7 +1,9 @@
-"""Loading one config file from another, so variants build on a single source of truth.
+"""Finding and loading config files, so variants build on a single source of truth.
 
 Config files are loaded by path (``--config=configs/x.py``), not as a package, so a variant
-finds its base next to itself: ``config = load_sibling(__file__, "cifar10.py")``.
+finds its base next to itself: ``config = load_sibling(__file__, "cifar10.py")``. A path
+that does not exist from the working directory is looked up in the checkout's ``configs/``
+(the folder next to the bmd_jax package), so ``configs/cifar10.py`` works from anywhere.
 """
 
 from __future__ import annotations
@@ -11,12 +13,44 @@ import pathlib
 
 import ml_collections
 
+# The repository's configs/ folder (a source checkout or an editable install).
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def available() -> list[str]:
+  """The config files of the checkout's configs/ folder, by file name."""
+  if not CONFIG_DIR.is_dir():
+    return []
+  return sorted(p.name for p in CONFIG_DIR.glob("*.py") if not p.name.startswith("_"))
+
+
+def resolve(path: str | pathlib.Path) -> pathlib.Path:
+  """`path` itself when it exists, else the same file in the checkout's configs/ folder."""
+  given = pathlib.Path(path)
+  if given.is_file():
+    return given
+  in_checkout = CONFIG_DIR / given.name
+  if given.parent.name in ("configs", "") and in_checkout.is_file():
+    return in_checkout
+  raise FileNotFoundError(
+      f"config file {str(path)!r} does not exist (working directory {pathlib.Path.cwd()}); "
+      f"bmd_jax's configs are in {CONFIG_DIR}: {', '.join(available()) or 'none found'}")
+
+
+def load(path: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """get_config() of the config file at `path` (see `resolve`)."""
+  return _get_config(resolve(path))
+
 
 def load_sibling(this_file: str, name: str) -> ml_collections.ConfigDict:
   """get_config() of the config file `name` in the folder of `this_file`."""
   path = pathlib.Path(this_file).with_name(name)
   if not path.is_file():
     raise FileNotFoundError(f"config file {path} does not exist")
+  return _get_config(path)
+
+
+def _get_config(path: pathlib.Path) -> ml_collections.ConfigDict:
   spec = importlib.util.spec_from_file_location(f"bmd_jax_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

@@ -14,9 +14,9 @@ NOTEBOOK = os.path.join(REPO, "notebooks", "quickstart.ipynb")
 
 @pytest.mark.slow
 def test_quickstart_notebook_executes():
+  # As a user opens it: from notebooks/, with the installed package and no PYTHONPATH.
   notebook = nbformat.read(NOTEBOOK, as_version=4)
-  env_path = os.environ.get("PYTHONPATH", "")
-  os.environ["PYTHONPATH"] = REPO + (os.pathsep + env_path if env_path else "")
+  env_path = os.environ.pop("PYTHONPATH", None)
   try:
     client = nbclient.NotebookClient(
         notebook, timeout=300, kernel_name="python3",
@@ -24,7 +24,8 @@ def test_quickstart_notebook_executes():
     start = time.time()
     client.execute()  # raises CellExecutionError on the first failing cell
   finally:
-    os.environ["PYTHONPATH"] = env_path
+    if env_path is not None:
+      os.environ["PYTHONPATH"] = env_path
   errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])
             if o.get("output_type") == "error"]
   assert not errors

@@ -1,0 +1,67 @@
+"""What `pip install -e .` alone gives: every third-party module that bmd_jax imports is a
+declared dependency (not one that only the test extra brings), and configs are found by
+path from any working directory."""
+
+import ast
+import configparser
+import importlib.metadata
+import os
+import pathlib
+import re
+import sys
+
+import pytest
+
+from bmd_jax import config_files
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _normalized(name: str) -> str:
+  return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _declared_requirements() -> set[str]:
+  setup = configparser.ConfigParser()
+  setup.read(REPO / "setup.cfg")
+  lines = setup["options"]["install_requires"].strip().splitlines()
+  return {_normalized(re.split(r"[<>=!~ ;\[]", line.strip(), maxsplit=1)[0])
+          for line in lines if line.strip()}
+
+
+def _imported_top_level_modules() -> set[str]:
+  modules = set()
+  for path in (REPO / "bmd_jax").rglob("*.py"):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Import):
+        modules |= {alias.name.split(".")[0] for alias in node.names}
+      elif isinstance(node, ast.ImportFrom) and node.level == 0:
+        modules.add(node.module.split(".")[0])
+  return {m for m in modules if m not in sys.stdlib_module_names and m != "bmd_jax"}
+
+
+def test_every_imported_module_is_a_declared_dependency():
+  distributions = importlib.metadata.packages_distributions()
+  declared = _declared_requirements()
+  undeclared = {}
+  for module in sorted(_imported_top_level_modules()):
+    names = {_normalized(d) for d in distributions.get(module, [module])}
+    if not names & declared:
+      undeclared[module] = sorted(names)
+  assert not undeclared, f"imported by bmd_jax but not in install_requires: {undeclared}"
+
+
+def test_config_found_from_any_working_directory(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  config = config_files.load("configs/cifar10.py")
+  assert config.model.name == "resnet20"
+  assert config_files.resolve("configs/default.py") == REPO / "configs" / "default.py"
+
+
+def test_missing_config_says_where_configs_are(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(FileNotFoundError) as error:
+    config_files.resolve("configs/no_such_recipe.py")
+  message = str(error.value)
+  assert "no_such_recipe.py" in message and str(REPO / "configs") in message
+  assert "cifar10.py" in message  # the configs that exist are listed
