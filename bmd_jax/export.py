@@ -1,8 +1,10 @@
 """Export a trained BNN as deployable bits, and run the export with XNOR-popcount inference.
 
     python -m bmd_jax.export --workdir=runs/digits --out=digits.npz
+    python -m bmd_jax.export --workdir=runs/digits --out=digits.stablehlo --format=stablehlo
 
-reads the newest checkpoint of the workdir's last binary-precision stage and writes one ``.npz``:
+The second writes a program that runs with JAX alone (portable_export.py). The first reads
+the newest checkpoint of the workdir's last binary-precision stage and writes one ``.npz``:
 
 - ``packed/<layer>/words``: every binary layer's kernel signs, bit-packed along the fan-in
   (bit 1 = -1; layout in packed.py), as uint32;
@@ -14,8 +16,9 @@ reads the newest checkpoint of the workdir's last binary-precision stage and wri
 - ``params/...``, ``batch_stats/...``: the full-precision variables (first conv, classifier,
   real shortcuts, batch norms not folded, RPReLU/shift parameters) as float32;
 - ``manifest``: JSON with the model name and fields, the number of classes and input shape, the
-  precision and shape of every layer, which batch norms were folded, the source checkpoint and
-  its config, and the sizes (exported file against the float32 checkpoint).
+  precision and shape of every layer, which batch norms were folded, the source stage and step,
+  its config (paths of the training machine left out), and the sizes (exported file against
+  the float32 checkpoint). docs/EXPORT_FORMAT.md describes the file for readers without JAX.
 
 ``load(path)`` rebuilds the model from the manifest; ``Exported.predict(images)`` returns its
 logits computed by packed.packed_apply. They equal the float forward pass of the binary model
@@ -202,9 +205,8 @@ def export(workdir: str, out: str, stage: str | None = None, step: int | None = 
       "model_fields": config.model.to_dict(),
       "num_classes": int(model.num_classes),
       "input_shape": list(input_shape),
-      "source": {"workdir": os.path.abspath(workdir), "checkpoint": ckpt.path,
-                 "stage": stage_name, "step": ckpt.step},
-      "config": config.to_json(),
+      "source": {"stage": stage_name, "step": ckpt.step},
+      "config": _without_local_paths(config).to_json(),
       "binary_layers": info,
       "folded_batch_norms": folded,
       "full_precision": {k: {"shape": list(v.shape), "precision": "float32"}
@@ -222,6 +224,29 @@ def export(workdir: str, out: str, stage: str | None = None, step: int | None = 
   np.savez(path, manifest=np.array(json.dumps(manifest)), **arrays)
   manifest["sizes"]["export_file_bytes"] = os.path.getsize(path)
   return manifest
+
+
+# Config fields that may hold a path on the training machine; an export is shared, so they
+# are left out of its manifest (a stage name such as 'step1' stays).
+LOCAL_PATH_FIELDS = ("data_dir", "init_from", "teacher")
+
+
+def _without_local_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict(config.to_dict())
+  sections = [config, *config.get("stage_overrides", {}).values()]
+  for section in sections:
+    for field in LOCAL_PATH_FIELDS:
+      value = section.get(field)
+      if field == "data_dir" and value or isinstance(value, str) and os.sep in value:
+        section[field] = "<local path left out of the export>"
+  return config
+
+
+def normalization(manifest: dict) -> dict:
+  """How images are prepared for the model, from the training config of an export."""
+  config = json.loads(manifest["config"])
+  return {"scale": "pixel values / 255 (to [0, 1])", "mean": list(config["mean"]),
+          "std": list(config["std"]), "then": "(x - mean) / std per channel"}
 
 
 @dataclasses.dataclass
@@ -285,6 +310,9 @@ def main(argv):
   if len(argv) > 1:
     raise SystemExit(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
+  if f.format == "stablehlo":
+    _export_stablehlo(f)
+    return
   manifest = export(f.workdir, f.out, f.stage, f.step, f.fold_batch_norm)
   src = manifest["source"]
   print(f"exported {manifest['model']} ({len(manifest['binary_layers'])} binary layers, "
@@ -293,11 +321,32 @@ def main(argv):
   print(describe_sizes(manifest["sizes"]))
 
 
+def _export_stablehlo(f) -> None:
+  """The packed export traced into a serialized jax.export program (portable_export.py)."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+
+  from bmd_jax import portable_export  # pylint: disable=g-import-not-at-top
+
+  with tempfile.TemporaryDirectory() as tmp:
+    npz = os.path.join(tmp, "packed.npz")
+    export(f.workdir, npz, f.stage, f.step, f.fold_batch_norm)
+    exported = load(npz)
+  info = portable_export.write(exported, f.out, normalization(exported.manifest))
+  print(f"exported {info['model']} from stage {info['source']['stage']} step "
+        f"{info['source']['step']} to {f.out} (jax.export program, symbolic batch, "
+        f"{', '.join(info['platforms'])}) and {f.out}.json")
+
+
 if __name__ == "__main__":
   from absl import app, flags  # pylint: disable=g-import-not-at-top
 
   flags.DEFINE_string("workdir", None, "A training run's workdir.")
-  flags.DEFINE_string("out", None, "The export file to write (.npz).")
+  flags.DEFINE_string("out", None, "The export file to write (.npz, or the program's file "
+                      "with --format=stablehlo).")
+  flags.DEFINE_enum("format", "npz", ["npz", "stablehlo"],
+                    "npz: packed bits, read by export.load (or any npz reader; "
+                    "docs/EXPORT_FORMAT.md); stablehlo: a serialized jax.export program that "
+                    "runs with JAX alone (bmd_jax/portable_export.py).")
   flags.DEFINE_string("stage", None, "Stage to export (default: the last binary-precision one).")
   flags.DEFINE_integer("step", None, "Step to export (default: the stage's newest).")
   flags.DEFINE_bool("fold_batch_norm", True, "Fold batch norms into the binary layers' affine.")
