@@ -8,8 +8,9 @@ for PyTorch eager so that both frameworks do the same work.
   RPReLU when ``react``): 7x7 stride-2 stem, max pool, per-conv shortcuts, real downsample
   (2x2 avg pool, 1x1 conv, BN).
 - Estimators as autograd Functions with the gradients of bmd_jax.quantizers: EDE, clipped STE,
-  ApproxSign; sign(0) = +1. Weight scaling: IR-Net's standardization with a power-of-two scale,
-  or mean |W| per output channel (both scales detached, as in bmd_jax).
+  ApproxSign; sign(0) = +1. Weight scaling: IR-Net's standardization with a power-of-two scale
+  (detached, multiplying the gradient), or mean |W| per output channel (ReActNet's
+  HardBinaryConv: detached and left out of the gradient), as in bmd_jax.
 - Losses as bmd_jax.losses: cross-entropy, kurtosis loss (ddof=1 variance, per layer
   (kurt - target)^2, mean), WDM softmax_kl (per output channel over the fan-in, T^2 scaled,
   shortcut convs excluded), output distillation.
@@ -122,8 +123,10 @@ class BinaryConv2d(nn.Conv2d):
                                               + 1e-8))).detach()
       return scale * quantize(w_hat, self.kernel_quantizer, self.est)
     if self.scale_mode == "mean_abs":
+      # ReActNet's HardBinaryConv: alpha * sign(W) forward, alpha kept out of the gradient.
       scale = w.abs().mean(dim=(1, 2, 3), keepdim=True).detach()
-      return scale * quantize(w, self.kernel_quantizer, self.est)
+      b = quantize(w, self.kernel_quantizer, self.est)
+      return (scale * b).detach() + (b - b.detach())
     return quantize(w, self.kernel_quantizer, self.est)
 
   def forward(self, x):
