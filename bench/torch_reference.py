@@ -1,9 +1,9 @@
 """The PyTorch side of bench/train_step.py: bmd_jax's binary ResNets and BD-BNN loss, written
 for PyTorch eager so that both frameworks do the same work.
 
-- ResNet-20 as bmd_jax.models.resnet_cifar.CifarResNet (IR-Net style): real 3x3 stem conv, BN,
+- ResNet-20 as bmd_jax.models.resnet_cifar.CifarResNet (IR-Net's): real 3x3 stem conv, BN,
   hardtanh; blocks of [binary conv -> BN -> + shortcut -> hardtanh] x 2, option-A shortcuts
-  (stride-2 subsampling, zero channel padding); mean pool; dense classifier with bias.
+  (stride-2 subsampling, zero channel padding); mean pool; BatchNorm1d; dense classifier.
 - ResNet-18 as bmd_jax.models.resnet_imagenet.BiRealResNet (Bi-Real / ReActNet with RSign and
   RPReLU when ``react``): 7x7 stride-2 stem, max pool, per-conv shortcuts, real downsample
   (2x2 avg pool, 1x1 conv, BN).
@@ -177,13 +177,14 @@ class CifarResNet(nn.Module):
             cin, c, 2 if stage > 0 and b == 0 else 1, spec)
         cin = c
     self.blocks = nn.ModuleDict(blocks)
+    self.classifier_bn = nn.BatchNorm1d(cin, eps=1e-5, momentum=0.1)
     self.classifier = nn.Linear(cin, num_classes)
 
   def forward(self, x):
     x = F.hardtanh(self.stem_bn(self.stem_conv(x)))
     for block in self.blocks.values():
       x = block(x)
-    return self.classifier(x.mean(dim=(2, 3)))
+    return self.classifier(self.classifier_bn(x.mean(dim=(2, 3))))
 
 
 class LearnableBias(nn.Module):
