@@ -1,15 +1,16 @@
 """The PyTorch side of bench/train_step.py: bmd_jax's binary ResNets and BD-BNN loss, written
 for PyTorch eager so that both frameworks do the same work.
 
-- ResNet-20 as bmd_jax.models.resnet_cifar.CifarResNet (IR-Net style): real 3x3 stem conv, BN,
+- ResNet-20 as bmd_jax.models.resnet_cifar.CifarResNet (IR-Net's): real 3x3 stem conv, BN,
   hardtanh; blocks of [binary conv -> BN -> + shortcut -> hardtanh] x 2, option-A shortcuts
-  (stride-2 subsampling, zero channel padding); mean pool; dense classifier with bias.
+  (stride-2 subsampling, zero channel padding); mean pool; BatchNorm1d; dense classifier.
 - ResNet-18 as bmd_jax.models.resnet_imagenet.BiRealResNet (Bi-Real / ReActNet with RSign and
   RPReLU when ``react``): 7x7 stride-2 stem, max pool, per-conv shortcuts, real downsample
   (2x2 avg pool, 1x1 conv, BN).
 - Estimators as autograd Functions with the gradients of bmd_jax.quantizers: EDE, clipped STE,
-  ApproxSign; sign(0) = +1. Weight scaling: IR-Net's standardization with a power-of-two scale,
-  or mean |W| per output channel (both scales detached, as in bmd_jax).
+  ApproxSign; sign(0) = +1. Weight scaling: IR-Net's standardization with a power-of-two scale
+  (detached, multiplying the gradient), or mean |W| per output channel (ReActNet's
+  HardBinaryConv: detached and left out of the gradient), as in bmd_jax.
 - Losses as bmd_jax.losses: cross-entropy, kurtosis loss (ddof=1 variance, per layer
   (kurt - target)^2, mean), WDM softmax_kl (per output channel over the fan-in, T^2 scaled,
   shortcut convs excluded), output distillation.
@@ -122,8 +123,10 @@ class BinaryConv2d(nn.Conv2d):
                                               + 1e-8))).detach()
       return scale * quantize(w_hat, self.kernel_quantizer, self.est)
     if self.scale_mode == "mean_abs":
+      # ReActNet's HardBinaryConv: alpha * sign(W) forward, alpha kept out of the gradient.
       scale = w.abs().mean(dim=(1, 2, 3), keepdim=True).detach()
-      return scale * quantize(w, self.kernel_quantizer, self.est)
+      b = quantize(w, self.kernel_quantizer, self.est)
+      return (scale * b).detach() + (b - b.detach())
     return quantize(w, self.kernel_quantizer, self.est)
 
   def forward(self, x):
@@ -174,13 +177,14 @@ class CifarResNet(nn.Module):
             cin, c, 2 if stage > 0 and b == 0 else 1, spec)
         cin = c
     self.blocks = nn.ModuleDict(blocks)
+    self.classifier_bn = nn.BatchNorm1d(cin, eps=1e-5, momentum=0.1)
     self.classifier = nn.Linear(cin, num_classes)
 
   def forward(self, x):
     x = F.hardtanh(self.stem_bn(self.stem_conv(x)))
     for block in self.blocks.values():
       x = block(x)
-    return self.classifier(x.mean(dim=(2, 3)))
+    return self.classifier(self.classifier_bn(x.mean(dim=(2, 3))))
 
 
 class LearnableBias(nn.Module):

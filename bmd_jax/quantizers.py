@@ -190,13 +190,31 @@ def irnet_standardize(w: jax.Array, eps: float = 1e-8):
 SCALE_MODES = ("none", "mean_abs", "irnet")
 
 
+def scale_straight_through(b: jax.Array, scale: jax.Array) -> jax.Array:
+  """scale * b in the forward pass, with the gradient of b alone: dL/db = dL/d(scale * b).
+
+  ReActNet's HardBinaryConv writes it as ``(alpha * sign(W)).detach() - clip(W).detach() +
+  clip(W)``: the scale is neither differentiated nor multiplied into the gradient. Here
+  ``b - stop_gradient(b)`` is exactly 0 in the forward pass, so the value is exactly scale * b.
+  """
+  return jax.lax.stop_gradient(scale * b) + (b - jax.lax.stop_gradient(b))
+
+
 def binarize_kernel(w: jax.Array, quantizer: Callable[..., jax.Array],
                     scale_mode: str = "mean_abs", **quantizer_args) -> jax.Array:
-  """Binary kernel in the forward pass: scale * sign(W) under the chosen scale mode."""
+  """Binary kernel in the forward pass: scale * sign(W) under the chosen scale mode.
+
+  Gradients: ``mean_abs`` is ReActNet's HardBinaryConv, dL/dW = dL/dW_b * q'(W) where q' is the
+  kernel quantizer's surrogate (with ``ste``: 1{|W| <= 1}, exactly HardBinaryConv), alpha left
+  out; ``irnet`` is IR-Net's IRConv2d, whose detached power-of-two scale does multiply the
+  gradient (``bw = BinaryQuantize(bw) * sw``), and the gradient flows on through the
+  standardization.
+  """
   if scale_mode == "none":
     return quantizer(w, **quantizer_args)
   if scale_mode == "mean_abs":
-    return mean_abs_scale(w).astype(w.dtype) * quantizer(w, **quantizer_args)
+    return scale_straight_through(quantizer(w, **quantizer_args),
+                                  mean_abs_scale(w).astype(w.dtype))
   if scale_mode == "irnet":
     w_hat, scale = irnet_standardize(w)
     return scale.astype(w.dtype) * quantizer(w_hat, **quantizer_args)

@@ -3,7 +3,8 @@
     python -m bmd_jax.main --config=configs/cifar10.py --workdir=runs/c10
 
 Data: ``dataset='auto'`` reads an image folder when ``data_dir/train`` exists, else TFDS's
-``cifar10``. Other models: ``--config.model.name=resnet18_cifar`` or ``vgg_small``.
+``cifar10``. Other models: ``--config.model.name=resnet18_cifar`` or ``vgg_small``
+(configs/cifar10_vgg_small.py gives VGG-Small IR-Net's own schedule).
 Runs BD-BNN's two steps (``stages``): step 1 binary activations with kurtosis, step 2 binary
 weights and activations initialized from step 1, which is its frozen teacher (WDM and output
 distillation). ``--config.stages=step1`` runs one. A short run on a CPU (minutes):

@@ -104,7 +104,8 @@ def test_torch_twin_has_the_loss_and_gradients_of_the_jax_train_step():
 
   for path in ("stem_conv/kernel", "stem_bn/bias", "stage1_block0/conv1/latent_kernel",
                "stage2_block0/conv1/latent_kernel", "stage3_block0/bn2/scale",
-               "stage3_block0/conv2/latent_kernel", "classifier/kernel", "classifier/bias"):
+               "stage3_block0/conv2/latent_kernel", "classifier_bn/scale", "classifier/kernel",
+               "classifier/bias"):
     jax_grad = grads
     for key in path.split("/"):
       jax_grad = jax_grad[key]

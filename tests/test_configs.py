@@ -32,3 +32,14 @@ def test_baselines_drop_kurtosis_and_wdm_only(name):
     assert ablated.config.loss.kd_weight == full.config.loss.kd_weight
     assert ablated.config.num_epochs == full.config.num_epochs
   assert any(s.config.loss.kurtosis_weight > 0 for s in stages.stage_list(base))
+
+
+def test_vgg_small_config_has_irnets_schedule_in_every_stage():
+  # IR-Net's CIFAR-10/VGG-Small/main.py: lr 0.007, 300 epochs, T_min, T_max = 1e-1, 1e1.
+  config = load_sibling(os.path.join(CONFIGS, "x.py"), "cifar10_vgg_small.py")
+  for stage in stages.stage_list(config):
+    c = stage.config
+    assert c.model.name == "vgg_small" and c.optimizer == "sgd" and c.lr_schedule == "cosine"
+    assert (c.learning_rate, c.num_epochs, c.batch_size) == (0.007, 300.0, 128)
+    assert (c.estimators.ede_t_min, c.estimators.ede_t_max) == (0.1, 10.0)
+    assert c.model.kernel_quantizer == c.model.input_quantizer == "ede"

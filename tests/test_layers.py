@@ -319,8 +319,9 @@ def test_estimator_args_reach_kernel_quantizer_dense():
   grads = []
   for t, k in ((0.5, 2.0), (3.0, 1.0), (8.0, 1.0)):
     g = np.asarray(grad_w(params, jnp.float32(t), jnp.float32(k)), np.float64)
-    # y = sign(x) @ (alpha * sign(W)), alpha stop-gradient: dL/dW = alpha * sign(x)^T c * EDE'.
-    expected = _mean_abs_np(w) * (_sign_np(x).T @ c) * _ede_slope_np(w, t, k)
+    # y = sign(x) @ (alpha * sign(W)), alpha straight through (HardBinaryConv):
+    # dL/dW = sign(x)^T c * EDE', no alpha.
+    expected = (_sign_np(x).T @ c) * _ede_slope_np(w, t, k)
     np.testing.assert_allclose(g, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
     grads.append(g)
   assert len(traces) == 1                          # t, k traced: no recompilation
@@ -350,9 +351,43 @@ def test_estimator_args_reach_kernel_quantizer_conv():
           jnp.asarray(w, jnp.float32))
   g1, g2 = (np.asarray(grad_w(params, jnp.float32(t)), np.float64) for t in (1.0, 6.0))
   for g, t in ((g1, 1.0), (g2, 6.0)):
-    expected = _mean_abs_np(w) * np.asarray(dl_dwb, np.float64) * _ede_slope_np(w, t, 1.0)
+    expected = np.asarray(dl_dwb, np.float64) * _ede_slope_np(w, t, 1.0)  # no alpha
     np.testing.assert_allclose(g, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
   assert not np.allclose(g1, g2)
+
+
+def test_mean_abs_kernel_is_react_hard_binary_conv():
+  """scale_mode='mean_abs' with the clipped STE is ReActNet's HardBinaryConv: the forward uses
+  alpha * sign(W) (alpha = mean |W| per output channel) and the latent kernel's gradient is
+  dL/dW_b * 1{|W| <= 1}, with no alpha (alpha is detached and the clip passes the rest)."""
+  rng = np.random.RandomState(11)
+  x = rng.randn(2, 6, 6, 3).astype(F32)
+  c = rng.randn(2, 6, 6, 4).astype(F32)
+  # Channel scales far from 1 (alpha from ~0.04 to ~2.4), so a gradient scaled by alpha shows;
+  # the wide channels hold many weights beyond +-1, and two sit exactly on the clip.
+  w = (rng.randn(3, 3, 3, 4) * np.array([0.05, 0.3, 1.5, 3.0])).astype(F32)
+  w[0, 0, 0, 2], w[1, 1, 1, 3] = 1.0, -1.0
+  assert (np.abs(w) > 1).sum() > 20
+  model = layers.BinaryConv(features=4, precision="binary", kernel_quantizer="ste",
+                            scale_mode="mean_abs", padding=((1, 1), (1, 1)))
+  loss = lambda p: jnp.sum(model.apply({"params": p}, jnp.asarray(x)) * c)
+  y = model.apply({"params": {"latent_kernel": jnp.asarray(w)}}, jnp.asarray(x))
+  g = jax.grad(loss)({"latent_kernel": jnp.asarray(w)})["latent_kernel"]
+
+  alpha = np.abs(w.astype(np.float64)).reshape(-1, 4).mean(0)
+  np.testing.assert_allclose(np.asarray(y, np.float64),
+                             _conv_np(_sign_np(x), alpha * _sign_np(w), 1, ((1, 1), (1, 1))),
+                             rtol=1e-5, atol=1e-4)
+  # dL/dW_b from a plain lax convolution of the binary input (linear in W_b, so its value at
+  # any W_b will do).
+  dl_dwb = jax.grad(lambda wb: jnp.sum(jax.lax.conv_general_dilated(
+      jnp.asarray(_sign_np(x), jnp.float32), wb, (1, 1), ((1, 1), (1, 1)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC")) * c))(jnp.zeros_like(jnp.asarray(w)))
+  expected = np.asarray(dl_dwb, np.float64) * (np.abs(w) <= 1)
+  np.testing.assert_allclose(np.asarray(g, np.float64), expected, rtol=1e-5,
+                             atol=1e-5 * np.abs(expected).max())
+  assert (np.asarray(g)[np.abs(w) > 1] == 0).all()
+  assert (np.asarray(g)[0, 0, 0, 2] != 0) and (np.asarray(g)[1, 1, 1, 3] != 0)
 
 
 @pytest.mark.parametrize("precision", ["binary_activations", "binary"])
@@ -403,7 +438,7 @@ def test_default_quantizer_gradients_and_full_precision_gradient():
       exp_w = _sign_np(x).T @ c
     else:
       exp_x = (c @ (_mean_abs_np(w) * _sign_np(w)).T) * (np.abs(x) <= 1)
-      exp_w = _mean_abs_np(w) * (_sign_np(x).T @ c) * (np.abs(w) <= 1)
+      exp_w = (_sign_np(x).T @ c) * (np.abs(w) <= 1)  # HardBinaryConv: no alpha
     np.testing.assert_allclose(np.asarray(gx), exp_x, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(gp["latent_kernel"]), exp_w, rtol=1e-5, atol=1e-5)
 

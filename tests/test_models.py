@@ -184,7 +184,7 @@ def np_binary_kernel(w, scale_mode):
 EXPECTED_BINARY_CONVS = {  # independent count from each architecture's definition
     "small_cnn": 3,
     "resnet20": 2 * 9,
-    "resnet18_cifar": 2 * 8 + 3,  # + 3 binary 1x1 shortcut convs
+    "resnet18_cifar": 2 * 8,  # its 3 1x1 shortcut convs are real
     "vgg_small": 5,
     "resnet18": 2 * 8,
     "resnet34": 2 * 16,
@@ -239,16 +239,16 @@ def dense(cin, cout):
   return cin * cout + cout
 
 
-def cifar_resnet_count(widths, blocks, shortcut_b):
+def cifar_resnet_count(widths, blocks, projection_shortcuts):
   total = conv(3, 3, widths[0]) + bn(widths[0])  # stem
   cin = widths[0]
   for width, n in zip(widths, blocks):
     for _ in range(n):
       total += conv(3, cin, width) + conv(3, width, width) + 2 * bn(width)
-      if shortcut_b and cin != width:
-        total += conv(1, cin, width) + bn(width)  # binary 1x1 shortcut
+      if projection_shortcuts and cin != width:
+        total += conv(1, cin, width) + bn(width)  # real 1x1 shortcut
       cin = width
-  return total + dense(widths[-1], NUM_CLASSES)
+  return total + bn(widths[-1]) + dense(widths[-1], NUM_CLASSES)  # BatchNorm1d, classifier
 
 
 def vgg_small_count(widths, image_size):
@@ -306,8 +306,10 @@ def with_1000_classes(n, features):
 
 
 def test_counts_agree_with_the_papers():
-  assert PAPER_SIZE["resnet20"][0] == 269_722  # "0.27M" (He et al.; IR-Net's resnet.py)
-  assert PAPER_SIZE["resnet18_cifar"][0] == 11_173_962  # the usual CIFAR ResNet-18, 11.2M
+  # IR-Net's CIFAR ResNet-20 and ResNet-18: the usual 269,722 and 11,173,962 ("0.27M",
+  # "11.2M") plus the BatchNorm1d before the classifier.
+  assert PAPER_SIZE["resnet20"][0] == 269_850
+  assert PAPER_SIZE["resnet18_cifar"][0] == 11_174_986
   # torchvision's ResNet-18/34 have 11,689,512 / 21,797,672: Bi-Real's avg-pool downsample
   # keeps their parameter count.
   assert with_1000_classes(bireal_count((64, 128, 256, 512), (2, 2, 2, 2), False), 512) \

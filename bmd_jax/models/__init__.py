@@ -6,8 +6,8 @@ and returns float32 logits. kwargs set the model's fields: ``num_classes``, ``pr
 ``dtype`` and the family's own options (``react`` for the ImageNet ResNets and ReActNet-A).
 
     small_cnn       digits (8x8)           models/small_cnn.py
-    resnet20        CIFAR, IR-Net style    models/resnet_cifar.py
-    resnet18_cifar  CIFAR, IR-Net style    models/resnet_cifar.py
+    resnet20        CIFAR, IR-Net's        models/resnet_cifar.py
+    resnet18_cifar  CIFAR, IR-Net's        models/resnet_cifar.py
     vgg_small       CIFAR, IR-Net style    models/vgg.py
     resnet18        ImageNet, Bi-Real      models/resnet_imagenet.py
     resnet34        ImageNet, Bi-Real      models/resnet_imagenet.py
