@@ -140,18 +140,14 @@ def schedule_progress(config: ml_collections.ConfigDict, epoch, total_epochs: fl
 
 
 def estimator_args(config: ml_collections.ConfigDict, progress) -> dict:
-  """Arguments of every registered quantizer at a point of training (progress in [0, 1]).
+  """Arguments of every registered estimator at a point of training (progress in [0, 1]),
+  as each registry entry computes them (quantizers.ESTIMATORS). Traced inside the step, so
+  a schedule (EDE's t) advances without recompiling; estimators no layer uses cost nothing."""
+  return quantizers.traced_arguments(config.estimators, progress)
 
-  Values are traced inside the step, so EDE's schedule advances without recompiling.
-  EDE's t follows IR-Net's epoch-wise log-linear schedule.
-  """
-  est = config.estimators
-  t, k = quantizers.ede_schedule(progress, est.ede_t_min, est.ede_t_max)
-  return {
-      "ste": {"clip_value": est.ste_clip_value},
-      "swish_sign": {"beta": est.swish_beta},
-      "ede": {"t": t, "k": k},
-  }
+
+def estimators_in_use(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  return (config.model.input_quantizer, config.model.kernel_quantizer)
 
 
 # --- the steps ----------------------------------------------------------------------
@@ -207,7 +203,8 @@ def train_step(state: TrainState, batch: dict, teacher: dict | None, *, config,
       "train/accuracy": _accuracy(logits, batch["label"], 1),
       "train/top5_accuracy": _accuracy(logits, batch["label"], 5),
       "train/learning_rate": learning_rate_fn(state.step),
-      "train/ede_t": est_args["ede"]["t"],
+      **{f"estimators/{k}": v for k, v in quantizers.scheduled_values(
+          est_args, estimators_in_use(config)).items()},
       "norms/params": optax.tree.norm(state.params),
       "norms/grads": optax.tree.norm(grads),
       "norms/updates": optax.tree.norm(updates),
