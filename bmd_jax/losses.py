@@ -140,7 +140,8 @@ def binarized_kernels(params: PyTree, include_shortcuts: bool = True) -> dict[st
 
   Returns:
     ``{"stage1_block0/conv1/latent_kernel": array, ...}``: keys are the ``/``-joined paths in
-    sorted (lexicographic) order. Per-layer kurtosis targets given as a list follow this order.
+    sorted (lexicographic) order, which is not the original's definition order: training
+    passes ``kurtosis_loss`` the model's own list (``models.kurtosis_layers``) instead.
 
   Raises:
     ValueError: the tree holds no ``latent_kernel`` (e.g. a full-precision model or a teacher
