@@ -4,8 +4,8 @@ ResNet-34, with no kurtosis term and no WDM (the reference point BD-BNN adds its
     python -m bmd_jax.main --config=configs/imagenet_reactnet_recipe.py --workdir=runs/reactnet18 \
         --config.distill_teacher=PATH
 
-PATH is a checkpoint folder holding ``resnet34_torchvision``'s variables (torchvision's
-ImageNet ResNet-34; its weights must first be brought into a bmd_jax checkpoint).
+PATH is a checkpoint folder holding ``resnet34_torchvision``'s variables: torchvision's
+ImageNet ResNet-34, brought over once with ``python -m bmd_jax.torchvision_import`` (see there).
 
 Follows ReActNet (liuzechun/ReActNet, resnet/1_step1 and resnet/2_step2: train.py, run.sh):
 
