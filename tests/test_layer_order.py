@@ -77,6 +77,19 @@ def torchvision_order(blocks_per_stage):
   return order
 
 
+def irnet_cifar_order(blocks_per_stage, real_shortcuts):
+  """IR-Net's CIFAR ResNets (CIFAR-10/ResNet20, /ResNet18 in htqin/IR-Net): a BasicBlock
+  registers conv1, bn1, conv2, bn2, then `shortcut` (0: a real 1x1 conv) where the shape
+  changes; ResNet-20's option-A shortcut has no parameters."""
+  order = []
+  for stage, blocks in enumerate(blocks_per_stage, start=1):
+    for block in range(blocks):
+      order += [f"stage{stage}_block{block}/conv{j}/{BIRCONV}" for j in (1, 2)]
+      if real_shortcuts and block == 0 and stage > 1:
+        order.append(f"stage{stage}_block{block}/shortcut/conv/{REAL}")  # layerN.0.shortcut.0
+  return order
+
+
 # IR-Net's VGG-Small: conv0 (real, first) then the binary conv1..conv5.
 VGG_SMALL = [f"conv{i}/latent_kernel" for i in range(1, 6)]
 SMALL_CNN = [f"conv{i}/latent_kernel" for i in range(3)]
@@ -89,10 +102,9 @@ EXPECTED = {
     "reactnet_a": reactnet_a_order(CASES["reactnet_a"][1]["stem_width"],
                                    CASES["reactnet_a"][1]["block_widths"]),
     "resnet34_torchvision": torchvision_order((3, 4, 6, 3)),
+    "resnet20": irnet_cifar_order((3, 3, 3), real_shortcuts=False),
+    "resnet18_cifar": irnet_cifar_order((2, 2, 2, 2), real_shortcuts=True),
 }
-# Being restructured to IR-Net's networks in another branch (issue 13 items 2-3): their exact
-# lists are asserted there; here only the generic properties.
-PENDING = ("resnet18_cifar", "resnet20")
 NARROW = {**CASES, "resnet34_torchvision": (
     "resnet34_torchvision", {"widths": (8, 16, 32, 64)}, (2, 64, 64, 3))}
 
@@ -107,7 +119,7 @@ def is_shortcut(path):
 
 
 def test_every_registered_model_has_an_expected_list():
-  assert sorted([*EXPECTED, *PENDING]) == models.list_models()
+  assert sorted(EXPECTED) == models.list_models()
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -119,24 +131,10 @@ def test_kurtosis_layers_in_definition_order(name):
 
 
 def test_release_counts_on_resnet18():
-  # ReActNet's ResNet-18: 16 binary convs + 3 real downsample convs (the release's 19 targets).
-  assert len(RESNET18) == 19 and sum(map(is_shortcut, RESNET18)) == 3
-
-
-@pytest.mark.parametrize("name", PENDING)
-def test_kurtosis_layers_of_cifar_resnets_are_every_conv_but_the_stem(name):
-  model, shape = narrow_model(name)
-  params = train.variable_shapes(model, shape)["params"]
-  kernels = [p for p in _kernel_paths(params) if "classifier" not in p]
-  layers = models.kurtosis_layers(model, shape)
-  assert sorted(layers) == sorted(k for k in kernels if not k.startswith("stem_conv"))
-  assert models.kurtosis_layers(model, shape, False) == [p for p in layers if not is_shortcut(p)]
-
-
-def _kernel_paths(params):
-  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-  paths = ["/".join(k.key for k in path) for path, _ in leaves]
-  return [p for p in paths if p.endswith((BIRCONV, "/" + REAL))]
+  # ReActNet's ResNet-18: 16 binary convs + 3 real downsample convs (the release's 19 targets),
+  # and so IR-Net's CIFAR ResNet-18 (3 real 1x1 shortcut convs).
+  for order in (RESNET18, EXPECTED["resnet18_cifar"]):
+    assert len(order) == 19 and sum(map(is_shortcut, order)) == 3
 
 
 def _random_params(model, shape, seed=0):
