@@ -30,14 +30,14 @@ import jax
 import matplotlib
 import numpy as np
 
-from bmd_jax import checkpoint, export, losses, packed, stages, train
+from bmd_jax import checkpoint, export, layers, losses, packed, stages, train
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _latents(params) -> dict[str, np.ndarray]:
-  return {k.removesuffix("/latent_kernel"): np.asarray(v, np.float32)
+  return {k.removesuffix("/" + layers.LATENT_KERNEL): np.asarray(v, np.float32)
           for k, v in losses.binarized_kernels(params).items()}
 
 

@@ -41,7 +41,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from bmd_jax import packed, summary, train
+from bmd_jax import layers, packed, summary, train
 
 FORMAT = "bmd_jax.packed/1"
 BIT_CONVENTION = ("bit 1 = -1, bit 0 = +1 (sign(0) = +1); little-endian in uint32 words along "
@@ -158,7 +158,7 @@ def pack_model(model, variables: dict, input_shape, fold_batch_norm: bool = True
     if fields["precision"] != "binary":
       raise ValueError(f"layer {name} is in precision {fields['precision']!r}; export packs "
                        "binary-precision models (step 2 of the recipe)")
-    latent = params.pop(f"{name}/latent_kernel")
+    latent = params.pop(f"{name}/{layers.LATENT_KERNEL}")
     bias = params.pop(f"{name}/bias", None)
     layer = packed.pack_layer(latent, fields["scale_mode"], bias)
     if name in by_layer:

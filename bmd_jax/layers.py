@@ -20,15 +20,19 @@ changes them without recompiling.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bmd_jax import quantizers, xla_flags
+from bmd_jax import quantizers
 
 PRECISIONS = ("full", "binary_activations", "binary")
+# The parameter name of every binary layer's real-valued latent weight: losses and tools find
+# the binarized layers of any model by it (full-precision layers use Flax's ``kernel``).
+LATENT_KERNEL = "latent_kernel"
 EstimatorArgs = Mapping[str, Mapping[str, Any]] | None
 
 
@@ -38,25 +42,46 @@ def check_precision(precision: str) -> str:
   return precision
 
 
-def stored_on_cpu(x: jax.Array) -> jax.Array:
-  """`x` behind an optimization barrier on XLA:CPU when barriers are kept (xla_flags.py).
-
-  The barrier makes the weight gradient's transpose read the stored binary input instead of
-  recomputing batch norm, residual, hardtanh and sign inside it; values are unchanged.
-  """
-  if jax.default_backend() == "cpu" and xla_flags.cpu_barriers_active():
-    return jax.lax.optimization_barrier(x)
-  return x
-
-
 def quantize(x: jax.Array, name: str, estimator_args: EstimatorArgs = None) -> jax.Array:
   """Applies the quantizer registered as `name` with its arguments from estimator_args."""
   kwargs = dict((estimator_args or {}).get(name, {}))
   return quantizers.get_quantizer(name)(x, **kwargs)
 
 
-class _BinaryBase(nn.Module):
-  """What binary conv and dense share: the precision switch and the two quantizers."""
+def keyword(default):
+  """A keyword-only module field: the shared binary fields come first in every class that
+  inherits them, and would otherwise push a layer's own fields (features, ...) behind them."""
+  return dataclasses.field(default=default, kw_only=True)
+
+
+class BinaryFields(nn.Module):
+  """The fields every binary layer and every binary network takes, declared once here.
+
+  A network (models/common.py) passes its own to each layer it builds. ``store_binary_input``
+  puts an optimization barrier on a binary conv's binarized input: the weight gradient then
+  reads that stored input instead of recomputing batch norm, residual, hardtanh and sign
+  inside its transpose (10-16% faster on XLA:CPU, but only with the pass that strips barriers
+  disabled: BMD_JAX_CPU_FLAGS=barriers, xla_flags.py). Values are unchanged.
+  """
+
+  precision: str = keyword("binary")
+  input_quantizer: str = keyword("ste")
+  kernel_quantizer: str = keyword("ste")
+  scale_mode: str = keyword("mean_abs")
+  dtype: Any = keyword(None)
+  store_binary_input: bool = keyword(False)
+
+
+def binary_fields(module: BinaryFields) -> dict[str, Any]:
+  """{field: value} of the shared binary fields of a layer or network."""
+  return {f.name: getattr(module, f.name) for f in dataclasses.fields(BinaryFields)
+          if f.name not in ("parent", "name")}
+
+
+class _BinaryBase(BinaryFields):
+  """What binary conv and dense share: the latent kernel, the operands, the bias."""
+
+  use_bias: bool = keyword(False)
 
   def binary_operands(self, x, latent, estimator_args):
     check_precision(self.precision)
@@ -70,6 +95,25 @@ class _BinaryBase(nn.Module):
         latent, quantizers.get_quantizer(self.kernel_quantizer), self.scale_mode, **kwargs)
     return x, kernel
 
+  def operands(self, x, kernel_shape, estimator_args):
+    """(binary input, binary kernel, compute dtype) from x and the latent kernel.
+
+    The kernel is binarized from the float32 latent weights (IR-Net's standardization and the
+    scales need float32) and cast to the compute dtype after: +-1 times a per-channel scale,
+    exact in bfloat16 up to the scale's rounding.
+    """
+    latent = self.param(LATENT_KERNEL, self.kernel_init, kernel_shape, jnp.float32)
+    dtype = self.dtype or x.dtype
+    x, kernel = self.binary_operands(x.astype(dtype), latent, estimator_args)
+    if self.store_binary_input:
+      x = jax.lax.optimization_barrier(x)
+    return x, kernel.astype(dtype), dtype
+
+  def add_bias(self, y, dtype):
+    if not self.use_bias:
+      return y
+    return y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(dtype)
+
 
 class BinaryConv(_BinaryBase):
   """2-D convolution (NHWC input, HWIO kernel) with binarized input and kernel."""
@@ -78,52 +122,29 @@ class BinaryConv(_BinaryBase):
   kernel_size: Sequence[int] = (3, 3)
   strides: Sequence[int] | int = 1
   padding: str | Sequence[tuple[int, int]] = "SAME"
-  use_bias: bool = False
-  precision: str = "binary"
-  input_quantizer: str = "ste"
-  kernel_quantizer: str = "ste"
-  scale_mode: str = "mean_abs"
-  dtype: Any = None
   kernel_init: Any = nn.initializers.kaiming_normal()
 
   @nn.compact
   def __call__(self, x: jax.Array, estimator_args: EstimatorArgs = None) -> jax.Array:
     kernel_shape = (*self.kernel_size, x.shape[-1], self.features)
-    latent = self.param("latent_kernel", self.kernel_init, kernel_shape, jnp.float32)
-    dtype = self.dtype or x.dtype
-    x, kernel = self.binary_operands(x.astype(dtype), latent.astype(dtype), estimator_args)
-    x = stored_on_cpu(x)
+    x, kernel, dtype = self.operands(x, kernel_shape, estimator_args)
     strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
     y = jax.lax.conv_general_dilated(
         x, kernel, window_strides=strides, padding=self.padding,
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(dtype)
-    return y
+    return self.add_bias(y, dtype)
 
 
 class BinaryDense(_BinaryBase):
   """Dense layer with binarized input and kernel ((in, out) kernel)."""
 
   features: int
-  use_bias: bool = False
-  precision: str = "binary"
-  input_quantizer: str = "ste"
-  kernel_quantizer: str = "ste"
-  scale_mode: str = "mean_abs"
-  dtype: Any = None
   kernel_init: Any = nn.initializers.lecun_normal()
 
   @nn.compact
   def __call__(self, x: jax.Array, estimator_args: EstimatorArgs = None) -> jax.Array:
-    latent = self.param("latent_kernel", self.kernel_init, (x.shape[-1], self.features),
-                        jnp.float32)
-    dtype = self.dtype or x.dtype
-    x, kernel = self.binary_operands(x.astype(dtype), latent.astype(dtype), estimator_args)
-    y = x @ kernel
-    if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(dtype)
-    return y
+    x, kernel, dtype = self.operands(x, (x.shape[-1], self.features), estimator_args)
+    return self.add_bias(x @ kernel, dtype)
 
 
 class LearnableBias(nn.Module):

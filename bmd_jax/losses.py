@@ -25,10 +25,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bmd_jax import layers
+
 Array = jax.Array
 PyTree = Any
 
-LATENT_KERNEL = "latent_kernel"
+LATENT_KERNEL = layers.LATENT_KERNEL  # the one definition is in layers.py
 SHORTCUT_PREFIXES = ("shortcut", "downsample")
 KURTOSIS_MODES = ("avg", "sum", "max")
 

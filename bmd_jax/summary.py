@@ -251,7 +251,7 @@ def summarize(model: nn.Module, input_shape: Sequence[int], *, name: str | None 
     params = owned.pop(path, {})
     if not params and not entry["macs"]:
       continue  # a container (a block, the model itself) or a parameter-free call
-    one_bit = params.get("latent_kernel", 0) if entry["binary_weights"] else 0
+    one_bit = params.get(layers.LATENT_KERNEL, 0) if entry["binary_weights"] else 0
     binary = entry["binary_weights"] and entry["binary_inputs"]
     rows.append(LayerRow(
         path=path or "(model)", kind=entry["kind"], output_shape=entry["output_shape"],

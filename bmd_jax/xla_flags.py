@@ -17,8 +17,9 @@ jaxlib's defaults) or 'barriers' (experimental: also
 
     --xla_disable_hlo_passes=cse_barrier_expander
 
-which keeps the optimization barriers that `layers.BinaryConv` then puts on its binary input
-on XLA:CPU, see `cpu_barriers_active`). Without them XLA:CPU fuses each weight-gradient
+which keeps the optimization barriers that a `layers.BinaryConv` with
+``store_binary_input=True`` (config: ``model.store_binary_input``) puts on its binary input;
+see `cpu_barriers_active`). Without them XLA:CPU fuses each weight-gradient
 convolution's input transpose with a recomputation of the batch norm, residual, hardtanh and
 sign that made that input; with them the ResNet-20 step was 10-16% faster. It is not the
 default because XLA:CPU 0.10 then aborts the process (`Check failed: buffer != nullptr` in

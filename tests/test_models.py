@@ -351,3 +351,25 @@ def test_step1_params_load_unchanged_into_step2():
   assert all(np.isfinite(o).all() for o in out.values())
   assert not np.allclose(out["binary_activations"], out["binary"])
   assert not np.allclose(out["binary_activations"], out["full"])
+
+
+@pytest.mark.parametrize("barrier", [False, True])
+def test_binary_fields_reach_every_binary_layer(barrier):
+  """A network's binary fields (declared once, layers.BinaryFields) are every layer's."""
+  registered, kwargs, shape = CASES["resnet18_cifar"]
+  model = models.get_model(registered, num_classes=NUM_CLASSES, precision="binary_activations",
+                           store_binary_input=barrier, scale_mode="none", **kwargs)
+  seen = []
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, (layers.BinaryConv, layers.BinaryDense)):
+      seen.append(layers.binary_fields(context.module))
+    return next_fun(*args, **kwargs)
+
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  with nn.intercept_methods(record):
+    lowered = jax.jit(model.apply).lower(variables, x)
+  assert seen and all(f == layers.binary_fields(model) for f in seen)
+  assert all(f["store_binary_input"] == barrier and f["scale_mode"] == "none" for f in seen)
+  assert ("optimization_barrier" in lowered.as_text()) == barrier

@@ -5,7 +5,6 @@ path from any working directory."""
 import ast
 import configparser
 import importlib.metadata
-import os
 import pathlib
 import re
 import sys

@@ -15,32 +15,31 @@ from bmd_jax import layers
 
 @dataclasses.dataclass(frozen=True)
 class BinarySpec:
-  """How every binary layer of a network is built: chosen once, by the config.
+  """How every binary layer of a network is built: the network's binary fields
+  (layers.BinaryFields), handed to its blocks so each layer gets the same ones."""
 
-  Precision is one of layers.PRECISIONS; quantizers are names from quantizers.ESTIMATORS.
-  """
+  fields: tuple[tuple[str, Any], ...]
 
-  precision: str = "binary"
-  input_quantizer: str = "ste"
-  kernel_quantizer: str = "ste"
-  scale_mode: str = "mean_abs"
-  dtype: Any = None
-
-  def __post_init__(self):
-    layers.check_precision(self.precision)
+  @property
+  def dtype(self):
+    return dict(self.fields)["dtype"]
 
   def conv(self, features, kernel_size=(3, 3), strides=1, name=None, **kwargs):
-    return layers.BinaryConv(
-        features=features, kernel_size=tuple(kernel_size), strides=strides,
-        precision=self.precision, input_quantizer=self.input_quantizer,
-        kernel_quantizer=self.kernel_quantizer, scale_mode=self.scale_mode,
-        dtype=self.dtype, name=name, **kwargs)
+    return layers.BinaryConv(features=features, kernel_size=tuple(kernel_size), strides=strides,
+                             name=name, **dict(self.fields), **kwargs)
 
   def dense(self, features, name=None, **kwargs):
-    return layers.BinaryDense(
-        features=features, precision=self.precision, input_quantizer=self.input_quantizer,
-        kernel_quantizer=self.kernel_quantizer, scale_mode=self.scale_mode,
-        dtype=self.dtype, name=name, **kwargs)
+    return layers.BinaryDense(features=features, name=name, **dict(self.fields), **kwargs)
+
+
+class BinaryNetwork(layers.BinaryFields):
+  """Base of the binary networks: precision, quantizers, scale mode, dtype and the input
+  barrier are the fields of layers.BinaryFields (a family may change their defaults)."""
+
+  @property
+  def spec(self) -> BinarySpec:
+    layers.check_precision(self.precision)
+    return BinarySpec(tuple(layers.binary_fields(self).items()))
 
 
 def batch_norm(train: bool, name: str | None = None, dtype: Any = None) -> nn.BatchNorm:

@@ -20,14 +20,15 @@ sign, hardtanh instead of RPReLU): the baseline of the paper's ablation.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from bmd_jax import layers
-from bmd_jax.models.common import (BinarySpec, avg_pool_2x2, batch_norm, hardtanh, real_conv,
-                                   torch_padding)
+from bmd_jax.layers import keyword
+from bmd_jax.models.common import (BinaryNetwork, BinarySpec, avg_pool_2x2, batch_norm,
+                                   hardtanh, real_conv, torch_padding)
 
 BLOCK_WIDTHS = (64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
 
@@ -66,21 +67,16 @@ class ReActBlock(nn.Module):
     return self.activation(jnp.concatenate(outputs, axis=-1), "rprelu_1x1")
 
 
-class ReActNetA(nn.Module):
+class ReActNetA(BinaryNetwork):
   stem_width: int = 32
   block_widths: Sequence[int] = BLOCK_WIDTHS
   num_classes: int = 1000
   react: bool = True
-  precision: str = "binary"
-  input_quantizer: str = "approx_sign"
-  kernel_quantizer: str = "ste"
-  scale_mode: str = "mean_abs"
-  dtype: Any = None
+  input_quantizer: str = keyword("approx_sign")
 
   @nn.compact
   def __call__(self, x, train: bool = False, estimator_args=None):
-    spec = BinarySpec(self.precision, self.input_quantizer, self.kernel_quantizer,
-                      self.scale_mode, self.dtype)
+    spec = self.spec
     x = x.astype(self.dtype or jnp.float32)
     x = real_conv(self.stem_width, (3, 3), strides=2, dtype=self.dtype, name="stem_conv")(x)
     x = batch_norm(train, "stem_bn", self.dtype)(x)

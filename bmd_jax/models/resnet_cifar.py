@@ -31,7 +31,9 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from bmd_jax.models.common import BinarySpec, batch_norm, hardtanh, real_conv, torch_padding
+from bmd_jax.layers import keyword
+from bmd_jax.models.common import (BinaryNetwork, BinarySpec, batch_norm, hardtanh,
+                                    real_conv, torch_padding)
 
 BLOCKS = ("per_conv", "basic")
 
@@ -96,25 +98,22 @@ class BasicBlock(_Block):
     return hardtanh(y + residual)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(BinaryNetwork):
   stage_sizes: Sequence[int] = (3, 3, 3)
   widths: Sequence[int] = (16, 32, 64)
   num_classes: int = 10
   block: str = "per_conv"  # one of BLOCKS
   stem_hardtanh: bool = True
-  precision: str = "binary"
-  input_quantizer: str = "ede"
-  kernel_quantizer: str = "ede"
-  scale_mode: str = "irnet"
-  dtype: Any = None
+  input_quantizer: str = keyword("ede")
+  kernel_quantizer: str = keyword("ede")
+  scale_mode: str = keyword("irnet")
 
   @nn.compact
   def __call__(self, x, train: bool = False, estimator_args=None):
     if self.block not in BLOCKS:
       raise ValueError(f"unknown block {self.block!r}; choose one of {BLOCKS}")
     block = PerConvBlock if self.block == "per_conv" else BasicBlock
-    spec = BinarySpec(self.precision, self.input_quantizer, self.kernel_quantizer,
-                      self.scale_mode, self.dtype)
+    spec = self.spec
     x = x.astype(self.dtype or jnp.float32)
     x = real_conv(self.widths[0], (3, 3), dtype=self.dtype, name="stem_conv")(x)
     x = batch_norm(train, "stem_bn", self.dtype)(x)

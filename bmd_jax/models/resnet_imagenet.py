@@ -20,14 +20,15 @@ per-output-channel mean |W| scale.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+from typing import ClassVar, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from bmd_jax import layers
-from bmd_jax.models.common import (BinarySpec, avg_pool_2x2, batch_norm, hardtanh, real_conv,
-                                   torch_padding)
+from bmd_jax.layers import keyword
+from bmd_jax.models.common import (BinaryNetwork, BinarySpec, avg_pool_2x2, batch_norm,
+                                   hardtanh, real_conv, torch_padding)
 
 
 class BiRealBlock(nn.Module):
@@ -62,21 +63,16 @@ class BiRealBlock(nn.Module):
     return self.unit(y, y, 2, 1, train, estimator_args)
 
 
-class BiRealResNet(nn.Module):
+class BiRealResNet(BinaryNetwork):
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   widths: Sequence[int] = (64, 128, 256, 512)
   num_classes: int = 1000
   react: bool = False
-  precision: str = "binary"
-  input_quantizer: str = "approx_sign"
-  kernel_quantizer: str = "ste"
-  scale_mode: str = "mean_abs"
-  dtype: Any = None
+  input_quantizer: str = keyword("approx_sign")
 
   @nn.compact
   def __call__(self, x, train: bool = False, estimator_args=None):
-    spec = BinarySpec(self.precision, self.input_quantizer, self.kernel_quantizer,
-                      self.scale_mode, self.dtype)
+    spec = self.spec
     x = x.astype(self.dtype or jnp.float32)
     x = real_conv(self.widths[0], (7, 7), strides=2, dtype=self.dtype, name="stem_conv")(x)
     x = batch_norm(train, "stem_bn", self.dtype)(x)

@@ -7,27 +7,20 @@ part of the method (binarized hidden convs, first conv and classifier in full pr
 
 from __future__ import annotations
 
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from bmd_jax.models.common import BinarySpec, batch_norm, hardtanh
+from bmd_jax.models.common import BinaryNetwork, batch_norm, hardtanh
 
 
-class SmallBinaryCNN(nn.Module):
+class SmallBinaryCNN(BinaryNetwork):
   num_classes: int = 10
   width: int = 64
-  precision: str = "binary"
-  input_quantizer: str = "ste"
-  kernel_quantizer: str = "ste"
-  scale_mode: str = "mean_abs"
-  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool = False, estimator_args=None):
-    spec = BinarySpec(self.precision, self.input_quantizer, self.kernel_quantizer,
-                      self.scale_mode, self.dtype)
+    spec = self.spec
     x = x.astype(self.dtype or jnp.float32)
     x = nn.Conv(self.width // 2, (3, 3), use_bias=False, dtype=self.dtype, name="stem_conv")(x)
     x = hardtanh(batch_norm(train, "stem_bn", self.dtype)(x))

@@ -10,27 +10,25 @@ classifier are full precision; convs 1-5 are binary.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from bmd_jax.models.common import BinarySpec, batch_norm, hardtanh, real_conv, torch_padding
+from bmd_jax.layers import keyword
+from bmd_jax.models.common import BinaryNetwork, batch_norm, hardtanh, real_conv, torch_padding
 
 
-class VGGSmall(nn.Module):
+class VGGSmall(BinaryNetwork):
   widths: Sequence[int] = (128, 128, 256, 256, 512, 512)
   num_classes: int = 10
-  precision: str = "binary"
-  input_quantizer: str = "ede"
-  kernel_quantizer: str = "ede"
-  scale_mode: str = "irnet"
-  dtype: Any = None
+  input_quantizer: str = keyword("ede")
+  kernel_quantizer: str = keyword("ede")
+  scale_mode: str = keyword("irnet")
 
   @nn.compact
   def __call__(self, x, train: bool = False, estimator_args=None):
-    spec = BinarySpec(self.precision, self.input_quantizer, self.kernel_quantizer,
-                      self.scale_mode, self.dtype)
+    spec = self.spec
     x = x.astype(self.dtype or jnp.float32)
     x = real_conv(self.widths[0], (3, 3), dtype=self.dtype, name="stem_conv")(x)
     x = hardtanh(batch_norm(train, "stem_bn", self.dtype)(x))
