@@ -107,6 +107,20 @@ def test_converted_logits_equal_the_originals(case, tmp_path):
   np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * np.abs(theirs).max())
 
 
+@pytest.mark.parametrize("source, build, fields", [
+    ("reactnet_resnet18", originals.BiRealNet, {"name": "resnet18", "react": True}),
+    ("reactnet_a", lambda: originals.ReActNetA((32, 64, 128, 128, 256, 256) + (512,) * 6
+                                               + (1024,) * 2), {"name": "reactnet_a"}),
+    ("irnet_resnet20", originals.IRNetResNet, {"name": "resnet20"}),
+])
+def test_published_sizes_are_the_registered_models(source, build, fields):
+  """At the originals' own widths the tensors fill the registered model with its defaults: the
+  recipes' configs (configs/imagenet.py, ...) take the published checkpoints as they are."""
+  variables, inferred = convert.convert(source, convert.tensors_of(build().state_dict()))
+  assert convert.config_fields(convert.SOURCES[source].model, inferred) == fields
+  assert inferred["num_classes"] == (10 if source == "irnet_resnet20" else 1000)
+
+
 # --- what a user gets wrong ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
