@@ -12,7 +12,7 @@ layer binarizes:
 The parameter tree is the same in every precision, so a step-1 checkpoint initializes
 step 2 directly.
 
-Input and kernel quantizers are separate and named (see `quantizers.QUANTIZERS`). Their
+Input and kernel quantizers are separate and named (see `quantizers.ESTIMATORS`). Their
 traced arguments (EDE's t and k, a clip value, ...) arrive at call time through
 ``estimator_args``, a mapping from quantizer name to keyword arguments, so a schedule
 changes them without recompiling.

@@ -2,10 +2,13 @@
 output distillation.
 
 Everything here is a pure ``jax.numpy`` function of arrays or parameter pytrees (plain nested
-dicts or Flax ``FrozenDict``s); nothing imports a model. Binarized layers are found by the
-convention of ``bmd_jax.layers``: a binary conv / dense layer stores its real-valued latent
+dicts or Flax ``FrozenDict``s); nothing imports a model. Which layers the kurtosis term covers,
+and in what order, is the model's knowledge: the caller passes their parameter paths
+(``models.kurtosis_layers``: every conv but the first, real downsample convs included, in the
+original's definition order). Without such a list, and for WDM, binarized layers are found by
+the convention of ``bmd_jax.layers``: a binary conv / dense layer stores its real-valued latent
 weight as a param named ``latent_kernel``; full-precision layers (first conv, classifier, real
-downsample convs) use Flax's ``kernel`` and are never regularized or mimicked here.
+downsample convs) use Flax's ``kernel``.
 
 Formulas follow PAPER.md sections 2 and 3 (the authors' release where the paper is silent).
 Reductions are computed in float32 (or wider) whatever the parameter dtype, because fourth
@@ -137,7 +140,8 @@ def binarized_kernels(params: PyTree, include_shortcuts: bool = True) -> dict[st
 
   Returns:
     ``{"stage1_block0/conv1/latent_kernel": array, ...}``: keys are the ``/``-joined paths in
-    sorted (lexicographic) order. Per-layer kurtosis targets given as a list follow this order.
+    sorted (lexicographic) order, which is not the original's definition order: training
+    passes ``kurtosis_loss`` the model's own list (``models.kurtosis_layers``) instead.
 
   Raises:
     ValueError: the tree holds no ``latent_kernel`` (e.g. a full-precision model or a teacher
@@ -169,6 +173,22 @@ def binarized_kernels(params: PyTree, include_shortcuts: bool = True) -> dict[st
   return {name: found[name] for name in sorted(found)}
 
 
+def kernels_at(params: PyTree, paths: Sequence[str]) -> dict[str, Array]:
+  """The leaves of ``params`` at ``/``-joined ``paths``, as a dict in the order of ``paths``.
+
+  Raises:
+    ValueError: a path is not in the tree (a layer list made for another model).
+  """
+  flat = {"/".join(_key_name(k) for k in key_path): leaf
+          for key_path, leaf in jax.tree_util.tree_flatten_with_path(nn.meta.unbox(params))[0]}
+  missing = [p for p in paths if p not in flat]
+  if missing:
+    raise ValueError(f"kernels_at: no parameter at {missing}; the layer list was made for "
+                     f"another model. Kernels in the tree: "
+                     f"{[k for k in flat if k.endswith('kernel')]}")
+  return {p: flat[p] for p in paths}
+
+
 # ------------------------------------------------------------------------------------------------
 # Kurtosis loss.
 
@@ -195,21 +215,24 @@ def _kurtosis_targets(target, names: Sequence[str]) -> Array:
   return target
 
 
-def kurtosis_loss(params: PyTree, target=1.8, mode: str = "avg",
-                  include_shortcuts: bool = True) -> tuple[Array, dict[str, Array]]:
-  """Kurtosis regularization ``L_K`` over the binarized layers of ``params``.
+def kurtosis_loss(params: PyTree, target=1.8, mode: str = "avg", include_shortcuts: bool = True,
+                  layers: Sequence[str] | None = None) -> tuple[Array, dict[str, Array]]:
+  """Kurtosis regularization ``L_K`` over the layers ``layers`` (or the binarized ones).
 
   Per layer ``l_i = (Kurt(W_i) - K_T,i)^2``; ``L_K`` is their mean (``avg``, the release
   default), ``sum`` or ``max``. Pushing the latent weights' kurtosis to about 1.8 or below makes
   their distribution bi-modal, which ``sign()`` preserves best (PAPER.md section 2).
 
   Args:
-    params: parameter pytree; layers found by ``binarized_kernels``.
+    params: parameter pytree.
     target: the target kurtosis: a scalar for all layers, a sequence with one value per
-      regularized layer in ``binarized_kernels``' sorted order, or a dict path -> target that
-      names every regularized layer.
+      regularized layer in their order, or a dict path -> target that names every
+      regularized layer.
     mode: ``"avg"``, ``"sum"`` or ``"max"``.
-    include_shortcuts: regularize binarized shortcut/downsample convs too (release default).
+    include_shortcuts: without ``layers``, regularize binarized shortcut/downsample convs too.
+    layers: ``/``-joined parameter paths of the regularized kernels, in order (e.g.
+      ``models.kurtosis_layers(model, image_shape)``, the release's selection). None: the
+      binarized layers (``binarized_kernels``, sorted order).
 
   Returns:
     ``(loss, per_layer)``: the scalar loss and a dict path -> kurtosis of that layer (for
@@ -217,7 +240,10 @@ def kurtosis_loss(params: PyTree, target=1.8, mode: str = "avg",
   """
   if mode not in KURTOSIS_MODES:
     raise ValueError(f"kurtosis_loss: unknown mode {mode!r}; known modes: {KURTOSIS_MODES}.")
-  kernels = binarized_kernels(params, include_shortcuts=include_shortcuts)
+  if layers is None:
+    kernels = binarized_kernels(params, include_shortcuts=include_shortcuts)
+  else:
+    kernels = kernels_at(params, layers)
   names = list(kernels)
   targets = _kurtosis_targets(target, names)
   per_layer = {name: kurtosis(w) for name, w in kernels.items()}

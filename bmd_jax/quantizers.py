@@ -16,7 +16,8 @@ Usable on their own::
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -142,21 +143,67 @@ def swish_sign(x: jax.Array, beta: float = 5.0) -> jax.Array:
 
 # --- registry -------------------------------------------------------------------
 
-QUANTIZERS: dict[str, Callable[..., jax.Array]] = {
-    "ste": ste_sign,
-    "approx_sign": approx_sign,
-    "ede": ede_sign,
-    "swish_sign": swish_sign,
+def _no_arguments(settings, progress) -> dict:
+  return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimator:
+  """A registered sign estimator: its function and the traced arguments it takes.
+
+  ``arguments(settings, progress)`` gives the function's keyword arguments from the config's
+  ``estimators`` section and where training stands (``progress`` in [0, 1], possibly a traced
+  value); ``scheduled`` names those that change with progress, which the train loop logs.
+  A new estimator is one entry here (plus its settings in the config).
+  """
+
+  sign: Callable[..., jax.Array]
+  arguments: Callable[[Any, Any], dict] = _no_arguments
+  scheduled: tuple[str, ...] = ()
+
+
+def _ede_arguments(settings, progress) -> dict:
+  t, k = ede_schedule(progress, settings.ede_t_min, settings.ede_t_max)
+  return {"t": t, "k": k}
+
+
+ESTIMATORS: dict[str, Estimator] = {
+    "ste": Estimator(ste_sign, lambda settings, _: {"clip_value": settings.ste_clip_value}),
+    "approx_sign": Estimator(approx_sign),
+    "ede": Estimator(ede_sign, _ede_arguments, scheduled=("t", "k")),
+    "swish_sign": Estimator(swish_sign, lambda settings, _: {"beta": settings.swish_beta}),
 }
 
 
-def get_quantizer(name: str) -> Callable[..., jax.Array]:
-  """The estimator registered under `name` (a config's string)."""
+def get_estimator(name: str) -> Estimator:
+  """The registry entry of `name` (a config's string)."""
   try:
-    return QUANTIZERS[name]
+    return ESTIMATORS[name]
   except KeyError:
     raise ValueError(
-        f"unknown quantizer {name!r}; choose one of {sorted(QUANTIZERS)}") from None
+        f"unknown quantizer {name!r}; choose one of {sorted(ESTIMATORS)}") from None
+
+
+def get_quantizer(name: str) -> Callable[..., jax.Array]:
+  """The sign function registered under `name`."""
+  return get_estimator(name).sign
+
+
+def traced_arguments(settings, progress, names=None) -> dict[str, dict]:
+  """{estimator name: its keyword arguments} at `progress`, for `names` (default: all).
+
+  These are what binary layers receive as ``estimator_args``; values may be traced, so a
+  schedule moves them without recompiling.
+  """
+  names = sorted(ESTIMATORS) if names is None else names
+  return {name: get_estimator(name).arguments(settings, progress) for name in names}
+
+
+def scheduled_values(arguments: dict[str, dict], names) -> dict[str, Any]:
+  """``{"<estimator>/<argument>": value}`` of the scheduled arguments of the estimators in
+  `names` (e.g. ``ede/t``): what moves during training and is worth a metric."""
+  return {f"{name}/{arg}": arguments[name][arg]
+          for name in sorted(set(names)) for arg in get_estimator(name).scheduled}
 
 
 # --- weight scaling -------------------------------------------------------------

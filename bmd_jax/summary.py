@@ -29,6 +29,10 @@ What counts as binary (the same text closes the table):
   layers (C_in * C_out), per example. BN, activations, shortcut additions and pooling are not
   counted (they are O(activations), not O(activations x fan-in)).
 - Memory: 1-bit parameters at 1/8 byte, the others at 4 bytes; against every parameter at 4.
+
+After the assumptions comes the list of layers the kurtosis term regularizes (every conv but the
+first, real downsample convs included unless the config's ``loss.kurtosis_include_shortcuts``
+is false), in the original's definition order: the order of ``loss.kurtosis_targets``.
 """
 
 from __future__ import annotations
@@ -101,6 +105,9 @@ class ModelSummary:
   input_shape: tuple[int, ...]
   rows: list[LayerRow]
   batch_stats: int = 0  # BN running means and variances (not parameters)
+  # What the kurtosis term covers, in definition order, and its per-layer targets if any.
+  kurtosis_layers: list[str] = dataclasses.field(default_factory=list)
+  kurtosis_targets: tuple[float, ...] = ()
 
   params = _summed("params")
   params_1bit = _summed("params_1bit")
@@ -159,6 +166,12 @@ class ModelSummary:
     out += [rule, "Assumptions:"]
     out += [textwrap.fill(a, max(len(rule), 60), initial_indent="  - ", subsequent_indent="    ")
             for a in ASSUMPTIONS]
+    if self.kurtosis_layers:
+      out += [rule, f"Kurtosis term: {len(self.kurtosis_layers)} layers, in definition order "
+              "(the order of loss.kurtosis_targets):"]
+      targets = self.kurtosis_targets or ("",) * len(self.kurtosis_layers)
+      out += [f"  {i:3d}  {path}" + (f"  target {t}" if t != "" else "")
+              for i, (path, t) in enumerate(zip(self.kurtosis_layers, targets))]
     return "\n".join(out)
 
 
@@ -185,7 +198,7 @@ def _is_binary_layer(module) -> bool:
 
 
 def summarize(model: nn.Module, input_shape: Sequence[int], *, name: str | None = None,
-              input_dtype=jnp.float32) -> ModelSummary:
+              input_dtype=jnp.float32, kurtosis_include_shortcuts: bool = True) -> ModelSummary:
   """Traces ``model`` on an input of ``input_shape`` (NHWC) and counts per layer.
 
   Args:
@@ -194,6 +207,7 @@ def summarize(model: nn.Module, input_shape: Sequence[int], *, name: str | None 
     input_shape: the input's shape, batch first; MACs are per example.
     name: the model's name in the table (default: its class name).
     input_dtype: dtype of the traced input.
+    kurtosis_include_shortcuts: whether the listed kurtosis layers include shortcut convs.
 
   Returns:
     A `ModelSummary`: ``rows`` (one `LayerRow` per layer, in call order), totals as
@@ -251,9 +265,13 @@ def summarize(model: nn.Module, input_shape: Sequence[int], *, name: str | None 
 
   batch_stats = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(
       variables.get("batch_stats", {})))
+  try:
+    kurtosis_layers = models.kurtosis_layers(model, input_shape[1:], kurtosis_include_shortcuts)
+  except ValueError:  # a model with no conv besides the first: nothing to regularize
+    kurtosis_layers = []
   return ModelSummary(name=name or type(model).__name__,
                       precision=getattr(model, "precision", "?"), input_shape=input_shape,
-                      rows=rows, batch_stats=batch_stats)
+                      rows=rows, batch_stats=batch_stats, kurtosis_layers=kurtosis_layers)
 
 
 # --- command line ---------------------------------------------------------------------
@@ -281,7 +299,11 @@ def summarize_config(config, num_classes: int | None = None) -> ModelSummary:
                      f"(dataset={config.get('dataset')!r}); pass num_classes (--num_classes=N)")
   model = models.from_config(config.model, num_classes=num_classes)
   shape = (1, config.image_size, config.image_size, config.channels)
-  return summarize(model, shape, name=config.model.name)
+  loss = config.get("loss", {})
+  result = summarize(model, shape, name=config.model.name,
+                     kurtosis_include_shortcuts=loss.get("kurtosis_include_shortcuts", True))
+  result.kurtosis_targets = tuple(loss.get("kurtosis_targets", ()))
+  return result
 
 
 def main(argv):

@@ -6,7 +6,10 @@ The step combines, as PAPER.md section 3 writes it,
 
 where L_DL (output distillation) and L_WDM (weight distribution mimicking) need a frozen
 teacher, whose forward pass runs inside the same jitted step; its variables are an argument
-of the step, not part of the optimized state, so they get no gradient and no update.
+of the step, not part of the optimized state, so they get no gradient and no update. WDM's
+teacher (config.teacher) has the student's architecture; output distillation may instead use
+a teacher of any registered architecture and precision (config.distill_teacher), as ReActNet
+distils from a real ResNet-34. L_K covers the layers the model lists (models.kurtosis_layers).
 """
 
 from __future__ import annotations
@@ -140,18 +143,14 @@ def schedule_progress(config: ml_collections.ConfigDict, epoch, total_epochs: fl
 
 
 def estimator_args(config: ml_collections.ConfigDict, progress) -> dict:
-  """Arguments of every registered quantizer at a point of training (progress in [0, 1]).
+  """Arguments of every registered estimator at a point of training (progress in [0, 1]),
+  as each registry entry computes them (quantizers.ESTIMATORS). Traced inside the step, so
+  a schedule (EDE's t) advances without recompiling; estimators no layer uses cost nothing."""
+  return quantizers.traced_arguments(config.estimators, progress)
 
-  Values are traced inside the step, so EDE's schedule advances without recompiling.
-  EDE's t follows IR-Net's epoch-wise log-linear schedule.
-  """
-  est = config.estimators
-  t, k = quantizers.ede_schedule(progress, est.ede_t_min, est.ede_t_max)
-  return {
-      "ste": {"clip_value": est.ste_clip_value},
-      "swish_sign": {"beta": est.swish_beta},
-      "ede": {"t": t, "k": k},
-  }
+
+def estimators_in_use(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  return (config.model.input_quantizer, config.model.kernel_quantizer)
 
 
 # --- the steps ----------------------------------------------------------------------
@@ -161,21 +160,42 @@ def _accuracy(logits, labels, k: int):
   return jnp.mean(jnp.any(top == labels[:, None], axis=-1))
 
 
-def train_step(state: TrainState, batch: dict, teacher: dict | None, *, config,
-               learning_rate_fn, steps_per_epoch: int, total_epochs: float, teacher_apply=None):
+def kurtosis_target(loss_cfg, layers) -> float | tuple[float, ...]:
+  """loss.kurtosis_targets (one per layer, in the order of `layers`) if given, else the
+  scalar loss.kurtosis_target for every layer."""
+  targets = tuple(loss_cfg.get("kurtosis_targets") or ())
+  if not targets:
+    return loss_cfg.kurtosis_target
+  if layers is not None and len(targets) != len(layers):
+    raise ValueError(
+        f"loss.kurtosis_targets has {len(targets)} entries but the model regularizes "
+        f"{len(layers)} layers: give {len(layers)} targets, in this order: {list(layers)} "
+        "(loss.kurtosis_include_shortcuts changes the list), or () to use "
+        "loss.kurtosis_target for every layer")
+  return targets
+
+
+def train_step(state: TrainState, batch: dict, teacher: dict | None,
+               distill_teacher: dict | None = None, *, config, learning_rate_fn,
+               steps_per_epoch: int, total_epochs: float, teacher_apply=None,
+               distill_apply=None, kurtosis_layers=None):
   """One optimizer step on a global batch; returns (new state, metrics).
 
-  `teacher` is None or the frozen teacher's variables {'params', 'batch_stats'}, run in
-  inference mode with `teacher_apply`. Metrics are global-batch means.
+  `teacher` is None or the frozen WDM teacher's variables {'params', 'batch_stats'} (the
+  student's architecture), run in inference mode with `teacher_apply`; it also gives the
+  distillation targets unless `distill_teacher` (variables of a model of any architecture,
+  run with `distill_apply`) is given. `kurtosis_layers`: the parameter paths L_K covers, in
+  order (models.kurtosis_layers); None: the binarized layers. Metrics are global-batch means.
   """
   loss_cfg = config.loss
   epoch = state.step / steps_per_epoch
   est_args = estimator_args(config, schedule_progress(config, epoch, total_epochs))
+  if distill_teacher is None:
+    distill_teacher, distill_apply = teacher, teacher_apply
   teacher_logits = None
-  if teacher is not None:
-    teacher = jax.lax.stop_gradient(teacher)
-    teacher_logits = teacher_apply(teacher, batch["image"], train=False,
-                                   estimator_args=est_args)
+  if distill_teacher is not None:
+    teacher_logits = distill_apply(jax.lax.stop_gradient(distill_teacher), batch["image"],
+                                   train=False, estimator_args=est_args)
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
@@ -183,18 +203,20 @@ def train_step(state: TrainState, batch: dict, teacher: dict | None, *, config,
         estimator_args=est_args, mutable=["batch_stats"])
     parts = {"ce": losses.cross_entropy(logits, batch["label"])}
     kurt, per_layer = losses.kurtosis_loss(
-        params, loss_cfg.kurtosis_target, loss_cfg.kurtosis_mode,
-        loss_cfg.kurtosis_include_shortcuts)
+        params, kurtosis_target(loss_cfg, kurtosis_layers), loss_cfg.kurtosis_mode,
+        loss_cfg.kurtosis_include_shortcuts, layers=kurtosis_layers)
     parts["kurtosis"] = kurt
     kurt_on = (epoch >= loss_cfg.kurtosis_start_epoch).astype(jnp.float32)
     total = loss_cfg.ce_weight * parts["ce"] + loss_cfg.kurtosis_weight * kurt_on * kurt
     parts["wdm"] = parts["kd"] = jnp.zeros(())
     if teacher is not None:
       parts["wdm"] = losses.wdm_loss(
-          teacher["params"], params, loss_cfg.wdm_form,
+          jax.lax.stop_gradient(teacher["params"]), params, loss_cfg.wdm_form,
           include_shortcuts=loss_cfg.wdm_include_shortcuts, **_wdm_kwargs(loss_cfg))
+      total += loss_cfg.wdm_weight * parts["wdm"]
+    if teacher_logits is not None:
       parts["kd"] = losses.distillation_loss(logits, teacher_logits)
-      total += loss_cfg.wdm_weight * parts["wdm"] + loss_cfg.kd_weight * parts["kd"]
+      total += loss_cfg.kd_weight * parts["kd"]
     return total, (logits, updates["batch_stats"], parts, per_layer)
 
   (loss, (logits, new_stats, parts, per_layer)), grads = jax.value_and_grad(
@@ -207,7 +229,8 @@ def train_step(state: TrainState, batch: dict, teacher: dict | None, *, config,
       "train/accuracy": _accuracy(logits, batch["label"], 1),
       "train/top5_accuracy": _accuracy(logits, batch["label"], 5),
       "train/learning_rate": learning_rate_fn(state.step),
-      "train/ede_t": est_args["ede"]["t"],
+      **{f"estimators/{k}": v for k, v in quantizers.scheduled_values(
+          est_args, estimators_in_use(config)).items()},
       "norms/params": optax.tree.norm(state.params),
       "norms/grads": optax.tree.norm(grads),
       "norms/updates": optax.tree.norm(updates),
@@ -312,11 +335,58 @@ def _progress_bar(total: int, initial: int, stage: str):
 
 
 def _teacher_variables(config, stage, workdir, model_for_teacher, image_shape):
-  """The frozen teacher's {'params', 'batch_stats'} for a stage, or None without one."""
+  """The frozen WDM teacher's {'params', 'batch_stats'} for a stage, or None without one.
+
+  WDM compares the teacher's and the student's weights layer by layer, so this teacher is
+  the student's architecture (at config.teacher_precision); another one is an error.
+  """
   if not config.get("teacher"):
     return None
   path = stages_lib.checkpoint_source(config.teacher, workdir, stage, "the teacher")
-  return checkpoint.load_variables(path, variable_shapes(model_for_teacher, image_shape))
+  try:
+    return checkpoint.load_variables(path, variable_shapes(model_for_teacher, image_shape))
+  except ValueError as e:
+    raise ValueError(
+        f"stage {stage!r}: config.teacher={config.teacher!r} is the WDM teacher, which must be "
+        f"the student's architecture ({config.model.name}): {e}. To distil from a model of "
+        "another architecture, set config.distill_teacher (its checkpoint) and "
+        "config.distill_teacher_model (its model section) instead") from e
+
+
+def create_distill_teacher_model(config, num_classes: int) -> flax.linen.Module:
+  """The distillation teacher's model: config.distill_teacher_model (any registered name and
+  precision) or, when it names none, the student's architecture at config.teacher_precision."""
+  fields = dict(config.get("distill_teacher_model") or {})
+  if not fields.get("name"):
+    return create_model(config, num_classes, config.get("teacher_precision"))
+  return models.from_config(fields, num_classes)
+
+
+def _distill_teacher(config, stage, workdir, num_classes, image_shape):
+  """(model, variables) of a separate distillation teacher, or None (config.teacher distils)."""
+  named = (config.get("distill_teacher_model") or {}).get("name")
+  if not config.get("distill_teacher"):
+    if named:
+      raise ValueError(f"stage {stage!r}: config.distill_teacher_model names {named!r} but "
+                       "config.distill_teacher gives no checkpoint for it; set "
+                       "--config.distill_teacher=<stage name or checkpoint folder>")
+    return None
+  model = create_distill_teacher_model(config, num_classes)
+  path = stages_lib.checkpoint_source(config.distill_teacher, workdir, stage,
+                                      "the distillation teacher")
+  return model, checkpoint.load_variables(path, variable_shapes(model, image_shape))
+
+
+def _check_teachers(config, stage):
+  """A loss term that needs a teacher has one: an error, not a silently zero term."""
+  if config.loss.wdm_weight and not config.get("teacher"):
+    hint = (" (config.distill_teacher serves output distillation only)"
+            if config.get("distill_teacher") else "")
+    raise ValueError(f"stage {stage!r}: loss.wdm_weight={config.loss.wdm_weight} needs a WDM "
+                     "teacher of the student's architecture in config.teacher" + hint)
+  if config.loss.kd_weight and not (config.get("teacher") or config.get("distill_teacher")):
+    raise ValueError(f"stage {stage!r}: loss.kd_weight={config.loss.kd_weight} needs a teacher: "
+                     "config.distill_teacher or config.teacher")
 
 
 def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dict:
@@ -341,14 +411,26 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
     init = checkpoint.load_variables(path, variable_shapes(model, info.image_shape))
   state = create_train_state(jax.random.PRNGKey(config.seed), config, model, info.image_shape,
                              learning_rate_fn, **(init or {}))
+  _check_teachers(config, stage)
   teacher_model = create_model(config, info.num_classes, config.get("teacher_precision"))
   teacher = _teacher_variables(config, stage, workdir, teacher_model, info.image_shape)
+  distill_model, distill_teacher = (
+      _distill_teacher(config, stage, workdir, info.num_classes, info.image_shape)
+      or (None, None))
+  # The layers L_K covers, in the original's definition order (checked against the targets).
+  kurtosis_layers = models.kurtosis_layers(model, info.image_shape,
+                                           config.loss.kurtosis_include_shortcuts)
+  kurtosis_target(config.loss, kurtosis_layers)
+  log.info("stage %s: kurtosis term covers %d layers: %s", stage, len(kurtosis_layers),
+           ", ".join(kurtosis_layers))
 
   # Sharding: batches split over the data axis; the state replicated, or split with
-  # config.fsdp; the teacher replicated.
+  # config.fsdp; the teachers replicated.
   state_shardings = sharding.state_sharding(state, mesh, config.get("fsdp", False))
   state = sharding.place(state, state_shardings)
   teacher = None if teacher is None else sharding.replicate(teacher, mesh)
+  if distill_teacher is not None:
+    distill_teacher = sharding.replicate(distill_teacher, mesh)
 
   # Checkpoint: resume from the newest of this stage, if any.
   manager = checkpoint.create_manager(workdir, stage, config.checkpoint_keep)
@@ -363,8 +445,10 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
   p_train_step = jax.jit(
       functools.partial(train_step, config=config, learning_rate_fn=learning_rate_fn,
                         steps_per_epoch=steps_per_epoch, total_epochs=total_epochs,
-                        teacher_apply=teacher_model.apply),
-      in_shardings=(state_shardings, batch_sharding, replicated),
+                        teacher_apply=teacher_model.apply,
+                        distill_apply=distill_model and distill_model.apply,
+                        kurtosis_layers=tuple(kurtosis_layers)),
+      in_shardings=(state_shardings, batch_sharding, replicated, replicated),
       out_shardings=(state_shardings, replicated), donate_argnums=(0,))
   p_eval_step = jax.jit(functools.partial(eval_step, config=config),
                         in_shardings=(state_shardings, batch_sharding),
@@ -382,7 +466,7 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
   with _SigtermFlag() as sigterm, _progress_bar(total_steps, first_step, stage) as bar:
     for step in range(first_step, total_steps):
       batch = sharding.global_batch(next(train_iter), mesh)
-      state, metrics = p_train_step(state, batch, teacher)
+      state, metrics = p_train_step(state, batch, teacher, distill_teacher)
       metrics["_step"] = step + 1
       history.append(metrics)
       done = step + 1

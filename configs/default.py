@@ -52,15 +52,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict()
   config.loss.ce_weight = 1.0
   config.loss.kurtosis_weight = 1.0
-  config.loss.kurtosis_target = 1.8  # a float, or a list with one target per regularized layer
+  # L_K covers every conv but the first, real shortcut/downsample convs included (the release's
+  # selection), in the original's definition order: `python -m bmd_jax.summary` lists them.
+  config.loss.kurtosis_target = 1.8  # the target of every layer...
+  config.loss.kurtosis_targets = ()  # ...unless one per layer is given here, in that order
   config.loss.kurtosis_mode = "avg"  # 'avg' | 'sum' | 'max'
   config.loss.kurtosis_start_epoch = 0
-  config.loss.kurtosis_include_shortcuts = True
-  config.loss.wdm_weight = 0.0  # needs a teacher
+  config.loss.kurtosis_include_shortcuts = True  # False: leave shortcut/downsample convs out
+  config.loss.wdm_weight = 0.0  # needs a teacher of the student's architecture (teacher)
   config.loss.wdm_form = "softmax_kl"  # 'softmax_kl' | 'histogram' | 'released'
   config.loss.wdm_temperature = 4.0
   config.loss.wdm_include_shortcuts = False
-  config.loss.kd_weight = 0.0  # output distillation; needs a teacher
+  config.loss.kd_weight = 0.0  # output distillation; needs a teacher or distill_teacher
 
   # Optimization.
   config.optimizer = "adam"  # 'sgd' (with momentum) | 'adam'
@@ -88,10 +91,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_keep = 3
 
   # Stages, run in order; each applies its overrides to the fields above (see
-  # bmd_jax/stages.py). init_from / teacher: an earlier stage's name or a checkpoint folder.
+  # bmd_jax/stages.py). init_from / teacher / distill_teacher: an earlier stage's name or a
+  # checkpoint folder. teacher: the student's architecture at teacher_precision; WDM's teacher,
+  # and output distillation's unless distill_teacher is set. distill_teacher: output
+  # distillation's own teacher, a model of any registered architecture and precision that
+  # distill_teacher_model describes as `model` does (name '': the student's, at
+  # teacher_precision), e.g. a real ResNet-34 ('resnet34_torchvision').
   config.init_from = ""
   config.teacher = ""
   config.teacher_precision = "binary_activations"
+  config.distill_teacher = ""
+  config.distill_teacher_model = ml_collections.ConfigDict({"name": ""})
   config.stages = "train"
   config.stage_overrides = ml_collections.ConfigDict({"train": {}})
   return config

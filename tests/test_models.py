@@ -23,7 +23,7 @@ NUM_CLASSES = 10
 
 
 def test_every_registered_model_has_a_test_case():
-  assert sorted(CASES) == models.list_models()
+  assert sorted(CASES) == models.list_models(binary_only=True)
 
 
 LAYER_TYPES = (nn.Conv, nn.Dense, layers.BinaryConv, layers.BinaryDense)
@@ -50,7 +50,7 @@ def abstract_variables(model, shape):
 
 
 def test_registry():
-  assert {name for name, _, _ in CASES.values()} == set(models.list_models())
+  assert {name for name, _, _ in CASES.values()} == set(models.list_models(binary_only=True))
   with pytest.raises(ValueError, match="unknown model"):
     models.get_model("resnet19")
   with pytest.raises(ValueError, match="does not accept"):

@@ -98,13 +98,13 @@ CASE_IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in a.items())}" for n, a, _ in C
 # --- forward ------------------------------------------------------------------------
 
 def test_registry_contents():
-  assert set(q.QUANTIZERS) == {"ste", "approx_sign", "ede", "swish_sign"}
-  for name, fn in q.QUANTIZERS.items():
-    assert q.get_quantizer(name) is fn
+  assert set(q.ESTIMATORS) == {"ste", "approx_sign", "ede", "swish_sign"}
+  for name, entry in q.ESTIMATORS.items():
+    assert q.get_quantizer(name) is entry.sign
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize("name", sorted(q.QUANTIZERS))
+@pytest.mark.parametrize("name", sorted(q.ESTIMATORS))
 def test_forward_exact_sign(name, dtype):
   x_np = np.concatenate([
       np.array([0.0, -0.0, 1.0, -1.0, 1e-30, -1e-30, 1e30, -1e30, 0.5, -0.5], F32),
@@ -244,7 +244,7 @@ def test_hyperparameters_get_zero_gradient(name, kwargs, _):
 
 # --- transformations ----------------------------------------------------------------
 
-@pytest.mark.parametrize("name", sorted(q.QUANTIZERS))
+@pytest.mark.parametrize("name", sorted(q.ESTIMATORS))
 def test_jit_and_vmap(name):
   """jit(vmap(grad)) with the hyper-parameters traced: one trace serves every setting."""
   fn = q.get_quantizer(name)
@@ -354,7 +354,7 @@ def test_get_quantizer_unknown_name():
     q.get_quantizer("not_a_quantizer")
   msg = str(info.value)
   assert "not_a_quantizer" in msg
-  for name in q.QUANTIZERS:
+  for name in q.ESTIMATORS:
     assert name in msg
 
 
@@ -428,7 +428,7 @@ def test_irnet_scale_is_not_always_one():
 def test_binarize_kernel(mode, kind):
   w = _kernels()[kind].copy()
   w[(0,) * w.ndim] = 0.0                                        # sign(0) = +1 in the kernel
-  for name in sorted(q.QUANTIZERS):
+  for name in sorted(q.ESTIMATORS):
     _check_binarized_kernel(w, mode, name)
 
 

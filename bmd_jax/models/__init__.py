@@ -11,10 +11,14 @@ and returns float32 logits. kwargs set the model's fields: ``num_classes``, ``pr
     vgg_small       CIFAR, IR-Net style    models/vgg.py
     resnet18        ImageNet, Bi-Real      models/resnet_imagenet.py
     resnet34        ImageNet, Bi-Real      models/resnet_imagenet.py
+    resnet34_torchvision  ImageNet, real   models/resnet_torchvision.py (ReActNet's teacher)
     reactnet_a      ImageNet, ReActNet-A   models/reactnet.py
 
 The parameter tree does not depend on the precision, so a model trained with binary
 activations (step 1) initializes the binary model (step 2) as it is.
+
+``kurtosis_layers(model, image_shape)`` lists the convs a loss term covers, in the originals'
+definition order (models/layer_order.py).
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from bmd_jax.models.layer_order import conv_kernel_paths, kurtosis_layers
 from bmd_jax.models.reactnet import reactnet_a
 from bmd_jax.models.resnet_cifar import resnet18_cifar, resnet20
 from bmd_jax.models.resnet_imagenet import resnet18, resnet34
+from bmd_jax.models.resnet_torchvision import resnet34_torchvision
 from bmd_jax.models.small_cnn import SmallBinaryCNN
 from bmd_jax.models.vgg import vgg_small
 
@@ -38,12 +44,19 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg_small": vgg_small,
     "resnet18": resnet18,
     "resnet34": resnet34,
+    "resnet34_torchvision": resnet34_torchvision,
     "reactnet_a": reactnet_a,
 }
 
 
-def list_models() -> list[str]:
-  return sorted(MODELS)
+# Real-valued networks, registered as distillation teachers: they have no binary layers, so
+# they take no binary options and only precision 'full'.
+REAL_VALUED_MODELS = ("resnet34_torchvision",)
+
+
+def list_models(binary_only: bool = False) -> list[str]:
+  """Registered names; binary_only leaves out the real-valued networks."""
+  return sorted(n for n in MODELS if not (binary_only and n in REAL_VALUED_MODELS))
 
 
 def get_model(name: str, **kwargs) -> nn.Module:

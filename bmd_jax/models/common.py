@@ -17,7 +17,7 @@ from bmd_jax import layers
 class BinarySpec:
   """How every binary layer of a network is built: chosen once, by the config.
 
-  Precision is one of layers.PRECISIONS; quantizers are names from quantizers.QUANTIZERS.
+  Precision is one of layers.PRECISIONS; quantizers are names from quantizers.ESTIMATORS.
   """
 
   precision: str = "binary"

@@ -20,7 +20,7 @@ per-output-channel mean |W| scale.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -33,6 +33,9 @@ from bmd_jax.models.common import (BinarySpec, avg_pool_2x2, batch_norm, hardtan
 class BiRealBlock(nn.Module):
   """Two binary 3x3 convs, each with a real-valued shortcut around it."""
 
+  # One block here is two of Bi-Real's (each one conv); the downsample belongs to the first,
+  # which registers it after its conv (models/layer_order.py).
+  definition_order: ClassVar[tuple[str, ...]] = ("conv1", "downsample_conv", "conv2")
   features: int
   strides: int
   spec: BinarySpec

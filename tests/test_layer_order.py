@@ -1,0 +1,197 @@
+"""Which layers the kurtosis term covers: every conv but the first, in the originals' definition
+order (PyTorch's module registration order), with and without shortcut/downsample convs; and
+per-layer target lists in that order.
+
+The expected lists are written from the originals' modules (names in the comments), not
+produced by bmd_jax: a Flax name maps to the PyTorch one, the order is PyTorch's.
+"""
+
+import jax
+import numpy as np
+import pytest
+from narrow_models import CASES
+
+from bmd_jax import losses, models, train
+
+BIRCONV, REAL = "latent_kernel", "kernel"
+
+
+def bireal_order(blocks_per_stage):
+  """Bi-Real / ReActNet ResNet (liuzechun/ReActNet resnet/birealnet.py): each PyTorch block has
+  one `binary_conv`; layerN.0 (N > 1) registers `downsample` (pool, conv1x1, BN) after its
+  conv. bmd_jax's block i of a stage holds PyTorch blocks 2i (conv1) and 2i + 1 (conv2)."""
+  order = []
+  for stage, blocks in enumerate(blocks_per_stage, start=1):
+    for torch_block in range(2 * blocks):
+      ours = f"stage{stage}_block{torch_block // 2}"
+      order.append(f"{ours}/conv{torch_block % 2 + 1}/{BIRCONV}")  # layerN.j.binary_conv
+      if torch_block == 0 and stage > 1:
+        order.append(f"{ours}/downsample_conv/{REAL}")  # layerN.0.downsample.1
+  return order
+
+
+# ReActNet's ResNet-18 (BiRealNet [4, 4, 4, 4]), written out: the release's 19 layers.
+RESNET18 = [
+    "stage1_block0/conv1/latent_kernel",  # layer1.0.binary_conv
+    "stage1_block0/conv2/latent_kernel",  # layer1.1.binary_conv
+    "stage1_block1/conv1/latent_kernel",  # layer1.2.binary_conv
+    "stage1_block1/conv2/latent_kernel",  # layer1.3.binary_conv
+    "stage2_block0/conv1/latent_kernel",  # layer2.0.binary_conv
+    "stage2_block0/downsample_conv/kernel",  # layer2.0.downsample.1
+    "stage2_block0/conv2/latent_kernel",  # layer2.1.binary_conv
+    "stage2_block1/conv1/latent_kernel",  # layer2.2.binary_conv
+    "stage2_block1/conv2/latent_kernel",  # layer2.3.binary_conv
+    "stage3_block0/conv1/latent_kernel",  # layer3.0.binary_conv
+    "stage3_block0/downsample_conv/kernel",  # layer3.0.downsample.1
+    "stage3_block0/conv2/latent_kernel",  # layer3.1.binary_conv
+    "stage3_block1/conv1/latent_kernel",  # layer3.2.binary_conv
+    "stage3_block1/conv2/latent_kernel",  # layer3.3.binary_conv
+    "stage4_block0/conv1/latent_kernel",  # layer4.0.binary_conv
+    "stage4_block0/downsample_conv/kernel",  # layer4.0.downsample.1
+    "stage4_block0/conv2/latent_kernel",  # layer4.1.binary_conv
+    "stage4_block1/conv1/latent_kernel",  # layer4.2.binary_conv
+    "stage4_block1/conv2/latent_kernel",  # layer4.3.binary_conv
+]
+
+
+def reactnet_a_order(stem_width, block_widths):
+  """ReActNet-A (mobilenet/reactnet.py): a block registers binary_3x3, then binary_pw, or
+  binary_pw_down1 and binary_pw_down2 where it doubles the channels."""
+  order, features = [], stem_width
+  for i, width in enumerate(block_widths, start=1):
+    order.append(f"block{i:02d}/conv_3x3/{BIRCONV}")
+    suffixes = [""] if width == features else ["_a", "_b"]
+    order += [f"block{i:02d}/conv_1x1{s}/{BIRCONV}" for s in suffixes]
+    features = width
+  return order
+
+
+def torchvision_order(blocks_per_stage):
+  """torchvision's resnet.py BasicBlock: conv1, bn1, conv2, bn2, then downsample (0: conv)."""
+  order = []
+  for stage, blocks in enumerate(blocks_per_stage, start=1):
+    for block in range(blocks):
+      order += [f"stage{stage}_block{block}/conv{j}/{REAL}" for j in (1, 2)]
+      if block == 0 and stage > 1:
+        order.append(f"stage{stage}_block{block}/downsample_conv/{REAL}")
+  return order
+
+
+def irnet_cifar_order(blocks_per_stage, real_shortcuts):
+  """IR-Net's CIFAR ResNets (CIFAR-10/ResNet20, /ResNet18 in htqin/IR-Net): a BasicBlock
+  registers conv1, bn1, conv2, bn2, then `shortcut` (0: a real 1x1 conv) where the shape
+  changes; ResNet-20's option-A shortcut has no parameters."""
+  order = []
+  for stage, blocks in enumerate(blocks_per_stage, start=1):
+    for block in range(blocks):
+      order += [f"stage{stage}_block{block}/conv{j}/{BIRCONV}" for j in (1, 2)]
+      if real_shortcuts and block == 0 and stage > 1:
+        order.append(f"stage{stage}_block{block}/shortcut/conv/{REAL}")  # layerN.0.shortcut.0
+  return order
+
+
+# IR-Net's VGG-Small: conv0 (real, first) then the binary conv1..conv5.
+VGG_SMALL = [f"conv{i}/latent_kernel" for i in range(1, 6)]
+SMALL_CNN = [f"conv{i}/latent_kernel" for i in range(3)]
+
+EXPECTED = {
+    "small_cnn": SMALL_CNN,
+    "vgg_small": VGG_SMALL,
+    "resnet18": RESNET18,
+    "resnet34": bireal_order((3, 4, 6, 3)),
+    "reactnet_a": reactnet_a_order(CASES["reactnet_a"][1]["stem_width"],
+                                   CASES["reactnet_a"][1]["block_widths"]),
+    "resnet34_torchvision": torchvision_order((3, 4, 6, 3)),
+    "resnet20": irnet_cifar_order((3, 3, 3), real_shortcuts=False),
+    "resnet18_cifar": irnet_cifar_order((2, 2, 2, 2), real_shortcuts=True),
+}
+NARROW = {**CASES, "resnet34_torchvision": (
+    "resnet34_torchvision", {"widths": (8, 16, 32, 64)}, (2, 64, 64, 3))}
+
+
+def narrow_model(name):
+  registered, kwargs, shape = NARROW[name]
+  return models.get_model(registered, num_classes=10, **kwargs), shape[1:]
+
+
+def is_shortcut(path):
+  return "downsample" in path or "shortcut" in path
+
+
+def test_every_registered_model_has_an_expected_list():
+  assert sorted(EXPECTED) == models.list_models()
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_kurtosis_layers_in_definition_order(name):
+  model, shape = narrow_model(name)
+  assert models.kurtosis_layers(model, shape) == EXPECTED[name]
+  without = [p for p in EXPECTED[name] if not is_shortcut(p)]
+  assert models.kurtosis_layers(model, shape, include_shortcuts=False) == without
+
+
+def test_release_counts_on_resnet18():
+  # ReActNet's ResNet-18: 16 binary convs + 3 real downsample convs (the release's 19 targets),
+  # and so IR-Net's CIFAR ResNet-18 (3 real 1x1 shortcut convs).
+  for order in (RESNET18, EXPECTED["resnet18_cifar"]):
+    assert len(order) == 19 and sum(map(is_shortcut, order)) == 3
+
+
+def _random_params(model, shape, seed=0):
+  rng = np.random.default_rng(seed)
+  return jax.tree_util.tree_map(lambda s: rng.standard_normal(s.shape).astype(np.float32),
+                                train.variable_shapes(model, shape)["params"])
+
+
+def test_19_per_layer_targets_on_resnet18_pair_with_the_layers_in_order(digits_config):
+  model, shape = narrow_model("resnet18")
+  layers = models.kurtosis_layers(model, shape)
+  targets = tuple(np.linspace(1.0, 2.8, 19).round(2))
+  digits_config.loss.kurtosis_targets = targets
+  assert train.kurtosis_target(digits_config.loss, layers) == targets
+  params = _random_params(model, shape)
+  target = train.kurtosis_target(digits_config.loss, layers)
+  loss, per_layer = jax.jit(lambda p: losses.kurtosis_loss(p, target, layers=layers))(params)
+  assert layers == RESNET18 and sorted(per_layer) == sorted(RESNET18)
+  flat = {"/".join(k.key for k in p): v
+          for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  expected = np.mean([(_np_kurtosis(flat[path]) - t) ** 2 for path, t in zip(RESNET18, targets)])
+  np.testing.assert_allclose(loss, expected, rtol=1e-4)
+
+
+def _np_kurtosis(w):
+  w = np.asarray(w, np.float64).ravel()
+  c = w - w.mean()
+  return np.mean(c ** 4) / (np.sum(c ** 2) / (w.size - 1)) ** 2
+
+
+@pytest.mark.parametrize("count", [16, 18, 20])
+def test_wrong_number_of_targets_names_the_expected_count(digits_config, count):
+  model, shape = narrow_model("resnet18")
+  layers = models.kurtosis_layers(model, shape)
+  digits_config.loss.kurtosis_targets = (1.8,) * count
+  with pytest.raises(ValueError, match=r"has %d entries .* regularizes 19 layers" % count):
+    train.kurtosis_target(digits_config.loss, layers)
+  with pytest.raises(ValueError, match="for 19 regularized layers"):
+    losses.kurtosis_loss(_random_params(model, shape), (1.8,) * count, layers=layers)
+
+
+def test_a_list_of_targets_has_its_own_config_field(digits_config):
+  digits_config.loss.kurtosis_targets = [1.4] * 19  # a list is stored (as a tuple)
+  assert len(digits_config.loss.kurtosis_targets) == 19
+  with pytest.raises(TypeError):
+    digits_config.loss.kurtosis_target = [1.4] * 19  # ml_collections: a float field
+  digits_config.loss.kurtosis_targets = ()
+  assert train.kurtosis_target(digits_config.loss, RESNET18) == 1.8
+
+
+def test_summary_lists_the_kurtosis_layers_in_order(digits_config):
+  from bmd_jax import summary
+  model, shape = narrow_model("resnet18")
+  s = summary.summarize(model, (1, *shape))
+  assert s.kurtosis_layers == RESNET18
+  s.kurtosis_targets = tuple(range(19))
+  table = s.table().splitlines()
+  start = next(i for i, line in enumerate(table) if line.startswith("Kurtosis term: 19 layers"))
+  assert [line.split()[1] for line in table[start + 1:]] == RESNET18
+  assert table[start + 6].split() == ["5", "stage2_block0/downsample_conv/kernel", "target", "5"]
