@@ -10,6 +10,8 @@
                        -> model reactnet_a
     irnet_resnet20     htqin/IR-Net CIFAR-10/ResNet20/1w1a/resnet.py resnet20_1w1a
                        -> model resnet20
+    torchvision_resnet34  torchvision.models.resnet34, ReActNet's real-valued teacher
+                       -> model resnet34_torchvision (for --config.distill_teacher)
 
 DIR becomes a checkpoint folder (``DIR/0/state``, Orbax) that the config fields ``init_from``
 and ``teacher`` accept, e.g. ``--config.init_from=DIR``, with ``DIR/conversion.json`` saying
@@ -23,8 +25,7 @@ variables; an unknown, missing or mis-shaped tensor is an error naming it. Only 
 ``num_batches_tracked`` counters are dropped. Widths and the number of classes are read from
 the tensors, so narrowed variants of the originals convert too.
 
-Adding an original (e.g. torchvision's ResNet-34, ReActNet's teacher, once a bmd_jax model
-reproduces it) is one function listing its keys and one SOURCES entry.
+Adding an original is one function listing its keys and one SOURCES entry.
 """
 
 from __future__ import annotations
@@ -52,13 +53,18 @@ Target = tuple[str, str]
 # --- reading a .pth ------------------------------------------------------------------------
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
-  """The tensors of a .pth file as numpy arrays (see `tensors_of` for the layouts read)."""
+  """The tensors of a .pth file, or of a .npz holding a state dict (numpy.savez of its tensors,
+  read without PyTorch), as numpy arrays (see `tensors_of`)."""
+  if path.endswith(".npz"):
+    with np.load(path) as archive:
+      return tensors_of({k: archive[k] for k in archive.files})
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
     raise ImportError(
         "reading a PyTorch .pth file needs PyTorch: pip install -e '.[convert]' (or pip "
-        "install torch; the CPU build is enough)") from None
+        "install torch; the CPU build is enough), or save the state dict where PyTorch is as "
+        "numpy.savez('f.npz', **{k: v.numpy() for k, v in state_dict.items()})") from None
   obj = torch.load(path, map_location="cpu", weights_only=True)
   return tensors_of(_state_dict_of(obj))
 
@@ -201,6 +207,27 @@ def irnet_resnet20(sd) -> tuple[dict, dict[str, Target]]:
   return fields, keys
 
 
+def torchvision_resnet34(sd) -> tuple[dict, dict[str, Target]]:
+  """torchvision's basic-block ResNet: the same names, bar the stem, downsample and fc."""
+  stages = _count(sd, r"layer(\d+)\.")
+  blocks = tuple(_count(sd, rf"layer{s}\.(\d+)\.") for s in range(1, stages + 1))
+  fields = {"stage_sizes": blocks, "num_classes": _shape(sd, "fc.weight", "torchvision_resnet34")[0],
+            "widths": tuple(_shape(sd, f"layer{s}.0.bn1.weight", "torchvision_resnet34")[0]
+                            for s in range(1, stages + 1))}
+  keys = {"conv1.weight": ("conv", "params/stem_conv/kernel"), **batch_norm("bn1", "stem_bn"),
+          **linear("fc", "classifier")}
+  for stage in range(1, stages + 1):
+    for index in range(blocks[stage - 1]):
+      t, ours = f"layer{stage}.{index}", f"stage{stage}_block{index}"
+      for conv in (1, 2):
+        keys.update({f"{t}.conv{conv}.weight": ("conv", f"params/{ours}/conv{conv}/kernel"),
+                     **batch_norm(f"{t}.bn{conv}", f"{ours}/bn{conv}")})
+      if f"{t}.downsample.0.weight" in sd:
+        keys.update({f"{t}.downsample.0.weight": ("conv", f"params/{ours}/downsample_conv/kernel"),
+                     **batch_norm(f"{t}.downsample.1", f"{ours}/downsample_bn")})
+  return fields, keys
+
+
 @dataclasses.dataclass(frozen=True)
 class Source:
   original: str  # where its definition lives
@@ -217,9 +244,9 @@ SOURCES: dict[str, Source] = {
                          "reactnet_a", reactnet_a, "configs/imagenet_reactnet.py"),
     "irnet_resnet20": Source("IR-Net's ResNet-20 (htqin/IR-Net CIFAR-10/ResNet20/1w1a/resnet.py)",
                              "resnet20", irnet_resnet20, "configs/cifar10.py"),
-    # torchvision's ResNet-34 (ReActNet's real-valued teacher) goes here: a function mapping
-    # conv1, bn1, layer*.*.{conv,bn}{1,2}, layer*.0.downsample.{0,1} and fc to the names of the
-    # bmd_jax model that reproduces it.
+    "torchvision_resnet34": Source("torchvision's ResNet-34 (torchvision.models.resnet34)",
+                                   "resnet34_torchvision", torchvision_resnet34,
+                                   "configs/imagenet_reactnet_recipe.py"),
 }
 
 

@@ -35,6 +35,8 @@ CASES = {
     "reactnet_a_step1": ("reactnet_a", lambda: originals.ReActNetA(REACTNET_A_CHANNELS, 10, 1),
                          "binary_activations"),
     "irnet_resnet20": ("irnet_resnet20", lambda: originals.IRNetResNet(), "binary"),
+    "torchvision_resnet34": ("torchvision_resnet34", lambda: originals.TorchvisionResNet(
+        widths=NARROW_RESNET, num_classes=10), "full"),
 }
 
 
@@ -112,6 +114,7 @@ def test_converted_logits_equal_the_originals(case, tmp_path):
     ("reactnet_a", lambda: originals.ReActNetA((32, 64, 128, 128, 256, 256) + (512,) * 6
                                                + (1024,) * 2), {"name": "reactnet_a"}),
     ("irnet_resnet20", originals.IRNetResNet, {"name": "resnet20"}),
+    ("torchvision_resnet34", originals.TorchvisionResNet, {"name": "resnet34_torchvision"}),
 ])
 def test_published_sizes_are_the_registered_models(source, build, fields):
   """At the originals' own widths the tensors fill the registered model with its defaults: the
@@ -150,13 +153,17 @@ def test_another_original_is_refused_with_the_fix(irnet_state):
     convert.convert("resnet20", irnet_state)
 
 
-def test_reading_a_bare_state_dict(tmp_path):
+def test_reading_a_bare_state_dict_and_an_npz(tmp_path):
   net = originals.IRNetResNet()
   torch.save(net.state_dict(), tmp_path / "bare.pth")
   state = convert.read_state_dict(str(tmp_path / "bare.pth"))
   expected = {k for k in net.state_dict() if not k.endswith("num_batches_tracked")}
   assert set(state) == expected
   assert all(v.dtype == np.float32 for v in state.values())
+  np.savez(tmp_path / "bare.npz", **{k: v.numpy() for k, v in net.state_dict().items()})
+  from_npz = convert.read_state_dict(str(tmp_path / "bare.npz"))  # no PyTorch needed
+  assert set(from_npz) == expected
+  assert all(np.array_equal(from_npz[k], state[k]) for k in expected)
 
 
 def test_without_torch_the_message_says_how(tmp_path, monkeypatch):

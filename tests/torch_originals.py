@@ -7,6 +7,7 @@ them) so that tests run narrow networks.
     IRNetResNet    htqin/IR-Net CIFAR-10/ResNet20/1w1a/resnet.py with BasicBlock_1w1a and
                    modules/ir_1w1a.py IRConv2d (its k, t are plain attributes, not in the state
                    dict; the forward pass does not use them, and .cuda() is left out)
+    TorchvisionResNet  torchvision/models/resnet.py ResNet with BasicBlock (resnet34)
 
 Signs are the originals' torch.sign, which gives 0 at 0 where bmd_jax gives +1; `sign` counts
 exact zeros so a test can check that none occurred (inputs to sign are sums of random floats).
@@ -271,3 +272,54 @@ class IRNetResNet(nn.Module):
     out = self.layer3(self.layer2(self.layer1(out)))
     out = F.avg_pool2d(out, out.size()[3]).flatten(1)
     return self.linear(self.bn2(out))
+
+
+# --- torchvision ---------------------------------------------------------------------------------
+
+class TorchvisionBasicBlock(nn.Module):
+  """torchvision.models.resnet.BasicBlock."""
+
+  def __init__(self, inplanes, planes, stride=1, downsample=None):
+    super().__init__()
+    self.conv1 = conv3x3(inplanes, planes, stride)
+    self.bn1 = nn.BatchNorm2d(planes)
+    self.relu = nn.ReLU(inplace=True)
+    self.conv2 = conv3x3(planes, planes)
+    self.bn2 = nn.BatchNorm2d(planes)
+    self.downsample = downsample
+
+  def forward(self, x):
+    out = self.relu(self.bn1(self.conv1(x)))
+    out = self.bn2(self.conv2(out))
+    identity = self.downsample(x) if self.downsample is not None else x
+    return self.relu(out + identity)
+
+
+class TorchvisionResNet(nn.Module):
+  """torchvision.models.resnet.ResNet with basic blocks (resnet34: layers 3, 4, 6, 3)."""
+
+  def __init__(self, layers=(3, 4, 6, 3), widths=(64, 128, 256, 512), num_classes=1000):
+    super().__init__()
+    self.inplanes = widths[0]
+    self.conv1 = nn.Conv2d(3, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
+    self.bn1 = nn.BatchNorm2d(widths[0])
+    self.relu = nn.ReLU(inplace=True)
+    self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    for i, (blocks, planes) in enumerate(zip(layers, widths)):
+      setattr(self, f"layer{i + 1}", self._make_layer(planes, blocks, 1 if i == 0 else 2))
+    self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+    self.fc = nn.Linear(widths[-1], num_classes)
+
+  def _make_layer(self, planes, blocks, stride):
+    downsample = None
+    if stride != 1 or self.inplanes != planes:
+      downsample = nn.Sequential(conv1x1(self.inplanes, planes, stride), nn.BatchNorm2d(planes))
+    layers = [TorchvisionBasicBlock(self.inplanes, planes, stride, downsample)]
+    self.inplanes = planes
+    layers += [TorchvisionBasicBlock(planes, planes) for _ in range(1, blocks)]
+    return nn.Sequential(*layers)
+
+  def forward(self, x):
+    x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+    x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+    return self.fc(self.avgpool(x).flatten(1))
