@@ -14,8 +14,8 @@
                        -> model resnet34_torchvision (for --config.distill_teacher)
 
 DIR becomes a checkpoint folder (``DIR/0/state``, Orbax) that the config fields ``init_from``
-and ``teacher`` accept, e.g. ``--config.init_from=DIR``, with ``DIR/conversion.json`` saying
-which model fields to set. Step-1 state dicts (real-valued convs in place of HardBinaryConv)
+and ``teacher`` (``distill_teacher`` for torchvision's ResNet-34) accept, e.g.
+``--config.init_from=DIR``, with ``DIR/conversion.json`` saying which model fields to set. Step-1 state dicts (real-valued convs in place of HardBinaryConv)
 convert to the same tree: bmd_jax's parameters do not depend on the precision.
 
 Every tensor is placed by name (conv OIHW -> HWIO, linear (out, in) -> (in, out), batch norm
@@ -233,7 +233,10 @@ class Source:
   original: str  # where its definition lives
   model: str  # the bmd_jax model it converts to
   keys: Callable[[Mapping[str, np.ndarray]], tuple[dict, dict[str, Target]]]  # (fields, keys)
-  config: str  # the recipe that trains this model
+  config: str  # a recipe that uses this model
+  # The config fields that take the folder, and the section that names its model.
+  fields: tuple[str, ...] = ("init_from", "teacher")
+  section: str = "model"
   image_shape: tuple[int, int, int] = (32, 32, 3)  # any input the model takes: shapes only
 
 
@@ -246,7 +249,8 @@ SOURCES: dict[str, Source] = {
                              "resnet20", irnet_resnet20, "configs/cifar10.py"),
     "torchvision_resnet34": Source("torchvision's ResNet-34 (torchvision.models.resnet34)",
                                    "resnet34_torchvision", torchvision_resnet34,
-                                   "configs/imagenet_reactnet_recipe.py"),
+                                   "configs/imagenet_reactnet_recipe.py", ("distill_teacher",),
+                                   "distill_teacher_model"),
 }
 
 
@@ -349,7 +353,9 @@ def convert_file(source_name: str, state_dict_path: str, out: str) -> dict:
   model = config_fields(source.model, fields)
   record = {"from": source_name, "original": source.original,
             "state_dict": os.path.basename(state_dict_path), "model": model,
-            "num_classes": int(fields["num_classes"]), "config": source.config}
+            "num_classes": int(fields["num_classes"]), "config": source.config,
+            "use": " or ".join(f"--config.{field}={out}" for field in source.fields)
+                   + f" with config.{source.section}: {_describe(model)}"}
   write(out, variables, record)
   return record
 
@@ -363,8 +369,7 @@ def main(argv):
   f = flags.FLAGS
   record = convert_file(f["from"].value, f.state_dict, f.out)
   print(f"converted {record['original']} ({record['num_classes']} classes) into {f.out}: use it "
-        f"as --config.init_from={f.out} or --config.teacher={f.out} of a config whose model "
-        f"has {_describe(record['model'])}, e.g. {record['config']}")
+        f"as {record['use']} (e.g. {record['config']})")
 
 
 if __name__ == "__main__":
@@ -372,7 +377,7 @@ if __name__ == "__main__":
 
   flags.DEFINE_enum("from", None, sorted(SOURCES), "The original the state dict comes from.")
   flags.DEFINE_string("state_dict", None, "The PyTorch file (.pth, .pth.tar): a state dict, or "
-                      "the originals' {'state_dict': ...} checkpoint.")
+                      "the originals' {'state_dict': ...} checkpoint; or a .npz of its tensors.")
   flags.DEFINE_string("out", None, "The checkpoint folder to create (new or empty).")
   flags.mark_flags_as_required(["from", "state_dict", "out"])
   app.run(main)
