@@ -15,8 +15,9 @@
 
 DIR becomes a checkpoint folder (``DIR/0/state``, Orbax) that the config fields ``init_from``
 and ``teacher`` (``distill_teacher`` for torchvision's ResNet-34) accept, e.g.
-``--config.init_from=DIR``, with ``DIR/conversion.json`` saying which model fields to set. Step-1 state dicts (real-valued convs in place of HardBinaryConv)
-convert to the same tree: bmd_jax's parameters do not depend on the precision.
+``--config.init_from=DIR``, with ``DIR/conversion.json`` saying which model fields to set.
+Step-1 state dicts (real-valued convs in place of HardBinaryConv) convert to the same tree:
+bmd_jax's parameters do not depend on the precision.
 
 Every tensor is placed by name (conv OIHW -> HWIO, linear (out, in) -> (in, out), batch norm
 weight/bias -> params scale/bias and running mean/var -> batch_stats mean/var, ReActNet's
@@ -211,7 +212,8 @@ def torchvision_resnet34(sd) -> tuple[dict, dict[str, Target]]:
   """torchvision's basic-block ResNet: the same names, bar the stem, downsample and fc."""
   stages = _count(sd, r"layer(\d+)\.")
   blocks = tuple(_count(sd, rf"layer{s}\.(\d+)\.") for s in range(1, stages + 1))
-  fields = {"stage_sizes": blocks, "num_classes": _shape(sd, "fc.weight", "torchvision_resnet34")[0],
+  fields = {"stage_sizes": blocks,
+            "num_classes": _shape(sd, "fc.weight", "torchvision_resnet34")[0],
             "widths": tuple(_shape(sd, f"layer{s}.0.bn1.weight", "torchvision_resnet34")[0]
                             for s in range(1, stages + 1))}
   keys = {"conv1.weight": ("conv", "params/stem_conv/kernel"), **batch_norm("bn1", "stem_bn"),
