@@ -5,7 +5,8 @@ ResNet-34, with no kurtosis term and no WDM (the reference point BD-BNN adds its
         --config.distill_teacher=PATH
 
 PATH is a checkpoint folder holding ``resnet34_torchvision``'s variables: torchvision's
-ImageNet ResNet-34, brought over once with ``python -m bmd_jax.torchvision_import`` (see there).
+ImageNet ResNet-34, brought over once with ``python -m bmd_jax.convert
+--from=torchvision_resnet34 --state_dict=resnet34.pth --out=PATH``.
 
 Follows ReActNet (liuzechun/ReActNet, resnet/1_step1 and resnet/2_step2: train.py, run.sh):
 
