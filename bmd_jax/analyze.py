@@ -1,15 +1,20 @@
-"""Weight-distribution analysis of a training run: is the latent distribution bi-modal?
+"""Weight-distribution analysis of training runs: is the latent distribution bi-modal?
 
     python -m bmd_jax.analyze --workdir=runs/digits
+    python -m bmd_jax.analyze --workdir=runs/plain,runs/bd_bnn --labels=plain,BD-BNN --out=cmp
 
-For every stage of the run (step 1's teacher and step 2's student in the two-step recipe) it
-compares each binary layer's latent weights at the stage's start and end:
+For every stage of a run (step 1's teacher and step 2's student in the two-step recipe) it
+compares each binary layer's latent weights at the stage's start and end. Given several
+workdirs (comma-separated), every figure draws each run in its own colour, to compare runs:
 
-- ``<out>/hist_<stage>.png``: per-layer histograms, start and end overlaid;
-- ``<out>/kurtosis.png``: per-layer kurtosis at start and end of every stage (the kurtosis term
-  pushes it towards its target, 1.8 by default; a bi-modal +-a distribution has kurtosis 1,
-  a Gaussian 3);
-- ``<out>/analysis.json`` and ``<out>/analysis.md``: the table, one row per stage and layer:
+- ``<out>/hist_<stage>.png``: per-layer histograms; the end filled (one run) or a solid line,
+  the start a dashed line; each subplot's title gives the layer's kurtosis at start and end and
+  its configured target;
+- ``<out>/kurtosis.png``: per-layer kurtosis at start (hollow) and end (filled) of every stage,
+  a subplot per stage, with the configured kurtosis target (``config.loss.kurtosis_target``, a
+  float or one value per layer) as a line; a bi-modal +-a distribution has kurtosis 1, a
+  uniform one 1.8, a Gaussian 3;
+- ``<out>/analysis.json`` and ``<out>/analysis.md``: the table, one row per run, stage and layer:
   kurtosis at start and end (losses.kurtosis), the flip ratio (the share of binary weights
   whose sign differs between start and end, the sign being that of the binary kernel, i.e. of
   the standardized weight under IR-Net's scaling) and the share of weights near zero
@@ -18,7 +23,8 @@ compares each binary layer's latent weights at the stage's start and end:
 
 A stage's start is what it trained from: the checkpoint its config's ``init_from`` names, or,
 without one, the model's initialization from the config's seed (as train.train_stage makes it).
-``<out>`` defaults to ``<workdir>/analysis``.
+Its end is the stage's newest checkpoint. ``<out>`` defaults to ``<workdir>/analysis`` for one
+workdir and must be given for several.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from bmd_jax import checkpoint, export, layers, losses, packed, stages, train
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _latents(params) -> dict[str, np.ndarray]:
@@ -41,8 +48,23 @@ def _latents(params) -> dict[str, np.ndarray]:
           for k, v in losses.binarized_kernels(params).items()}
 
 
+def kurtosis_targets(config, params) -> dict[str, float]:
+  """{layer: kurtosis target} of the layers the stage's kurtosis term regularizes; {} if off."""
+  loss = config.get("loss") or {}
+  if not loss.get("kurtosis_weight"):
+    return {}
+  kernels = losses.binarized_kernels(params, loss.get("kurtosis_include_shortcuts", True))
+  target = loss.get("kurtosis_target", 1.8)
+  target = target.to_dict() if hasattr(target, "to_dict") else target
+  # The loss's own rule puts a float, a per-layer list or a dict onto the layers.
+  values = losses._kurtosis_targets(target, list(kernels))  # pylint: disable=protected-access
+  # The loss holds them in float32; 6 digits give back the config's decimals (1.8, not 1.79999).
+  return {k.removesuffix("/latent_kernel"): float(f"{v:.6g}") for k, v in zip(kernels, values)}
+
+
 def stage_weights(workdir: str, stage: str) -> dict:
-  """{'config', 'start', 'end', 'end_step', 'start_from'} of one stage's binary latents."""
+  """{'config', 'start', 'end', 'end_step', 'start_from', 'start_label', 'targets'} of one
+  stage's binary latents."""
   ckpt = export.list_checkpoints(workdir)[stage][-1]
   _, config = export.read_meta(ckpt)
   end = export.read_variables(ckpt)
@@ -50,12 +72,14 @@ def stage_weights(workdir: str, stage: str) -> dict:
   if config.get("init_from"):
     source = stages.checkpoint_source(config.init_from, workdir, stage, "initial weights")
     start_params = checkpoint.load_variables(source, end)["params"]
-    start_from = source
+    start_from, start_label = source, f"{config.init_from}'s end"
   else:
     start_params, _ = train.initialized(jax.random.PRNGKey(config.seed), model, image_shape)
     start_from = f"initialization (seed {config.seed})"
+    start_label = f"initialization, seed {config.seed}"
   return {"config": config, "start": _latents(start_params), "end": _latents(end["params"]),
-          "end_step": ckpt.step, "start_from": start_from}
+          "end_step": ckpt.step, "start_from": start_from, "start_label": start_label,
+          "targets": kurtosis_targets(config, end["params"])}
 
 
 def layer_row(start: np.ndarray, end: np.ndarray, scale_mode: str, near_zero: float) -> dict:
@@ -75,77 +99,227 @@ def layer_row(start: np.ndarray, end: np.ndarray, scale_mode: str, near_zero: fl
   }
 
 
-def _histograms(weights: dict, title: str, path: str) -> None:
-  names = list(weights["end"])
-  cols = min(4, len(names))
-  rows = -(-len(names) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
-  for ax, name in zip(axes.flat, names):
-    start, end = weights["start"][name].ravel(), weights["end"][name].ravel()
-    bins = np.linspace(min(start.min(), end.min()), max(start.max(), end.max()), 81)
-    ax.hist(start, bins=bins, alpha=0.5, density=True, label="start")
-    ax.hist(end, bins=bins, alpha=0.5, density=True, label="end")
-    ax.set_title(name, fontsize=8)
-    ax.tick_params(labelsize=7)
-  for ax in list(axes.flat)[len(names):]:
-    ax.axis("off")
-  axes.flat[0].legend(fontsize=7)
-  fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
+
+def load_run(workdir: str, label: str) -> dict:
+  """{'label', 'workdir', 'stages': {stage: stage_weights}} of a run, stages in its order."""
+  return {"label": label, "workdir": workdir,
+          "stages": {stage: stage_weights(workdir, stage) for stage in export.stage_order(workdir)}}
 
 
-def _kurtosis_plot(table: list[dict], path: str) -> None:
-  fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(table)), 3.5))
-  labels = [f"{r['stage']}/{r['layer']}" for r in table]
-  x = np.arange(len(table))
-  ax.plot(x, [r["kurtosis_start"] for r in table], "o", label="start")
-  ax.plot(x, [r["kurtosis_end"] for r in table], "s", label="end")
-  ax.axhline(3.0, color="grey", lw=0.8, ls=":", label="Gaussian (3)")
-  ax.axhline(1.0, color="grey", lw=0.8, ls="--", label="two-point +-a (1)")
-  ax.set_xticks(x, labels, rotation=90, fontsize=6)
-  ax.set_ylabel("kurtosis")
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
+def run_labels(workdirs: list[str], labels: list[str] | None = None) -> list[str]:
+  """The given labels, or the workdirs' folder names (their paths where names repeat)."""
+  if labels:
+    if len(labels) != len(workdirs) or len(set(labels)) != len(labels):
+      raise ValueError(f"--labels needs one distinct label per workdir: got {labels} for "
+                       f"{workdirs}")
+    return list(labels)
+  names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
+  return names if len(set(names)) == len(names) else list(workdirs)
 
 
-def markdown_table(table: list[dict]) -> str:
-  lines = ["| stage | layer | params | kurtosis start | kurtosis end | flip ratio | "
-           "near zero start | near zero end |", "|" + "---|" * 8]
-  for r in table:
-    lines.append(f"| {r['stage']} | {r['layer']} | {r['params']} | {r['kurtosis_start']:.3f} | "
-                 f"{r['kurtosis_end']:.3f} | {r['flip_ratio']:.4f} | {r['near_zero_start']:.4f}"
-                 f" | {r['near_zero_end']:.4f} |")
+def _kurt(w: np.ndarray) -> float:
+  return float(losses.kurtosis(w))
+
+
+def _colour(i: int):
+  return plt.get_cmap("tab10")(i % 10)
+
+
+def _stage_names(runs: list[dict]) -> list[str]:
+  """Every run's stages, in order of first appearance."""
+  return list(dict.fromkeys(s for run in runs for s in run["stages"]))
+
+
+def _runs_with(runs: list[dict], stage: str, layer: str | None = None) -> list[tuple]:
+  """(index, run, its stage's weights) of the runs that have `stage` (and `layer`); the index
+  in all runs gives a run the same colour in every figure."""
+  return [(i, run, run["stages"][stage]) for i, run in enumerate(runs)
+          if stage in run["stages"] and (layer is None or layer in run["stages"][stage]["end"])]
+
+
+def _layer_names(runs: list[dict], stage: str) -> list[str]:
+  return list(dict.fromkeys(n for _, _, w in _runs_with(runs, stage) for n in w["end"]))
+
+
+def _prefix(runs: list[dict], run: dict) -> str:
+  """A run's label before its series' names, when there are several runs to tell apart."""
+  return f"{run['label']} " if len(runs) > 1 else ""
+
+
+def _layer_title(layer: str, runs: list[dict], stage: str) -> str:
+  """The layer, then per run its kurtosis at start and end (and target, where configured)."""
+  lines = [layer]
+  for _, run, weights in _runs_with(runs, stage, layer):
+    kurt = (f"kurtosis {_kurt(weights['start'][layer]):.2f} \u2192 "
+            f"{_kurt(weights['end'][layer]):.2f}")
+    target = weights["targets"].get(layer)
+    if target is not None:
+      kurt += f" (target {target:.2f})"
+    lines.append(f"{run['label']}: {kurt}" if len(runs) > 1 else kurt)
   return "\n".join(lines)
 
 
-def analyze(workdir: str, out: str | None = None, near_zero: float = 0.1) -> dict:
-  """Writes the figures and the table of every stage of a run; returns the table's record."""
-  out = out or os.path.join(workdir, "analysis")
+def _layer_histogram(ax, layer: str, runs: list[dict], stage: str) -> None:
+  """Start dashed, end solid (and filled for one run), a colour per run, on shared bins."""
+  present = _runs_with(runs, stage, layer)
+  every = np.concatenate([w[when][layer].ravel() for _, _, w in present
+                          for when in ("start", "end")])
+  bins = np.linspace(every.min(), every.max(), 81)
+  for i, _, weights in present:
+    end, start = weights["end"][layer].ravel(), weights["start"][layer].ravel()
+    if len(runs) == 1:
+      ax.hist(end, bins=bins, density=True, color=_colour(i), alpha=0.35)
+    ax.hist(end, bins=bins, density=True, histtype="step", color=_colour(i), lw=1.2)
+    ax.hist(start, bins=bins, density=True, histtype="step", color=_colour(i), lw=0.9, ls="--")
+  ax.set_title(_layer_title(layer, runs, stage), fontsize=8)
+  ax.set_xlabel("latent weight", fontsize=7)
+  ax.set_ylabel("density", fontsize=7)
+  ax.tick_params(labelsize=7)
+
+
+def _start_end_handles(runs: list[dict], stage: str) -> list:
+  """Legend entries: per run a dashed start line and a solid end line in its colour."""
+  handles = []
+  for i, run, weights in _runs_with(runs, stage):
+    prefix = _prefix(runs, run)
+    handles.append(Line2D([], [], color=_colour(i), ls="--",
+                          label=f"{prefix}start: {weights['start_label']}"))
+    handles.append(Line2D([], [], color=_colour(i),
+                          label=f"{prefix}end: step {weights['end_step']}"))
+  return handles
+
+
+def histogram_figure(runs: list[dict], stage: str):
+  """A subplot per binary layer of `stage`: its latent weights at start and end of each run."""
+  names = _layer_names(runs, stage)
+  cols = min(4, len(names))
+  rows = -(-len(names) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows + 0.9), squeeze=False,
+                           layout="constrained")
+  for ax, name in zip(axes.flat, names):
+    _layer_histogram(ax, name, runs, stage)
+  for ax in list(axes.flat)[len(names):]:
+    ax.axis("off")
+  present = _runs_with(runs, stage)
+  precisions = sorted({w["config"].model.precision for _, _, w in present})
+  who = runs[0]["label"] + ", " if len(runs) == 1 else ""
+  fig.suptitle(f"{who}{stage} ({', '.join(precisions)}): latent weights at start and end",
+               fontsize=10)
+  # Below the plots: a legend above them would overlap the title.
+  fig.legend(handles=_start_end_handles(runs, stage), loc="outside lower center", fontsize=8,
+             ncol=2 * len(present) if len(present) < 3 else 2)
+  return fig
+
+
+def _target_lines(ax, runs: list[dict], stage: str, layers: list[str]) -> None:
+  """The configured targets: one line per distinct set of targets, labelled by its runs."""
+  groups = {}
+  for i, run, weights in _runs_with(runs, stage):
+    if weights["targets"]:
+      key = tuple(weights["targets"].get(layer, np.nan) for layer in layers)
+      groups.setdefault(key, []).append((i, run["label"]))
+  for key, members in groups.items():
+    who = " (" + ", ".join(label for _, label in members) + ")" if len(runs) > 1 else ""
+    colour = "black" if len(groups) == 1 else _colour(members[0][0])
+    style = {"color": colour, "zorder": 1.5}  # under the markers
+    values = set(key)
+    if len(values) == 1 and not np.isnan(key[0]):
+      ax.axhline(key[0], lw=1.2, label=f"kurtosis target {key[0]:g}{who}", **style)
+    else:  # per-layer targets: a short line over each layer
+      x = np.arange(len(layers))
+      ax.hlines(key, x - 0.4, x + 0.4, lw=1.6, label=f"kurtosis target{who}", **style)
+
+
+def _kurtosis_axes(ax, runs: list[dict], stage: str) -> None:
+  """Each run's start (hollow) and end (filled) per layer, side by side, and the targets."""
+  layers = _layer_names(runs, stage)
+  present = _runs_with(runs, stage)
+  x = np.arange(len(layers))
+  for k, (i, run, weights) in enumerate(present):
+    has = [j for j, layer in enumerate(layers) if layer in weights["end"]]
+    xs = x[has] + (k - (len(present) - 1) / 2) * 0.6 / len(present)
+    start = [_kurt(weights["start"][layers[j]]) for j in has]
+    end = [_kurt(weights["end"][layers[j]]) for j in has]
+    ax.vlines(xs, start, end, color=_colour(i), lw=0.8, alpha=0.5)
+    ax.plot(xs, start, "o", mfc="none", color=_colour(i), label=f"{_prefix(runs, run)}start")
+    ax.plot(xs, end, "s", color=_colour(i), label=f"{_prefix(runs, run)}end")
+  _target_lines(ax, runs, stage, layers)
+  ax.axhline(3.0, color="grey", lw=0.8, ls=":", label="Gaussian (3)")
+  ax.axhline(1.0, color="grey", lw=0.8, ls="--", label="two-point \u00b1a (1)")
+  ax.set_xticks(x, layers, rotation=45, ha="right", fontsize=8)
+  ax.set_xlim(-0.6, len(layers) - 0.4)
+  ax.set_xlabel("binary layer")
+  ax.set_ylabel("kurtosis of latent weights")
+  ax.set_title(f"{stage}: kurtosis at start and end", fontsize=10)
+  ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+
+
+def kurtosis_figure(runs: list[dict]):
+  """A subplot per stage: every layer's kurtosis at start and end of each run, and the target."""
+  names = _stage_names(runs)
+  layers = [_layer_names(runs, stage) for stage in names]
+  # Wide enough for every layer's tick, tall enough for the longest rotated name.
+  width = max(6, 0.45 * max(map(len, layers))) + 2.5
+  longest = max(len(n) for names_ in layers for n in names_)
+  fig, axes = plt.subplots(len(names), 1, squeeze=False, layout="constrained",
+                           figsize=(width, len(names) * (2.8 + 0.07 * longest)))
+  for ax, stage in zip(axes.flat, names):
+    _kurtosis_axes(ax, runs, stage)
+  return fig
+
+
+def _save(fig, path: str, dpi: int) -> str:
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+  return path
+
+
+def markdown_table(table: list[dict]) -> str:
+  several = len({r["run"] for r in table}) > 1
+  head = ["stage", "layer", "params", "kurtosis start", "kurtosis end", "flip ratio",
+          "near zero start", "near zero end"]
+  head = ["run"] * several + head
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for r in table:
+    cells = [r["run"]] * several + [
+        r["stage"], r["layer"], str(r["params"]), f"{r['kurtosis_start']:.3f}",
+        f"{r['kurtosis_end']:.3f}", f"{r['flip_ratio']:.4f}", f"{r['near_zero_start']:.4f}",
+        f"{r['near_zero_end']:.4f}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _stage_info(weights: dict) -> dict:
+  config = weights["config"]
+  return {"role": "student" if config.get("teacher") else "stage",
+          "teacher": config.get("teacher") or None, "precision": config.model.precision,
+          "end_step": weights["end_step"], "start_from": weights["start_from"],
+          "kurtosis_targets": weights["targets"]}
+
+
+def analyze(workdirs, out: str | None = None, near_zero: float = 0.1,
+            labels: list[str] | None = None, dpi: int = 120) -> dict:
+  """Writes the figures and the table of every stage of the runs; returns the table's record.
+
+  `workdirs` is one workdir or a list of them (compared on the same figures).
+  """
+  workdirs = [workdirs] if isinstance(workdirs, str) else list(workdirs)
+  if out is None:
+    if len(workdirs) > 1:
+      raise ValueError("several workdirs need --out, the folder of the comparison")
+    out = os.path.join(workdirs[0], "analysis")
   os.makedirs(out, exist_ok=True)
-  table, stages_info, figures = [], {}, []
-  for stage in export.stage_order(workdir):
-    weights = stage_weights(workdir, stage)
-    config = weights["config"]
-    role = "student" if config.get("teacher") else "stage"
-    stages_info[stage] = {"role": role, "teacher": config.get("teacher") or None,
-                          "precision": config.model.precision, "end_step": weights["end_step"],
-                          "start_from": weights["start_from"]}
-    for layer in weights["end"]:
-      table.append({"stage": stage, "layer": layer, **layer_row(
-          weights["start"][layer], weights["end"][layer], config.model.scale_mode, near_zero)})
-    path = os.path.join(out, f"hist_{stage}.png")
-    _histograms(weights, f"{stage} ({config.model.precision}): latent weights at start and "
-                f"end (step {weights['end_step']})", path)
-    figures.append(path)
-  path = os.path.join(out, "kurtosis.png")
-  _kurtosis_plot(table, path)
-  figures.append(path)
-  record = {"workdir": os.path.abspath(workdir), "near_zero": near_zero, "stages": stages_info,
-            "layers": table, "figures": figures}
+  runs = [load_run(w, label) for w, label in zip(workdirs, run_labels(workdirs, labels))]
+  table = [{"run": run["label"], "stage": stage, "layer": layer, **layer_row(
+      weights["start"][layer], weights["end"][layer], weights["config"].model.scale_mode,
+      near_zero)}
+           for run in runs for stage, weights in run["stages"].items() for layer in weights["end"]]
+  figures = [_save(histogram_figure(runs, stage), os.path.join(out, f"hist_{stage}.png"), dpi)
+             for stage in _stage_names(runs)]
+  figures.append(_save(kurtosis_figure(runs), os.path.join(out, "kurtosis.png"), dpi))
+  record = {"near_zero": near_zero, "layers": table, "figures": figures,
+            "runs": {run["label"]: {"workdir": os.path.abspath(run["workdir"]), "stages": {
+                stage: _stage_info(w) for stage, w in run["stages"].items()}} for run in runs}}
   with open(os.path.join(out, "analysis.json"), "w") as f:
     json.dump(record, f, indent=1)
   with open(os.path.join(out, "analysis.md"), "w") as f:
@@ -160,7 +334,7 @@ def main(argv):
   if len(argv) > 1:
     raise SystemExit(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  record = analyze(f.workdir, f.out, f.near_zero)
+  record = analyze(f.workdir, f.out, f.near_zero, f.labels, f.dpi)
   print(markdown_table(record["layers"]))
   print("wrote " + ", ".join(record["figures"]))
 
@@ -168,8 +342,13 @@ def main(argv):
 if __name__ == "__main__":
   from absl import app, flags  # pylint: disable=g-import-not-at-top
 
-  flags.DEFINE_string("workdir", None, "A training run's workdir.")
-  flags.DEFINE_string("out", None, "Output folder (default: <workdir>/analysis).")
+  flags.DEFINE_list("workdir", None, "A training run's workdir, or several (comma-separated) "
+                    "to compare them on the same figures.")
+  flags.DEFINE_list("labels", None, "The runs' names in the figures, one per workdir "
+                    "(default: the workdirs' folder names).")
+  flags.DEFINE_string("out", None, "Output folder (default: <workdir>/analysis; required for "
+                      "several workdirs).")
   flags.DEFINE_float("near_zero", 0.1, "'Near zero' means |w| < near_zero * std(w).")
+  flags.DEFINE_integer("dpi", 120, "Resolution of the PNG figures.")
   flags.mark_flags_as_required(["workdir"])
   app.run(main)
