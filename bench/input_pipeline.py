@@ -11,7 +11,7 @@ Cases:
     python bench/input_pipeline.py [--workers=0,1,2] [--seconds=8] [--cases=...]
 
 The train step it has to keep fed: a binary ResNet-20 on this 2-core CPU takes about 300-450
-images/s at batch 128 (/work/shared/PERF-NOTES.md), so the goal is >= 10x that.
+images/s at batch 128 (docs/BENCHMARKS.md, "Input pipeline"), so the goal is >= 10x that.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def without_bd_bnn_terms(config: ml_collections.ConfigDict) -> ml_collections.Co
 
 def use_two_steps(config: ml_collections.ConfigDict, step2_loss: dict,
                   **step2_fields) -> ml_collections.ConfigDict:
-  """BD-BNN's two steps (PAPER.md sections 3-4) on the config's schedule.
+  """BD-BNN's two steps (docs/METHOD.md section 6) on the config's schedule.
 
   Step 1: binary activations, real weights. Step 2: binary, initialized from step 1, which is
   also its frozen teacher; `step2_loss` and `step2_fields` are step 2's own overrides.

@@ -10,7 +10,7 @@ the convention of ``bmd_jax.layers``: a binary conv / dense layer stores its rea
 weight as a param named ``latent_kernel``; full-precision layers (first conv, classifier, real
 downsample convs) use Flax's ``kernel``.
 
-Formulas follow PAPER.md sections 2 and 3 (the authors' release where the paper is silent).
+Formulas: docs/METHOD.md sections 3-5 (the authors' release where the paper is silent).
 Reductions are computed in float32 (or wider) whatever the parameter dtype, because fourth
 powers and log-ratios of bf16 values lose most of their precision.
 """
@@ -80,7 +80,7 @@ def distillation_loss(student_logits: Array, teacher_logits: Array) -> Array:
 
 
 # ------------------------------------------------------------------------------------------------
-# Kurtosis regularization (PAPER.md section 2).
+# Kurtosis regularization (docs/METHOD.md section 3).
 
 
 def kurtosis(w: Array) -> Array:
@@ -223,7 +223,7 @@ def kurtosis_loss(params: PyTree, target=1.8, mode: str = "avg", include_shortcu
 
   Per layer ``l_i = (Kurt(W_i) - K_T,i)^2``; ``L_K`` is their mean (``avg``, the release
   default), ``sum`` or ``max``. Pushing the latent weights' kurtosis to about 1.8 or below makes
-  their distribution bi-modal, which ``sign()`` preserves best (PAPER.md section 2).
+  their distribution bi-modal, which ``sign()`` preserves best (docs/METHOD.md section 3).
 
   Args:
     params: parameter pytree.
@@ -256,7 +256,7 @@ def kurtosis_loss(params: PyTree, target=1.8, mode: str = "avg", include_shortcu
 
 
 # ------------------------------------------------------------------------------------------------
-# Weight distribution mimicking (PAPER.md section 3). Every form sums its per-layer values over
+# Weight distribution mimicking (docs/METHOD.md section 4). Each form sums its per-layer values over
 # layers, as the release does (it adds one KLDivLoss per layer); a deeper network therefore gets
 # a larger WDM term for the same per-layer mismatch, which the weight beta absorbs.
 

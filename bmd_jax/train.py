@@ -1,6 +1,6 @@
 """Training and evaluation: the train state, one jitted BD-BNN train step, the loop.
 
-The step combines, as PAPER.md section 3 writes it,
+The step combines, as docs/METHOD.md section 5 writes it,
 
     L = ce_weight * CE + kd_weight * L_DL + wdm_weight * L_WDM + kurtosis_weight * L_K
 

@@ -1,4 +1,4 @@
-"""CIFAR-10 with IR-Net's recipe (PAPER.md section 4): binary ResNet-20, EDE, SGD, 400 epochs.
+"""CIFAR-10 with IR-Net's recipe (docs/METHOD.md section 7): binary ResNet-20, EDE, SGD, 400 epochs.
 
     python -m bmd_jax.main --config=configs/cifar10.py --workdir=runs/c10
 

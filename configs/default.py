@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_workers = 0  # grain worker processes per host
   config.image_size = 8  # model input is image_size x image_size x channels
   config.channels = 1
-  config.augment = "none"  # 'none' | 'cifar' | 'imagenet' (PAPER.md section 4)
+  config.augment = "none"  # 'none' | 'cifar' | 'imagenet' (docs/METHOD.md section 7)
   config.mean = (0.305,)
   config.std = (0.376,)
 

@@ -1,4 +1,4 @@
-"""ImageNet with ReActNet's two-step recipe (PAPER.md section 4): ReAct ResNet-18, Adam.
+"""ImageNet with ReActNet's two-step recipe (docs/METHOD.md section 7): ReAct ResNet-18, Adam.
 
     python -m bmd_jax.main --config=configs/imagenet.py --workdir=runs/imagenet
 

@@ -27,7 +27,7 @@ Ours, where the release is ambiguous or cannot run as written:
 - step 2 has no cross-entropy: ``w_lambda_ce`` is never defined by the release's arguments
   (its step 2 runs only with ``--react``, which sets it to 0, and also sets the WDM weight to 0).
 
-The released WDM's gradient does not depend on the student (PAPER.md section 3);
+The released WDM's gradient does not depend on the student (docs/METHOD.md section 4);
 ``--config.stage_overrides.step2.loss.wdm_form=softmax_kl`` with ``...wdm_weight=1.0`` gives
 imagenet.py's form.
 """

@@ -1,7 +1,7 @@
 """Tests for bmd_jax.quantizers: sign forward, surrogate gradients, schedules, scaling.
 
 Every expected value is computed independently of the module: numpy formulas derived by
-hand from PAPER.md section 1, or (for SwishSign) autodiff of the smooth function.
+hand from docs/METHOD.md section 1, or (for SwishSign) autodiff of the smooth function.
 """
 
 import functools

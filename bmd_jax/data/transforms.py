@@ -1,4 +1,4 @@
-"""Grain operations: the recipes' augmentation (PAPER.md section 4) and normalization.
+"""Grain operations: the recipes' augmentation (docs/METHOD.md section 7) and normalization.
 
 Per record (images of any size -> image_size square): resizing, ImageNet's augmentation.
 Per batch, vectorized with numpy: the CIFAR augmentation, ``Normalize`` (-> float32 images).
