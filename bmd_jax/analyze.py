@@ -36,7 +36,7 @@ import jax
 import matplotlib
 import numpy as np
 
-from bmd_jax import checkpoint, export, layers, losses, packed, stages, train
+from bmd_jax import checkpoint, export, layers, losses, models, packed, stages, train
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -48,18 +48,20 @@ def _latents(params) -> dict[str, np.ndarray]:
           for k, v in losses.binarized_kernels(params).items()}
 
 
-def kurtosis_targets(config, params) -> dict[str, float]:
-  """{layer: kurtosis target} of the layers the stage's kurtosis term regularizes; {} if off."""
+def kurtosis_targets(config, regularized: list[str]) -> dict[str, float]:
+  """{binary layer: kurtosis target} of a stage, paired as training pairs them: `regularized`
+  is the model's list of the layers the term covers (models.kurtosis_layers, definition
+  order), the targets loss.kurtosis_targets or loss.kurtosis_target; {} when the term is off.
+  Real convs the term covers are not plotted, so they are left out here."""
   loss = config.get("loss") or {}
   if not loss.get("kurtosis_weight"):
     return {}
-  kernels = losses.binarized_kernels(params, loss.get("kurtosis_include_shortcuts", True))
-  target = loss.get("kurtosis_target", 1.8)
-  target = target.to_dict() if hasattr(target, "to_dict") else target
-  # The loss's own rule puts a float, a per-layer list or a dict onto the layers.
-  values = losses._kurtosis_targets(target, list(kernels))  # pylint: disable=protected-access
-  # The loss holds them in float32; 6 digits give back the config's decimals (1.8, not 1.79999).
-  return {k.removesuffix("/latent_kernel"): float(f"{v:.6g}") for k, v in zip(kernels, values)}
+  target = np.broadcast_to(np.asarray(train.kurtosis_target(loss, regularized), np.float64),
+                           (len(regularized),))
+  suffix = "/" + layers.LATENT_KERNEL
+  # 6 digits give back the config's decimals (1.8, not 1.79999).
+  return {p.removesuffix(suffix): float(f"{v:.6g}") for p, v in zip(regularized, target)
+          if p.endswith(suffix)}
 
 
 def stage_weights(workdir: str, stage: str) -> dict:
@@ -79,7 +81,8 @@ def stage_weights(workdir: str, stage: str) -> dict:
     start_label = f"initialization, seed {config.seed}"
   return {"config": config, "start": _latents(start_params), "end": _latents(end["params"]),
           "end_step": ckpt.step, "start_from": start_from, "start_label": start_label,
-          "targets": kurtosis_targets(config, end["params"])}
+          "targets": kurtosis_targets(config, models.kurtosis_layers(
+              model, image_shape, config.loss.get("kurtosis_include_shortcuts", True)))}
 
 
 def layer_row(start: np.ndarray, end: np.ndarray, scale_mode: str, near_zero: float) -> dict:

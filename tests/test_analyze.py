@@ -103,18 +103,19 @@ def made_up_run(label, seed, target=1.8, weight=1.0, include_shortcuts=True):
   rng = np.random.default_rng(seed)
   start = {name: rng.normal(0, 0.1, (3, 3, 4, 8)).astype(np.float32) for name in LAYERS}
   end = {name: (np.sign(w) * 0.1 + 0.3 * w).astype(np.float32) for name, w in start.items()}
+  per_layer = isinstance(target, (list, tuple))
   config = ml_collections.ConfigDict({
       "model": {"precision": "binary", "scale_mode": "irnet"},
-      "loss": {"kurtosis_weight": weight, "kurtosis_target": target,
+      "loss": {"kurtosis_weight": weight, "kurtosis_target": 1.8 if per_layer else target,
+               "kurtosis_targets": tuple(target) if per_layer else (),
                "kurtosis_include_shortcuts": include_shortcuts}})
-  params = {}
-  for name, w in end.items():
-    block, conv = name.split("/")
-    params.setdefault(block, {})[conv] = {"latent_kernel": w}
+  # What models.kurtosis_layers would give: definition order, shortcuts kept when asked.
+  regularized = [f"{name}/latent_kernel" for name in LAYERS
+                 if include_shortcuts or not name.startswith("shortcut")]
   return {"label": label, "workdir": f"runs/{label}", "stages": {"train": {
       "config": config, "start": start, "end": end, "end_step": 100,
       "start_from": "initialization (seed 0)", "start_label": "initialization, seed 0",
-      "targets": analyze.kurtosis_targets(config, params)}}}
+      "targets": analyze.kurtosis_targets(config, regularized)}}}
 
 
 @pytest.fixture(autouse=True)
@@ -135,7 +136,7 @@ def labelled(ax, label):
 
 def test_kurtosis_targets_follow_the_loss_config():
   assert made_up_run("a", 0)["stages"]["train"]["targets"] == dict.fromkeys(LAYERS, 1.8)
-  # A list follows binarized_kernels' sorted order; shortcuts left out leave no target.
+  # A list follows the regularized layers' order; shortcuts left out leave no target.
   run = made_up_run("a", 0, target=[1.6, 2.0], include_shortcuts=False)
   assert run["stages"]["train"]["targets"] == {"block0/conv": 1.6, "block1/conv": 2.0}
   assert made_up_run("a", 0, weight=0.0)["stages"]["train"]["targets"] == {}

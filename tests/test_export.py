@@ -171,6 +171,7 @@ def test_export_command_reloaded_gives_the_same_predictions(digits_run, tmp_path
   json.dumps(manifest)  # the manifest is plain JSON
 
 
+@pytest.mark.slow
 def test_export_refuses_a_non_binary_stage(digits_run, tmp_path):
   config, workdir = digits_run
   with pytest.raises(ValueError, match="precision"):

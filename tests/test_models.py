@@ -192,7 +192,8 @@ EXPECTED_BINARY_CONVS = {  # independent count from each architecture's definiti
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in HEAVY_CASES
+                                  else c for c in sorted(CASES)])
 def test_binary_convs_see_pm1_operands(case):
   calls = binary_step(case)["calls"]
   binary = [c for c in calls if isinstance(c["module"], layers.BinaryConv)]
