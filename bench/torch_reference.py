@@ -273,7 +273,8 @@ class BiRealResNet(nn.Module):
 
 def build(name: str, **fields) -> nn.Module:
   """The PyTorch twin of bmd_jax.models.get_model(name, **fields)."""
-  fields = {k: v for k, v in fields.items() if k != "dtype"}
+  # dtype and the optimization barrier shape XLA's program only; the twin has neither.
+  fields = {k: v for k, v in fields.items() if k not in ("dtype", "store_binary_input")}
   if name == "resnet20":
     return CifarResNet(**fields)
   if name == "resnet18":

@@ -36,7 +36,7 @@ import jax
 import matplotlib
 import numpy as np
 
-from bmd_jax import checkpoint, export, layers, losses, models, packed, stages, train
+from bmd_jax import checkpoint, export, layers, losses, models, objective, packed, stages, train
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -56,7 +56,7 @@ def kurtosis_targets(config, regularized: list[str]) -> dict[str, float]:
   loss = config.get("loss") or {}
   if not loss.get("kurtosis_weight"):
     return {}
-  target = np.broadcast_to(np.asarray(train.kurtosis_target(loss, regularized), np.float64),
+  target = np.broadcast_to(np.asarray(objective.kurtosis_targets(loss, regularized), np.float64),
                            (len(regularized),))
   suffix = "/" + layers.LATENT_KERNEL
   # 6 digits give back the config's decimals (1.8, not 1.79999).

@@ -32,7 +32,7 @@ import optax
 import tqdm
 from flax.training import train_state
 
-from bmd_jax import checkpoint, input_pipeline, losses, models, quantizers, sharding
+from bmd_jax import checkpoint, input_pipeline, losses, models, objective, quantizers, sharding
 from bmd_jax import stages as stages_lib
 from bmd_jax.metric_writers import MetricWriter
 
@@ -160,21 +160,6 @@ def _accuracy(logits, labels, k: int):
   return jnp.mean(jnp.any(top == labels[:, None], axis=-1))
 
 
-def kurtosis_target(loss_cfg, layers) -> float | tuple[float, ...]:
-  """loss.kurtosis_targets (one per layer, in the order of `layers`) if given, else the
-  scalar loss.kurtosis_target for every layer."""
-  targets = tuple(loss_cfg.get("kurtosis_targets") or ())
-  if not targets:
-    return loss_cfg.kurtosis_target
-  if layers is not None and len(targets) != len(layers):
-    raise ValueError(
-        f"loss.kurtosis_targets has {len(targets)} entries but the model regularizes "
-        f"{len(layers)} layers: give {len(layers)} targets, in this order: {list(layers)} "
-        "(loss.kurtosis_include_shortcuts changes the list), or () to use "
-        "loss.kurtosis_target for every layer")
-  return targets
-
-
 def train_step(state: TrainState, batch: dict, teacher: dict | None,
                distill_teacher: dict | None = None, *, config, learning_rate_fn,
                steps_per_epoch: int, total_epochs: float, teacher_apply=None,
@@ -187,7 +172,6 @@ def train_step(state: TrainState, batch: dict, teacher: dict | None,
   run with `distill_apply`) is given. `kurtosis_layers`: the parameter paths L_K covers, in
   order (models.kurtosis_layers); None: the binarized layers. Metrics are global-batch means.
   """
-  loss_cfg = config.loss
   epoch = state.step / steps_per_epoch
   est_args = estimator_args(config, schedule_progress(config, epoch, total_epochs))
   if distill_teacher is None:
@@ -201,25 +185,14 @@ def train_step(state: TrainState, batch: dict, teacher: dict | None,
     logits, updates = state.apply_fn(
         {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
         estimator_args=est_args, mutable=["batch_stats"])
-    parts = {"ce": losses.cross_entropy(logits, batch["label"])}
-    kurt, per_layer = losses.kurtosis_loss(
-        params, kurtosis_target(loss_cfg, kurtosis_layers), loss_cfg.kurtosis_mode,
-        loss_cfg.kurtosis_include_shortcuts, layers=kurtosis_layers)
-    parts["kurtosis"] = kurt
-    kurt_on = (epoch >= loss_cfg.kurtosis_start_epoch).astype(jnp.float32)
-    total = loss_cfg.ce_weight * parts["ce"] + loss_cfg.kurtosis_weight * kurt_on * kurt
-    parts["wdm"] = parts["kd"] = jnp.zeros(())
-    if teacher is not None:
-      parts["wdm"] = losses.wdm_loss(
-          jax.lax.stop_gradient(teacher["params"]), params, loss_cfg.wdm_form,
-          include_shortcuts=loss_cfg.wdm_include_shortcuts, **_wdm_kwargs(loss_cfg))
-      total += loss_cfg.wdm_weight * parts["wdm"]
-    if teacher_logits is not None:
-      parts["kd"] = losses.distillation_loss(logits, teacher_logits)
-      total += loss_cfg.kd_weight * parts["kd"]
-    return total, (logits, updates["batch_stats"], parts, per_layer)
+    inputs = objective.Inputs(
+        params=params, logits=logits, labels=batch["label"], epoch=epoch,
+        teacher_params=None if teacher is None else teacher["params"],
+        teacher_logits=teacher_logits, kurtosis_layers=kurtosis_layers)
+    total, parts, extras = objective.objective(config.loss, inputs)
+    return total, (logits, updates["batch_stats"], parts, extras)
 
-  (loss, (logits, new_stats, parts, per_layer)), grads = jax.value_and_grad(
+  (loss, (logits, new_stats, parts, extras)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
   updates = jax.tree_util.tree_map(jnp.subtract, new_state.params, state.params)
@@ -234,13 +207,9 @@ def train_step(state: TrainState, batch: dict, teacher: dict | None,
       "norms/params": optax.tree.norm(state.params),
       "norms/grads": optax.tree.norm(grads),
       "norms/updates": optax.tree.norm(updates),
-      **{f"kurtosis/{k}": v for k, v in per_layer.items()},
+      **extras,
   }
   return new_state, metrics
-
-
-def _wdm_kwargs(loss_cfg) -> dict:
-  return {"temperature": loss_cfg.wdm_temperature} if loss_cfg.wdm_form == "softmax_kl" else {}
 
 
 def eval_step(state: TrainState, batch: dict, *, config, progress: float = 1.0):
@@ -420,7 +389,7 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
   # The layers L_K covers, in the original's definition order (checked against the targets).
   kurtosis_layers = models.kurtosis_layers(model, info.image_shape,
                                            config.loss.kurtosis_include_shortcuts)
-  kurtosis_target(config.loss, kurtosis_layers)
+  objective.kurtosis_targets(config.loss, kurtosis_layers)  # a wrong count fails here, once
   log.info("stage %s: kurtosis term covers %d layers: %s", stage, len(kurtosis_layers),
            ", ".join(kurtosis_layers))
 

@@ -51,7 +51,8 @@ def get_config() -> ml_collections.ConfigDict:
   # EDE's t advances at each epoch start (IR-Net) or every step ('step': short runs).
   config.estimators.schedule_per = "epoch"
 
-  # Loss: L = ce_weight*CE + kd_weight*L_DL + wdm_weight*L_WDM + kurtosis_weight*L_K.
+  # Loss: L = ce_weight*CE + kd_weight*L_DL + wdm_weight*L_WDM + kurtosis_weight*L_K: each term
+  # is loss.<term>_weight times a term of bmd_jax/objective.py (TERMS), with its options here.
   config.loss = ml_collections.ConfigDict()
   config.loss.ce_weight = 1.0
   config.loss.kurtosis_weight = 1.0
@@ -64,7 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.kurtosis_include_shortcuts = True  # False: leave shortcut/downsample convs out
   config.loss.wdm_weight = 0.0  # needs a teacher of the student's architecture (teacher)
   config.loss.wdm_form = "softmax_kl"  # 'softmax_kl' | 'histogram' | 'released'
-  config.loss.wdm_temperature = 4.0
+  config.loss.wdm_temperature = 4.0  # softmax_kl's option
+  config.loss.wdm_bins = 64  # histogram's options: bins, and the kernel width in weight
+  config.loss.wdm_bandwidth = 0.0  # units (0: the bin width)
   config.loss.wdm_include_shortcuts = False
   config.loss.kd_weight = 0.0  # output distillation; needs a teacher or distill_teacher
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from bmd_jax import models, stages, train
+from bmd_jax import models, objective, stages, train
 from bmd_jax.config_files import load_sibling
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -44,5 +44,5 @@ def test_bdbnn_recipe(variant):
   model = models.get_model("resnet18", num_classes=10, widths=(8, 16, 32, 64), react=True)
   layers = models.kurtosis_layers(model, (64, 64, 3))
   for stage in (step1, step2):
-    target = train.kurtosis_target(stage.config.loss, layers)
+    target = objective.kurtosis_targets(stage.config.loss, layers)
     assert len(target) == 19 if variant else target == 1.8

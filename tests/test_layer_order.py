@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from narrow_models import CASES
 
-from bmd_jax import losses, models, train
+from bmd_jax import losses, models, objective, train
 
 BIRCONV, REAL = "latent_kernel", "kernel"
 
@@ -148,9 +148,9 @@ def test_19_per_layer_targets_on_resnet18_pair_with_the_layers_in_order(digits_c
   layers = models.kurtosis_layers(model, shape)
   targets = tuple(np.linspace(1.0, 2.8, 19).round(2))
   digits_config.loss.kurtosis_targets = targets
-  assert train.kurtosis_target(digits_config.loss, layers) == targets
+  assert objective.kurtosis_targets(digits_config.loss, layers) == targets
   params = _random_params(model, shape)
-  target = train.kurtosis_target(digits_config.loss, layers)
+  target = objective.kurtosis_targets(digits_config.loss, layers)
   loss, per_layer = jax.jit(lambda p: losses.kurtosis_loss(p, target, layers=layers))(params)
   assert layers == RESNET18 and sorted(per_layer) == sorted(RESNET18)
   flat = {"/".join(k.key for k in p): v
@@ -171,7 +171,7 @@ def test_wrong_number_of_targets_names_the_expected_count(digits_config, count):
   layers = models.kurtosis_layers(model, shape)
   digits_config.loss.kurtosis_targets = (1.8,) * count
   with pytest.raises(ValueError, match=r"has %d entries .* regularizes 19 layers" % count):
-    train.kurtosis_target(digits_config.loss, layers)
+    objective.kurtosis_targets(digits_config.loss, layers)
   with pytest.raises(ValueError, match="for 19 regularized layers"):
     losses.kurtosis_loss(_random_params(model, shape), (1.8,) * count, layers=layers)
 
@@ -182,7 +182,7 @@ def test_a_list_of_targets_has_its_own_config_field(digits_config):
   with pytest.raises(TypeError):
     digits_config.loss.kurtosis_target = [1.4] * 19  # ml_collections: a float field
   digits_config.loss.kurtosis_targets = ()
-  assert train.kurtosis_target(digits_config.loss, RESNET18) == 1.8
+  assert objective.kurtosis_targets(digits_config.loss, RESNET18) == 1.8
 
 
 def test_summary_lists_the_kurtosis_layers_in_order(digits_config):

@@ -1,0 +1,139 @@
+"""The training objective, composed from the loss config: a weighted sum of named terms.
+
+    L = sum over terms of  loss.<term>_weight * term   (docs/METHOD.md section 5)
+
+Each term is one entry of `TERMS`: a pure function of the step's inputs (`Inputs`) and the
+loss config, returning its value and any extra metrics (the kurtosis of each layer), or None
+where it does not apply (no teacher). `objective` returns the total and every term by name,
+which the train step logs as ``train/<term>``; it adds nothing of its own. A new term is one
+function here (on a pure loss in losses.py) plus ``loss.<term>_weight`` and its options in
+the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from bmd_jax import losses
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+  """What the terms may read. Teacher fields are None without a teacher."""
+
+  params: Any
+  logits: Array
+  labels: Array
+  epoch: Any = 0.0
+  teacher_params: Any = None  # the WDM teacher's params (the student's architecture)
+  teacher_logits: Array | None = None  # the distillation teacher's logits
+  kurtosis_layers: Sequence[str] | None = None  # models.kurtosis_layers; None: binarized ones
+
+
+TermResult = tuple[Array, dict[str, Array]] | None
+
+
+def kurtosis_targets(loss_cfg: Mapping, layers: Sequence[str] | None):
+  """loss.kurtosis_targets (one per layer, in the order of `layers`) if given, else the
+  scalar loss.kurtosis_target for every layer; a wrong count names the expected one."""
+  targets = tuple(loss_cfg.get("kurtosis_targets") or ())
+  if not targets:
+    return loss_cfg.get("kurtosis_target", 1.8)
+  if layers is not None and len(targets) != len(layers):
+    raise ValueError(
+        f"loss.kurtosis_targets has {len(targets)} entries but the model regularizes "
+        f"{len(layers)} layers: give {len(layers)} targets, in this order: {list(layers)} "
+        "(loss.kurtosis_include_shortcuts changes the list), or () to use "
+        "loss.kurtosis_target for every layer")
+  return targets
+
+
+def _cross_entropy(loss_cfg, inputs: Inputs) -> TermResult:
+  return losses.cross_entropy(inputs.logits, inputs.labels), {}
+
+
+def _kurtosis(loss_cfg, inputs: Inputs) -> TermResult:
+  value, per_layer = losses.kurtosis_loss(
+      inputs.params, kurtosis_targets(loss_cfg, inputs.kurtosis_layers),
+      loss_cfg.get("kurtosis_mode", "avg"), loss_cfg.get("kurtosis_include_shortcuts", True),
+      layers=inputs.kurtosis_layers)
+  return value, {f"kurtosis/{k}": v for k, v in per_layer.items()}
+
+
+def _kurtosis_active(loss_cfg, inputs: Inputs) -> Array:
+  # The term joins the total from loss.kurtosis_start_epoch on (the release's --kurtepoch).
+  return (jnp.asarray(inputs.epoch) >= loss_cfg.get("kurtosis_start_epoch", 0)).astype(
+      jnp.float32)
+
+
+def wdm_options(loss_cfg) -> dict:
+  """The options of the configured WDM form, from loss.wdm_<option> fields."""
+  form = loss_cfg.get("wdm_form", "softmax_kl")
+  if form == "softmax_kl":
+    return {"temperature": loss_cfg.get("wdm_temperature", 4.0)}
+  if form == "histogram":
+    bandwidth = loss_cfg.get("wdm_bandwidth", 0.0)
+    return {"bins": loss_cfg.get("wdm_bins", 64), "bandwidth": bandwidth or None}
+  return {}
+
+
+def _wdm(loss_cfg, inputs: Inputs) -> TermResult:
+  if inputs.teacher_params is None:
+    return None
+  value = losses.wdm_loss(
+      jax.lax.stop_gradient(inputs.teacher_params), inputs.params,
+      loss_cfg.get("wdm_form", "softmax_kl"),
+      include_shortcuts=loss_cfg.get("wdm_include_shortcuts", False), **wdm_options(loss_cfg))
+  return value, {}
+
+
+def _distillation(loss_cfg, inputs: Inputs) -> TermResult:
+  if inputs.teacher_logits is None:
+    return None
+  return losses.distillation_loss(inputs.logits, inputs.teacher_logits), {}
+
+
+def _always(loss_cfg, inputs: Inputs) -> float:
+  return 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+  value: Callable[[Mapping, Inputs], TermResult]
+  active: Callable[[Mapping, Inputs], Any] = _always  # multiplies the weight
+
+
+# Term name -> its entry; the weight is loss.<name>_weight (0 when the config has none).
+TERMS: dict[str, Term] = {
+    "ce": Term(_cross_entropy),
+    "kurtosis": Term(_kurtosis, _kurtosis_active),
+    "wdm": Term(_wdm),
+    "kd": Term(_distillation),
+}
+
+
+def objective(loss_cfg: Mapping, inputs: Inputs) -> tuple[Array, dict[str, Array],
+                                                           dict[str, Array]]:
+  """(total, {term: value}, extra metrics). A term that does not apply is 0 in the parts and
+  absent from the total; every applicable term is computed (and logged) even at weight 0."""
+  total = jnp.zeros((), jnp.float32)
+  parts, extras = {}, {}
+  for name, term in TERMS.items():
+    result = term.value(loss_cfg, inputs)
+    if result is None:
+      parts[name] = jnp.zeros((), jnp.float32)
+      continue
+    value, more = result
+    parts[name] = value
+    extras.update(more)
+    weight = loss_cfg.get(f"{name}_weight", 0.0)
+    if weight:
+      total = total + weight * term.active(loss_cfg, inputs) * value
+  return total, parts, extras

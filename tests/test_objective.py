@@ -1,0 +1,94 @@
+"""The objective seam: the total is the weighted sum of the named terms, computed from the loss
+config alone (independently here), every term's options reach it, and a made-up term is one
+registry entry plus its config weight."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from bmd_jax import losses, objective
+
+
+def _inputs(seed=0, teacher=True):
+  rng = np.random.default_rng(seed)
+  params = {"conv1": {"latent_kernel": jnp.asarray(rng.standard_normal((3, 3, 4, 8)), jnp.float32)},
+            "conv2": {"latent_kernel": jnp.asarray(rng.standard_normal((3, 3, 8, 8)), jnp.float32)}}
+  teacher_params = jax.tree_util.tree_map(lambda w: 0.5 * w + 0.1, params)
+  logits = jnp.asarray(rng.standard_normal((6, 5)), jnp.float32)
+  return objective.Inputs(
+      params=params, logits=logits, labels=jnp.arange(6) % 5, epoch=3.0,
+      teacher_params=teacher_params if teacher else None,
+      teacher_logits=jnp.asarray(rng.standard_normal((6, 5)), jnp.float32) if teacher else None)
+
+
+def _loss_config(**fields):
+  from configs import default
+
+  config = default.get_config().loss
+  config.update(fields)
+  return config
+
+
+def _reference_kurtosis(w):
+  w = np.asarray(w, np.float64).ravel()
+  c = w - w.mean()
+  return np.mean(c ** 4) / (np.sum(c ** 2) / (w.size - 1)) ** 2
+
+
+def test_total_is_the_weighted_sum_of_independently_computed_terms():
+  cfg = _loss_config(ce_weight=0.7, kurtosis_weight=0.3, kurtosis_target=1.5, wdm_weight=2.0,
+                     kd_weight=0.9, wdm_form="released")
+  inputs = _inputs()
+  total, parts, extras = objective.objective(cfg, inputs)
+  ce = float(optax.softmax_cross_entropy_with_integer_labels(inputs.logits, inputs.labels).mean())
+  kurt = np.mean([(_reference_kurtosis(layer["latent_kernel"]) - 1.5) ** 2
+                  for layer in inputs.params.values()])
+  soft = np.asarray(jax.nn.softmax(inputs.teacher_logits))
+  kd = float(np.mean(-np.sum(soft * np.asarray(jax.nn.log_softmax(inputs.logits)), -1)))
+  wdm = float(losses.wdm_loss(inputs.teacher_params, inputs.params, "released"))
+  np.testing.assert_allclose([parts["ce"], parts["kurtosis"], parts["kd"]], [ce, kurt, kd],
+                             rtol=1e-5)
+  np.testing.assert_allclose(total, 0.7 * ce + 0.3 * kurt + 2.0 * wdm + 0.9 * kd, rtol=1e-5)
+  assert set(extras) == {"kurtosis/conv1/latent_kernel", "kurtosis/conv2/latent_kernel"}
+
+
+def test_terms_without_a_teacher_are_zero_and_out_of_the_total():
+  cfg = _loss_config(wdm_weight=5.0, kd_weight=5.0)
+  total, parts, _ = objective.objective(cfg, _inputs(teacher=False))
+  assert float(parts["wdm"]) == 0.0 and float(parts["kd"]) == 0.0
+  np.testing.assert_allclose(total, parts["ce"] + parts["kurtosis"], rtol=1e-6)
+
+
+def test_kurtosis_joins_the_total_at_its_start_epoch():
+  cfg = _loss_config(kurtosis_start_epoch=4)
+  total, parts, _ = objective.objective(cfg, _inputs())  # epoch 3
+  np.testing.assert_allclose(total, parts["ce"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("bins, bandwidth", [(16, 0.0), (64, 0.05)])
+def test_histogram_wdm_options_reach_the_form(bins, bandwidth):
+  cfg = _loss_config(wdm_weight=1.0, wdm_form="histogram", wdm_bins=bins,
+                     wdm_bandwidth=bandwidth)
+  inputs = _inputs()
+  _, parts, _ = objective.objective(cfg, inputs)
+  teacher = losses.binarized_kernels(inputs.teacher_params, include_shortcuts=False)
+  student = losses.binarized_kernels(inputs.params, include_shortcuts=False)
+  expected = losses.wdm_histogram(teacher, student, bins=bins, bandwidth=bandwidth or None)
+  np.testing.assert_allclose(parts["wdm"], expected, rtol=1e-6)
+
+
+def test_a_made_up_term_is_one_entry_and_a_weight(monkeypatch):
+  def logit_norm(loss_cfg, inputs):
+    return jnp.mean(inputs.logits ** 2) * loss_cfg.get("logit_norm_scale", 1.0), {}
+
+  monkeypatch.setitem(objective.TERMS, "logit_norm", objective.Term(logit_norm))
+  cfg = ml_collections.ConfigDict({"ce_weight": 1.0, "logit_norm_weight": 0.5,
+                                   "logit_norm_scale": 2.0})
+  inputs = _inputs(teacher=False)
+  total, parts, _ = objective.objective(cfg, inputs)
+  expected_norm = 2.0 * float(jnp.mean(inputs.logits ** 2))
+  np.testing.assert_allclose(parts["logit_norm"], expected_norm, rtol=1e-6)
+  np.testing.assert_allclose(total, parts["ce"] + 0.5 * expected_norm, rtol=1e-6)
