@@ -11,6 +11,7 @@ Layout: ``<workdir>/checkpoints/<stage>/<step>/{state,data,meta}``.
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
@@ -25,7 +26,10 @@ def stage_directory(workdir: str, stage: str) -> str:
 
 
 def create_manager(workdir: str, stage: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+  # cleanup_tmp_directories: a save abandoned by a killed or failed run leaves a temporary
+  # folder; it is removed when the stage is opened again.
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                         cleanup_tmp_directories=True)
   return ocp.CheckpointManager(stage_directory(workdir, stage), options=options)
 
 
@@ -38,6 +42,72 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator, m
       meta=ocp.args.JsonSave(meta)), force=True)
   if wait:
     manager.wait_until_finished()
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (e.g. the disk is full); names what was kept."""
+
+
+def finished_steps(directory: str) -> list[int]:
+  """Steps of the complete checkpoints in a stage folder, oldest first. Orbax renames a
+  save's temporary folder to its step only once every part is written."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+def kept_description(directory: str) -> str:
+  steps = finished_steps(directory)
+  if not steps:
+    return f"no checkpoint was kept in {directory}"
+  return f"the checkpoint kept is step {steps[-1]} in {directory}"
+
+
+def settle(manager: ocp.CheckpointManager) -> tuple[str, BaseException | None]:
+  """Finishes the in-flight save, if any, on a way out of the training loop.
+
+  Returns (what is kept, the save's own error or None). A save that fails here is abandoned:
+  its temporary folder is removed when the stage is opened again.
+  """
+  failure = None
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # the save's error is reported with what it left, not raised over
+    failure = e
+  return kept_description(str(manager.directory)), failure
+
+
+def disk_full(error: BaseException) -> OSError | None:
+  """The ENOSPC/EDQUOT OSError in `error`'s chain (Orbax wraps its writers' errors)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return error
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def write_failure(error: BaseException, directory: str) -> CheckpointWriteError:
+  """One line for a checkpoint that could not be written: the path, the cause, what is kept."""
+  cause = disk_full(error)
+  where = getattr(cause, "filename", None) or directory
+  reason = "the disk is full" if cause is not None else f"{type(error).__name__}: {error}"
+  return CheckpointWriteError(
+      f"could not write a checkpoint under {where}: {reason}; {kept_description(directory)}. "
+      "Free space (or give another --workdir) and run the same command to resume from it")
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [x for x in jax.tree_util.tree_leaves(tree) if jax.numpy.issubdtype(x.dtype,
+                                                                             jax.numpy.inexact)]
+  return jax.numpy.all(jax.numpy.array([jax.numpy.all(jax.numpy.isfinite(x)) for x in leaves]))
+
+
+def all_finite(tree: Any) -> bool:
+  """Whether every float array of `tree` is finite: a state to save must be."""
+  return bool(_all_finite(tree))
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_iterator):

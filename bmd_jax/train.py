@@ -11,6 +11,7 @@ of the step, not part of the optimized state, so they get no gradient and no upd
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -281,8 +282,43 @@ def _check_finite(history: list[dict]) -> None:
                if k.startswith("train/")}
       step = int(history[i]["_step"])
       raise NonFiniteLossError(
-          f"non-finite loss at step {step}: {parts}. Training stopped; the last good "
-          "checkpoint is kept. Lower the learning rate or the loss weights.")
+          f"non-finite loss at step {step}: {parts}. Training stopped. Lower the learning "
+          "rate or the loss weights.")
+
+
+def _check_state_finite(state, step: int) -> None:
+  """The loss is computed before the update: the updated state can overflow on its own."""
+  if not checkpoint.all_finite(state):
+    raise NonFiniteLossError(
+        f"the train state after step {step} holds non-finite values (its loss was finite); "
+        "not saved. Training stopped. Lower the learning rate or the loss weights.")
+
+
+def _leave_loop(manager, error: BaseException, workdir: str, stage: str) -> BaseException:
+  """The error to raise on a way out of the loop, once the in-flight save is settled: a
+  message that says which checkpoint is really kept."""
+  kept, save_error = checkpoint.settle(manager)
+  directory = checkpoint.stage_directory(workdir, stage)
+  if isinstance(error, NonFiniteLossError):
+    return NonFiniteLossError(f"{error} {kept[0].upper()}{kept[1:]}.")
+  if save_error is not None or checkpoint.disk_full(error):
+    return checkpoint.write_failure(save_error or error, directory)
+  return error
+
+
+@contextlib.contextmanager
+def _saves_settled_on_exit(manager, workdir: str, stage: str):
+  """Finishes (or, where it fails, abandons) the in-flight save when the loop ends, however it
+  ends, and closes the manager; an error leaving the loop then says what is really kept."""
+  try:
+    yield
+    _, save_error = checkpoint.settle(manager)
+    if save_error is not None:
+      raise save_error
+  except BaseException as error:  # pylint: disable=broad-except
+    raise _leave_loop(manager, error, workdir, stage) from None
+  finally:
+    manager.close()
 
 
 class _SigtermFlag:
@@ -379,7 +415,10 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
   log.info("stage %s: %s (%s) for %d steps (%.1f epochs of %d steps), from step %d", stage,
            config.model.name, config.model.precision, total_steps, total_epochs,
            steps_per_epoch, first_step)
-  with _SigtermFlag() as sigterm, _progress_bar(total_steps, first_step, stage) as bar:
+  # Every way out of the loop (the end, an error, SIGTERM, Ctrl-C) settles the in-flight
+  # save first, so the checkpoint a message names is the one on disk.
+  with _SigtermFlag() as sigterm, _progress_bar(total_steps, first_step, stage) as bar, \
+       _saves_settled_on_exit(manager, workdir, stage):
     for step in range(first_step, total_steps):
       batch = sharding.global_batch(next(train_iter), mesh)
       state, metrics = p_train_step(state, batch, teacher)
@@ -404,18 +443,16 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
       if (done % checkpoint_every == 0 or epoch_end or done == total_steps
           or sigterm.received):
         _check_finite(history)  # never save a state that came from a non-finite step
+        _check_state_finite(state, done)
         checkpoint.save(manager, done, state, train_iter, meta,
                         wait=sigterm.received or done == total_steps)
       if done % eval_every == 0 or done == total_steps:
         eval_metrics = evaluate(p_eval_step, state, config, datasets, mesh)
         writer.write(done, done / steps_per_epoch, {"stage": stage, **eval_metrics})
       if sigterm.received:
-        manager.close()
         raise Preempted(f"SIGTERM received: stage {stage} saved at step {done} in "
                         f"{checkpoint.stage_directory(workdir, stage)}; run the same command "
                         "to resume")
-  manager.wait_until_finished()
-  manager.close()
   if first_step >= total_steps:
     # A finished stage still reports its final evaluation (e.g. to a rerun of the ablation).
     log.info("stage %s: already complete (step %d); evaluating it", stage, first_step)
