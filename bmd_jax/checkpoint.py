@@ -12,13 +12,18 @@ Layout: ``<workdir>/checkpoints/<stage>/<step>/{state,data,meta}``.
 from __future__ import annotations
 
 import errno
+import json
+import logging
 import os
 from typing import Any
 
 import grain
 import jax
+import jax.experimental.multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
+
+log = logging.getLogger("bmd_jax")
 
 
 def stage_directory(workdir: str, stage: str) -> str:
@@ -110,18 +115,153 @@ def all_finite(tree: Any) -> bool:
   return bool(_all_finite(tree))
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_iterator):
-  """(state, meta) of the newest checkpoint, with the data iterator moved to its position;
-  None where the stage has none. `abstract_state` gives the structure (Orbax would otherwise
-  turn optax's NamedTuple states into lists) and the shardings."""
-  step = manager.latest_step()
-  if step is None:
-    return None
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state),
-      data=grain.checkpoint.CheckpointRestore(data_iterator),
-      meta=ocp.args.JsonRestore()))
-  return restored.state, restored.meta
+# --- resuming ------------------------------------------------------------------------------
+
+# Fields that may differ between a checkpoint's config and the config resuming it (a prefix
+# covers its sub-fields). They change what is logged, evaluated or kept, where the same data is
+# read from, and how the work is spread over devices; never what is trained. `stages` and
+# `stage_overrides` are here because the resolved fields of the stage being resumed are compared
+# one by one. Deliberately absent: num_epochs and num_train_steps (the learning rate and EDE
+# schedules span the whole run, so changing the length mid-run makes the learning rate jump),
+# batch_size, the model, loss, optimizer, data and seed fields. Anything else needs
+# --config.resume_despite_config_change=True, which is then logged with the differences.
+RESUMABLE_FIELDS = (
+    "stages", "stage_overrides",
+    "log_every_steps", "eval_every_epochs", "steps_per_eval", "eval_batch_size",
+    "checkpoint_every_steps", "checkpoint_keep",
+    "data_dir", "cache_decoded_images",
+    "num_devices", "fsdp",
+    "resume_despite_config_change",
+)
+
+
+class ConfigChangedError(ValueError):
+  """A workdir's checkpoint was written with another config than the one resuming it."""
+
+
+class CheckpointDamagedError(RuntimeError):
+  """No checkpoint of a stage can be read, though some exist."""
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      flat.update(_flatten(value, name + "."))
+    else:
+      flat[name] = value
+  return flat
+
+
+def _resumable(field: str) -> bool:
+  return any(field == f or field.startswith(f + ".") for f in RESUMABLE_FIELDS)
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+  """'field: old -> new' for every field outside RESUMABLE_FIELDS that differs. A field only
+  one side has (added to or removed from the code since the checkpoint) is not compared, so
+  old checkpoints stay readable."""
+  old, new = _flatten(saved), _flatten(current)
+  return [f"{k}: {old[k]!r} in the checkpoint, {new[k]!r} now"
+          for k in sorted(set(old) & set(new)) if not _resumable(k) and old[k] != new[k]]
+
+
+def _saved_config(meta: dict) -> dict | None:
+  stored = meta.get("config")
+  if isinstance(stored, str):  # as written by train_stage: config.to_json()
+    stored = json.loads(stored)
+  return stored if isinstance(stored, dict) else None
+
+
+def check_resume_config(meta: dict, config, where: str) -> list[str]:
+  """Refuses to resume the checkpoint at `where` under a config that differs from its own
+  outside RESUMABLE_FIELDS, unless config.resume_despite_config_change; returns the
+  differences (logged as a warning when continued on purpose)."""
+  saved = _saved_config(meta)
+  if saved is None:
+    log.warning("checkpoint %s records no config; it is resumed without comparing", where)
+    return []
+  differences = config_differences(saved, json.loads(config.to_json()))
+  if not differences:
+    return []
+  listed = "; ".join(differences)
+  if not config.get("resume_despite_config_change", False):
+    raise ConfigChangedError(
+        f"the workdir's checkpoint {where} was written with another config: {listed}. Give a "
+        "new --workdir to train with this config, or pass "
+        "--config.resume_despite_config_change=True to continue that checkpoint under it on "
+        f"purpose. Fields that may change on resume: {', '.join(RESUMABLE_FIELDS)}")
+  log.warning("resuming %s under a changed config on purpose "
+              "(resume_despite_config_change): %s", where, listed)
+  return differences
+
+
+def _read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+  return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+
+def _set_aside(manager: ocp.CheckpointManager, damaged: list) -> None:
+  """Renames damaged step folders (process 0) once an older one is restored, so that their
+  steps can be written again, and says so."""
+  for step, error in damaged:
+    folder = os.path.join(str(manager.directory), str(step))
+    if jax.process_index() == 0:
+      os.rename(folder, f"{folder}.damaged")
+    log.warning("checkpoint %s is damaged (%s); moved to %s.damaged and resumed from the "
+                "newest readable one", folder, _first_line(error), folder)
+  jax.experimental.multihost_utils.sync_global_devices("damaged checkpoints set aside")
+  manager.reload()
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_iterator,
+                   config=None):
+  """(state, meta) of the newest readable checkpoint, with the data iterator moved to its
+  position; None where the stage has none.
+
+  `abstract_state` gives the structure (Orbax would otherwise turn optax's NamedTuple states
+  into lists) and the shardings. With `config`, the checkpoint's own config is compared first
+  (check_resume_config). A newer checkpoint that cannot be read is moved to
+  ``<step>.damaged`` with a warning once an older one is restored; where none is readable, an
+  error names them and nothing is moved.
+  """
+  damaged = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    where = os.path.join(str(manager.directory), str(step))
+    try:
+      meta = _read_meta(manager, step)
+    except Exception as e:  # pylint: disable=broad-except  (whatever a damaged file raises)
+      damaged.append((step, e))
+      continue
+    changed = check_resume_config(meta, config, where) if config is not None else []
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          data=grain.checkpoint.CheckpointRestore(data_iterator),
+          meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      if changed:  # not damage: the forced config (e.g. another model) does not fit it
+        raise ConfigChangedError(
+            f"checkpoint {where} cannot be restored under the changed config "
+            f"({'; '.join(changed)}): {_first_line(e)}. Give a new --workdir for this "
+            "config") from e
+      damaged.append((step, e))
+      continue
+    if damaged:
+      _set_aside(manager, damaged)
+    return restored.state, restored.meta
+  if damaged:
+    listed = "; ".join(f"{os.path.join(str(manager.directory), str(step))} ({_first_line(e)})"
+                       for step, e in damaged)
+    raise CheckpointDamagedError(
+        f"no checkpoint of stage folder {manager.directory} can be read: {listed}. Move these "
+        "folders out of the workdir to start the stage afresh, or restore them from a copy")
+  return None
 
 
 def abstract_like(tree: Any) -> Any:

@@ -388,7 +388,8 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
 
   # Checkpoint: resume from the newest of this stage, if any.
   manager = checkpoint.create_manager(workdir, stage, config.checkpoint_keep)
-  restored = checkpoint.restore_latest(manager, checkpoint.abstract_like(state), train_iter)
+  restored = checkpoint.restore_latest(manager, checkpoint.abstract_like(state), train_iter,
+                                        config)
   if restored is not None:
     state = restored[0]
     log.info("stage %s: resumed from step %d", stage, int(state.step))
