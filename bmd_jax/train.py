@@ -31,6 +31,7 @@ import tqdm
 from flax.training import train_state
 
 from bmd_jax import checkpoint, input_pipeline, losses, models, quantizers, sharding
+from bmd_jax import workdir_lock
 from bmd_jax import stages as stages_lib
 from bmd_jax.metric_writers import MetricWriter
 
@@ -478,13 +479,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = sharding.mesh_from_config(config)
   if datasets is None:
     datasets = input_pipeline.create_datasets(config)
-  writer = MetricWriter(workdir)
-  results = {}
-  try:
-    for stage in stages_lib.stage_list(config):
-      sharding.check_batch_size(stage.config.batch_size, mesh)
-      results[stage.name] = train_stage(stage.config, stage.name, workdir, datasets, mesh,
-                                        writer)
-  finally:
-    writer.close()
+  with workdir_lock.acquire(workdir):  # one run per workdir; before anything is written
+    writer = MetricWriter(workdir)
+    results = {}
+    try:
+      for stage in stages_lib.stage_list(config):
+        sharding.check_batch_size(stage.config.batch_size, mesh)
+        results[stage.name] = train_stage(stage.config, stage.name, workdir, datasets, mesh,
+                                          writer)
+    finally:
+      writer.close()
   return results
