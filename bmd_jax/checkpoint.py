@@ -268,27 +268,29 @@ def abstract_like(tree: Any) -> Any:
   return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def load_variables(path: str, expected: dict) -> dict:
+def load_variables(path: str, expected: dict, what: str = "teacher checkpoint") -> dict:
   """{'params', 'batch_stats'} of the newest checkpoint under `path`, checked against `expected`.
 
   `path` is a stage's checkpoint folder (``<workdir>/checkpoints/<stage>``) or one step's
   folder inside it. Shapes must equal those of `expected` (the teacher model's own
-  variables); a mismatch is an error naming the first differing parameter.
+  variables); a mismatch is an error naming the first differing parameter. `what` names the
+  checkpoint's role in messages ('teacher checkpoint', 'init_from checkpoint').
   """
   path = os.path.abspath(path)
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"teacher checkpoint {path} does not exist; give a stage's "
+    raise FileNotFoundError(f"{what} {path} does not exist; give a stage's "
                             "checkpoint folder, e.g. <workdir>/checkpoints/step1")
   step_dir = path
   if not os.path.isdir(os.path.join(path, "state")):
     steps = [int(d) for d in os.listdir(path) if d.isdigit()
              and os.path.isdir(os.path.join(path, d, "state"))]
     if not steps:
-      raise FileNotFoundError(f"no checkpoint in {path}")
+      raise FileNotFoundError(f"{what} {path} holds no checkpoint; give a stage's checkpoint "
+                              "folder, e.g. <workdir>/checkpoints/step1")
     step_dir = os.path.join(path, str(max(steps)))
   raw = read_state(os.path.join(step_dir, "state"))
   variables = {"params": raw["params"], "batch_stats": raw.get("batch_stats", {})}
-  _check_shapes(expected, variables, step_dir)
+  _check_shapes(expected, variables, f"{what} {step_dir}")
   return jax.tree_util.tree_map(np.asarray, variables)
 
 
@@ -310,11 +312,11 @@ def _check_shapes(expected: dict, given: dict, where: str) -> None:
                 for k, v in jax.tree_util.tree_leaves_with_path(given)}
   for key, shape in flat_expected.items():
     if key not in flat_given:
-      raise ValueError(f"teacher checkpoint {where} lacks parameter {key}: it is of another "
+      raise ValueError(f"{where} lacks parameter {key}: it is of another "
                        "architecture than the model")
     if flat_given[key] != shape:
-      raise ValueError(f"teacher checkpoint {where}: parameter {key} has shape "
+      raise ValueError(f"{where}: parameter {key} has shape "
                        f"{flat_given[key]}, the model expects {shape}")
   extra = sorted(set(flat_given) - set(flat_expected))
   if extra:
-    raise ValueError(f"teacher checkpoint {where} has parameters the model lacks: {extra[:3]}")
+    raise ValueError(f"{where} has parameters the model lacks: {extra[:3]}")

@@ -177,6 +177,7 @@ def pack_model(model, variables: dict, input_shape, fold_batch_norm: bool = True
 def export(workdir: str, out: str, stage: str | None = None, step: int | None = None,
            fold_batch_norm: bool = True) -> dict:
   """Writes the packed export of a checkpoint to `out` (.npz); returns its manifest."""
+  _check_out(out)  # before the work, not after it
   ckpt = choose_checkpoint(workdir, stage, step)
   stage_name, config = read_meta(ckpt)
   variables = read_variables(ckpt)
@@ -226,6 +227,16 @@ def export(workdir: str, out: str, stage: str | None = None, step: int | None = 
   np.savez(path, manifest=np.array(json.dumps(manifest)), **arrays)
   manifest["sizes"]["export_file_bytes"] = os.path.getsize(path)
   return manifest
+
+
+def _check_out(out: str) -> None:
+  """`out`'s folder must be a folder or creatable: no file along its path."""
+  probe = os.path.dirname(os.path.abspath(out))
+  while probe and not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  if probe and not os.path.isdir(probe):
+    raise NotADirectoryError(f"--out {out}: {probe} is a file, so the export cannot be written "
+                             "under it; give a path in a folder")
 
 
 @dataclasses.dataclass
@@ -358,7 +369,10 @@ def main(argv):
   if len(argv) > 1:
     raise SystemExit(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  manifest = export(f.workdir, f.out, f.stage, f.step, f.fold_batch_norm)
+  try:
+    manifest = export(f.workdir, f.out, f.stage, f.step, f.fold_batch_norm)
+  except (NotADirectoryError, FileNotFoundError) as e:  # a path given wrong: one line, no trace
+    raise SystemExit(f"export: {e}") from None
   src = manifest["source"]
   print(f"exported {manifest['model']} ({len(manifest['binary_layers'])} binary layers, "
         f"{len(manifest['folded_batch_norms'])} batch norms folded) from stage {src['stage']} "

@@ -31,7 +31,7 @@ import tqdm
 from flax.training import train_state
 
 from bmd_jax import checkpoint, input_pipeline, losses, models, quantizers, sharding
-from bmd_jax import workdir_lock
+from bmd_jax import config_checks, workdir_lock
 from bmd_jax import stages as stages_lib
 from bmd_jax.metric_writers import MetricWriter
 
@@ -375,7 +375,8 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
   init = None
   if config.get("init_from"):
     path = stages_lib.checkpoint_source(config.init_from, workdir, stage, "initial weights")
-    init = checkpoint.load_variables(path, variable_shapes(model, info.image_shape))
+    init = checkpoint.load_variables(path, variable_shapes(model, info.image_shape),
+                                     what="init_from checkpoint")
   state = create_train_state(jax.random.PRNGKey(config.seed), config, model, info.image_shape,
                              learning_rate_fn, **(init or {}))
   teacher_model = create_model(config, info.num_classes, config.get("teacher_precision"))
@@ -476,6 +477,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `datasets` (from input_pipeline.create_datasets of a config with the same data fields)
   lets several runs share one decoded-image cache; by default they are made from `config`.
   """
+  config_checks.check(config)
   mesh = sharding.mesh_from_config(config)
   if datasets is None:
     datasets = input_pipeline.create_datasets(config)
