@@ -317,7 +317,10 @@ def _saves_settled_on_exit(manager, workdir: str, stage: str):
     if save_error is not None:
       raise save_error
   except BaseException as error:  # pylint: disable=broad-except
-    raise _leave_loop(manager, error, workdir, stage) from None
+    replacement = _leave_loop(manager, error, workdir, stage)
+    if replacement is error:
+      raise  # unchanged, with its own cause
+    raise replacement from (None if isinstance(error, NonFiniteLossError) else error)
   finally:
     manager.close()
 

@@ -22,6 +22,8 @@ import threading
 import time
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 log = logging.getLogger("bmd_jax")
 
@@ -128,10 +130,26 @@ def check_workdir(workdir: str) -> str:
 
 def acquire(workdir: str, stale_seconds: float = STALE_SECONDS,
             heartbeat_seconds: float = HEARTBEAT_SECONDS) -> WorkdirLock:
-  """Takes the workdir's lock (process 0), or raises WorkdirLockedError naming its holder."""
+  """Takes the workdir's lock (process 0), or raises WorkdirLockedError naming its holder.
+  Every process of a multi-host run learns process 0's outcome, so none trains alone."""
   path = os.path.join(check_workdir(workdir), LOCK_NAME)
-  if jax.process_index() != 0:
-    return WorkdirLock(None)
+  lock, error = WorkdirLock(None), None
+  if jax.process_index() == 0:
+    try:
+      lock = _acquire_here(path, stale_seconds, heartbeat_seconds)
+    except WorkdirLockedError as e:
+      error = e
+  if jax.process_count() > 1:
+    taken = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+    if not taken and error is None:
+      error = WorkdirLockedError(f"process 0 could not take the workdir lock {path}; its log "
+                                 "says why")
+  if error is not None:
+    raise error
+  return lock
+
+
+def _acquire_here(path: str, stale_seconds: float, heartbeat_seconds: float) -> WorkdirLock:
   record = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
             "heartbeat": time.time()}
   for _ in range(3):  # a lock that vanishes between our checks is tried again
