@@ -42,12 +42,15 @@ def test_export_out_under_a_file_is_named_before_any_work(tmp_path):
 
 
 def test_init_from_errors_do_not_call_it_a_teacher(digits_config, tmp_path):
-  empty = tmp_path / "empty_folder"
-  empty.mkdir()
-  digits_config.init_from = str(empty)
-  with pytest.raises(FileNotFoundError) as error:
+  import numpy as np
+  import orbax.checkpoint as ocp
+
+  other = str(tmp_path / "other_model" / "1" / "state")  # a checkpoint of another model
+  ocp.StandardCheckpointer().save(other, {"params": {"x": np.zeros(3, np.float32)}})
+  digits_config.init_from = str(tmp_path / "other_model")
+  with pytest.raises(ValueError) as error:
     train.train_and_evaluate(digits_config, str(tmp_path / "run"))
-  assert "init_from" in str(error.value) and "teacher" not in str(error.value)
+  assert "init_from checkpoint" in str(error.value) and "teacher" not in str(error.value)
 
 
 def test_a_missing_init_from_path_gets_no_stages_hint(digits_config, tmp_path):
