@@ -9,6 +9,8 @@ import pytest
 
 from bmd_jax import checkpoint, train
 
+pytestmark = pytest.mark.slow  # each test trains a few steps end to end
+
 
 def _steps(workdir, stage="train"):
   folder = os.path.join(workdir, "checkpoints", stage)
