@@ -103,6 +103,21 @@ def write_failure(error: BaseException, directory: str) -> CheckpointWriteError:
       "Free space (or give another --workdir) and run the same command to resume from it")
 
 
+class _OneLineOrbaxErrors(logging.Filter):
+  """Drops the traceback of Orbax's own error logs (a failed background save logs three):
+  the loop reports the failure itself, in one line naming the path and what is kept."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.exc_info and "orbax" in record.pathname:
+      record.exc_info, record.exc_text = None, None
+    return True
+
+
+def one_line_orbax_errors() -> None:
+  """For command lines: Orbax's error logs (through absl) without their tracebacks."""
+  logging.getLogger("absl").addFilter(_OneLineOrbaxErrors())
+
+
 @jax.jit
 def _all_finite(tree) -> jax.Array:
   leaves = [x for x in jax.tree_util.tree_leaves(tree) if jax.numpy.issubdtype(x.dtype,

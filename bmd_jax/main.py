@@ -50,6 +50,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   metric_writers.console_logging()
+  checkpoint.one_line_orbax_errors()
   sharding.initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address,
                                   FLAGS.num_processes, FLAGS.process_id)
   log = logging.getLogger("bmd_jax")

@@ -60,16 +60,18 @@ def test_a_missing_init_from_path_gets_no_stages_hint(digits_config, tmp_path):
   assert "--config.stages" not in str(error.value) and "does not exist" in str(error.value)
 
 
+# The disk fills while the background thread writes step 10's meta (Orbax's JSON handler, an
+# internal hook: the failure surfaces asynchronously, as a real full disk's does).
 _FULL_DISK = """
 import errno, os, runpy, sys
-import orbax.checkpoint as ocp
-original = ocp.CheckpointManager.save
-def save(self, step, *args, **kwargs):
+from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler
+original = handler.JsonCheckpointHandler._save_fn
+async def _save_fn(self, x, directory):
+  step = int(os.path.basename(os.path.dirname(str(directory))).split(".")[0])
   if step >= 10:
-    raise OSError(errno.ENOSPC, "No space left on device",
-                  os.path.join(str(self.directory), f"{step}.orbax-checkpoint-tmp"))
-  return original(self, step, *args, **kwargs)
-ocp.CheckpointManager.save = save
+    raise OSError(errno.ENOSPC, "No space left on device", str(directory))
+  return await original(self, x, directory)
+handler.JsonCheckpointHandler._save_fn = _save_fn
 sys.argv = ["main", "--config=configs/default.py", "--workdir=" + sys.argv[1],
             "--config.num_train_steps=20", "--config.checkpoint_every_steps=5",
             "--config.log_every_steps=5", "--config.eval_every_epochs=100"]
