@@ -11,13 +11,19 @@ Layout: ``<workdir>/checkpoints/<stage>/<step>/{state,data,meta}``.
 
 from __future__ import annotations
 
+import errno
+import json
+import logging
 import os
 from typing import Any
 
 import grain
 import jax
+import jax.experimental.multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
+
+log = logging.getLogger("bmd_jax")
 
 
 def stage_directory(workdir: str, stage: str) -> str:
@@ -25,7 +31,10 @@ def stage_directory(workdir: str, stage: str) -> str:
 
 
 def create_manager(workdir: str, stage: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+  # cleanup_tmp_directories: a save abandoned by a killed or failed run leaves a temporary
+  # folder; it is removed when the stage is opened again.
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                         cleanup_tmp_directories=True)
   return ocp.CheckpointManager(stage_directory(workdir, stage), options=options)
 
 
@@ -40,45 +49,263 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator, m
     manager.wait_until_finished()
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_iterator):
-  """(state, meta) of the newest checkpoint, with the data iterator moved to its position;
-  None where the stage has none. `abstract_state` gives the structure (Orbax would otherwise
-  turn optax's NamedTuple states into lists) and the shardings."""
-  step = manager.latest_step()
-  if step is None:
-    return None
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state),
-      data=grain.checkpoint.CheckpointRestore(data_iterator),
-      meta=ocp.args.JsonRestore()))
-  return restored.state, restored.meta
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (e.g. the disk is full); names what was kept."""
+
+
+def finished_steps(directory: str) -> list[int]:
+  """Steps of the complete checkpoints in a stage folder, oldest first. Orbax renames a
+  save's temporary folder to its step only once every part is written."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+def kept_description(directory: str) -> str:
+  steps = finished_steps(directory)
+  if not steps:
+    return f"no checkpoint was kept in {directory}"
+  return f"the checkpoint kept is step {steps[-1]} in {directory}"
+
+
+def settle(manager: ocp.CheckpointManager) -> tuple[str, BaseException | None]:
+  """Finishes the in-flight save, if any, on a way out of the training loop.
+
+  Returns (what is kept, the save's own error or None). A save that fails here is abandoned:
+  its temporary folder is removed when the stage is opened again.
+  """
+  failure = None
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # the save's error is reported with what it left, not raised over
+    failure = e
+  return kept_description(str(manager.directory)), failure
+
+
+def disk_full(error: BaseException) -> OSError | None:
+  """The ENOSPC/EDQUOT OSError in `error`'s chain (Orbax wraps its writers' errors)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return error
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def write_failure(error: BaseException, directory: str) -> CheckpointWriteError:
+  """One line for a checkpoint that could not be written: the path, the cause, what is kept."""
+  cause = disk_full(error)
+  where = getattr(cause, "filename", None) or directory
+  reason = "the disk is full" if cause is not None else f"{type(error).__name__}: {error}"
+  return CheckpointWriteError(
+      f"could not write a checkpoint under {where}: {reason}; {kept_description(directory)}. "
+      "Free space (or give another --workdir) and run the same command to resume from it")
+
+
+class _OneLineOrbaxErrors(logging.Filter):
+  """Drops the traceback of Orbax's own error logs (a failed background save logs three):
+  the loop reports the failure itself, in one line naming the path and what is kept."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.exc_info and "orbax" in record.pathname:
+      record.exc_info, record.exc_text = None, None
+    return True
+
+
+def one_line_orbax_errors() -> None:
+  """For command lines: Orbax's error logs (through absl) without their tracebacks."""
+  logging.getLogger("absl").addFilter(_OneLineOrbaxErrors())
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [x for x in jax.tree_util.tree_leaves(tree) if jax.numpy.issubdtype(x.dtype,
+                                                                             jax.numpy.inexact)]
+  return jax.numpy.all(jax.numpy.array([jax.numpy.all(jax.numpy.isfinite(x)) for x in leaves]))
+
+
+def all_finite(tree: Any) -> bool:
+  """Whether every float array of `tree` is finite: a state to save must be."""
+  return bool(_all_finite(tree))
+
+
+# --- resuming ------------------------------------------------------------------------------
+
+# Fields that may differ between a checkpoint's config and the config resuming it (a prefix
+# covers its sub-fields). They change what is logged, evaluated or kept, where the same data is
+# read from, and how the work is spread over devices; never what is trained. `stages` and
+# `stage_overrides` are here because the resolved fields of the stage being resumed are compared
+# one by one. Deliberately absent: num_epochs and num_train_steps (the learning rate and EDE
+# schedules span the whole run, so changing the length mid-run makes the learning rate jump),
+# batch_size, the model, loss, optimizer, data and seed fields. Anything else needs
+# --config.resume_despite_config_change=True, which is then logged with the differences.
+RESUMABLE_FIELDS = (
+    "stages", "stage_overrides",
+    "log_every_steps", "eval_every_epochs", "steps_per_eval", "eval_batch_size",
+    "checkpoint_every_steps", "checkpoint_keep",
+    "data_dir", "cache_decoded_images",
+    "num_devices", "fsdp",
+    "resume_despite_config_change",
+)
+
+
+class ConfigChangedError(ValueError):
+  """A workdir's checkpoint was written with another config than the one resuming it."""
+
+
+class CheckpointDamagedError(RuntimeError):
+  """No checkpoint of a stage can be read, though some exist."""
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      flat.update(_flatten(value, name + "."))
+    else:
+      flat[name] = value
+  return flat
+
+
+def _resumable(field: str) -> bool:
+  return any(field == f or field.startswith(f + ".") for f in RESUMABLE_FIELDS)
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+  """'field: old -> new' for every field outside RESUMABLE_FIELDS that differs. A field only
+  one side has (added to or removed from the code since the checkpoint) is not compared, so
+  old checkpoints stay readable."""
+  old, new = _flatten(saved), _flatten(current)
+  return [f"{k}: {old[k]!r} in the checkpoint, {new[k]!r} now"
+          for k in sorted(set(old) & set(new)) if not _resumable(k) and old[k] != new[k]]
+
+
+def _saved_config(meta: dict) -> dict | None:
+  stored = meta.get("config")
+  if isinstance(stored, str):  # as written by train_stage: config.to_json()
+    stored = json.loads(stored)
+  return stored if isinstance(stored, dict) else None
+
+
+def check_resume_config(meta: dict, config, where: str) -> list[str]:
+  """Refuses to resume the checkpoint at `where` under a config that differs from its own
+  outside RESUMABLE_FIELDS, unless config.resume_despite_config_change; returns the
+  differences (logged as a warning when continued on purpose)."""
+  saved = _saved_config(meta)
+  if saved is None:
+    log.warning("checkpoint %s records no config; it is resumed without comparing", where)
+    return []
+  differences = config_differences(saved, json.loads(config.to_json()))
+  if not differences:
+    return []
+  listed = "; ".join(differences)
+  if not config.get("resume_despite_config_change", False):
+    raise ConfigChangedError(
+        f"the workdir's checkpoint {where} was written with another config: {listed}. Give a "
+        "new --workdir to train with this config, or pass "
+        "--config.resume_despite_config_change=True to continue that checkpoint under it on "
+        f"purpose. Fields that may change on resume: {', '.join(RESUMABLE_FIELDS)}")
+  log.warning("resuming %s under a changed config on purpose "
+              "(resume_despite_config_change): %s", where, listed)
+  return differences
+
+
+def _read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+  return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+
+def _set_aside(manager: ocp.CheckpointManager, damaged: list) -> None:
+  """Renames damaged step folders (process 0) once an older one is restored, so that their
+  steps can be written again, and says so."""
+  for step, error in damaged:
+    folder = os.path.join(str(manager.directory), str(step))
+    if jax.process_index() == 0:
+      os.rename(folder, f"{folder}.damaged")
+    log.warning("checkpoint %s is damaged (%s); moved to %s.damaged and resumed from the "
+                "newest readable one", folder, _first_line(error), folder)
+  jax.experimental.multihost_utils.sync_global_devices("damaged checkpoints set aside")
+  manager.reload()
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_iterator,
+                   config=None):
+  """(state, meta) of the newest readable checkpoint, with the data iterator moved to its
+  position; None where the stage has none.
+
+  `abstract_state` gives the structure (Orbax would otherwise turn optax's NamedTuple states
+  into lists) and the shardings. With `config`, the checkpoint's own config is compared first
+  (check_resume_config). A newer checkpoint that cannot be read is moved to
+  ``<step>.damaged`` with a warning once an older one is restored; where none is readable, an
+  error names them and nothing is moved.
+  """
+  damaged = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    where = os.path.join(str(manager.directory), str(step))
+    try:
+      meta = _read_meta(manager, step)
+    except Exception as e:  # pylint: disable=broad-except  (whatever a damaged file raises)
+      damaged.append((step, e))
+      continue
+    changed = check_resume_config(meta, config, where) if config is not None else []
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          data=grain.checkpoint.CheckpointRestore(data_iterator),
+          meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      if changed:  # not damage: the forced config (e.g. another model) does not fit it
+        raise ConfigChangedError(
+            f"checkpoint {where} cannot be restored under the changed config "
+            f"({'; '.join(changed)}): {_first_line(e)}. Give a new --workdir for this "
+            "config") from e
+      damaged.append((step, e))
+      continue
+    if damaged:
+      _set_aside(manager, damaged)
+    return restored.state, restored.meta
+  if damaged:
+    listed = "; ".join(f"{os.path.join(str(manager.directory), str(step))} ({_first_line(e)})"
+                       for step, e in damaged)
+    raise CheckpointDamagedError(
+        f"no checkpoint of stage folder {manager.directory} can be read: {listed}. Move these "
+        "folders out of the workdir to start the stage afresh, or restore them from a copy")
+  return None
 
 
 def abstract_like(tree: Any) -> Any:
   return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def load_variables(path: str, expected: dict) -> dict:
+def load_variables(path: str, expected: dict, what: str = "teacher checkpoint") -> dict:
   """{'params', 'batch_stats'} of the newest checkpoint under `path`, checked against `expected`.
 
   `path` is a stage's checkpoint folder (``<workdir>/checkpoints/<stage>``) or one step's
   folder inside it. Shapes must equal those of `expected` (the teacher model's own
-  variables); a mismatch is an error naming the first differing parameter.
+  variables); a mismatch is an error naming the first differing parameter. `what` names the
+  checkpoint's role in messages ('teacher checkpoint', 'init_from checkpoint').
   """
   path = os.path.abspath(path)
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"teacher checkpoint {path} does not exist; give a stage's "
+    raise FileNotFoundError(f"{what} {path} does not exist; give a stage's "
                             "checkpoint folder, e.g. <workdir>/checkpoints/step1")
   step_dir = path
   if not os.path.isdir(os.path.join(path, "state")):
     steps = [int(d) for d in os.listdir(path) if d.isdigit()
              and os.path.isdir(os.path.join(path, d, "state"))]
     if not steps:
-      raise FileNotFoundError(f"no checkpoint in {path}")
+      raise FileNotFoundError(f"{what} {path} holds no checkpoint; give a stage's checkpoint "
+                              "folder, e.g. <workdir>/checkpoints/step1")
     step_dir = os.path.join(path, str(max(steps)))
   raw = read_state(os.path.join(step_dir, "state"))
   variables = {"params": raw["params"], "batch_stats": raw.get("batch_stats", {})}
-  _check_shapes(expected, variables, step_dir)
+  _check_shapes(expected, variables, f"{what} {step_dir}")
   return jax.tree_util.tree_map(np.asarray, variables)
 
 
@@ -100,11 +327,11 @@ def _check_shapes(expected: dict, given: dict, where: str) -> None:
                 for k, v in jax.tree_util.tree_leaves_with_path(given)}
   for key, shape in flat_expected.items():
     if key not in flat_given:
-      raise ValueError(f"teacher checkpoint {where} lacks parameter {key}: it is of another "
+      raise ValueError(f"{where} lacks parameter {key}: it is of another "
                        "architecture than the model")
     if flat_given[key] != shape:
-      raise ValueError(f"teacher checkpoint {where}: parameter {key} has shape "
+      raise ValueError(f"{where}: parameter {key} has shape "
                        f"{flat_given[key]}, the model expects {shape}")
   extra = sorted(set(flat_given) - set(flat_expected))
   if extra:
-    raise ValueError(f"teacher checkpoint {where} has parameters the model lacks: {extra[:3]}")
+    raise ValueError(f"{where} has parameters the model lacks: {extra[:3]}")

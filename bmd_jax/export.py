@@ -32,6 +32,7 @@ import functools
 import json
 import math
 import os
+import zipfile
 from typing import Any
 
 import flax
@@ -179,6 +180,7 @@ def pack_model(model, variables: dict, input_shape, fold_batch_norm: bool = True
 def export(workdir: str, out: str, stage: str | None = None, step: int | None = None,
            fold_batch_norm: bool = True) -> dict:
   """Writes the packed export of a checkpoint to `out` (.npz); returns its manifest."""
+  _check_out(out)  # before the work, not after it
   ckpt = choose_checkpoint(workdir, stage, step)
   stage_name, config = read_meta(ckpt)
   variables = read_variables(ckpt)
@@ -211,6 +213,9 @@ def export(workdir: str, out: str, stage: str | None = None, step: int | None = 
       "folded_batch_norms": folded,
       "full_precision": {k: {"shape": list(v.shape), "precision": "float32"}
                          for k, v in arrays.items() if not k.startswith("packed/")},
+      # Every array's shape and dtype: load checks the file against it.
+      "arrays": {k: {"shape": list(np.shape(v)), "dtype": np.asarray(v).dtype.name}
+                 for k, v in arrays.items()},
       "sizes": {
           "binary_weights_float32_bytes": latent_bytes,
           "binary_weights_packed_bytes": words_bytes,
@@ -249,6 +254,16 @@ def normalization(manifest: dict) -> dict:
           "std": list(config["std"]), "then": "(x - mean) / std per channel"}
 
 
+def _check_out(out: str) -> None:
+  """`out`'s folder must be a folder or creatable: no file along its path."""
+  probe = os.path.dirname(os.path.abspath(out))
+  while probe and not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  if probe and not os.path.isdir(probe):
+    raise NotADirectoryError(f"--out {out}: {probe} is a file, so the export cannot be written "
+                             "under it; give a path in a folder")
+
+
 @dataclasses.dataclass
 class Exported:
   """A loaded export: the model (its own code), packed layers and float variables."""
@@ -268,12 +283,81 @@ class Exported:
     return self._forward(self.variables, self.packed_layers, jnp.asarray(images, jnp.float32))
 
 
-def load(path: str) -> Exported:
-  with np.load(path) as data:
+class ExportFileError(ValueError):
+  """An export file that is damaged or disagrees with its manifest; names the file and key."""
+
+
+def _expected_arrays(manifest: dict) -> dict[str, dict]:
+  """{key: {'shape', 'dtype'}} the manifest promises. Exports written before the 'arrays'
+  table are checked on what their manifest does say: the float arrays' shapes and the
+  packed words' shapes, and that each binary layer has its scale and shift."""
+  if "arrays" in manifest:
+    return manifest["arrays"]
+  expected = {k: {"shape": v["shape"], "dtype": "float32"}
+              for k, v in manifest["full_precision"].items()}
+  for name, fields in manifest["binary_layers"].items():
+    expected[f"packed/{name}/words"] = {"shape": fields["words_shape"], "dtype": "uint32"}
+    expected[f"packed/{name}/scale"] = expected[f"packed/{name}/shift"] = {}
+  return expected
+
+
+def _read_manifest(path: str, data) -> dict:
+  if "manifest" not in data.files:
+    raise ExportFileError(f"{path} has no manifest: it is not a bmd_jax export")
+  try:
     manifest = json.loads(str(data["manifest"]))
-    if manifest.get("format") != FORMAT:
-      raise ValueError(f"{path} is not a bmd_jax packed export (format {manifest.get('format')})")
-    arrays = {k: data[k] for k in data.files if k != "manifest"}
+  except ValueError as e:
+    raise ExportFileError(f"{path}: the manifest is not valid JSON ({e}); re-export the "
+                          "checkpoint") from None
+  if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    raise ExportFileError(f"{path} is not a bmd_jax packed export (manifest format {found!r}, "
+                          f"expected {FORMAT!r})")
+  missing = [k for k in ("config", "num_classes", "binary_layers", "folded_batch_norms",
+                         "full_precision") if k not in manifest]
+  if missing:
+    raise ExportFileError(f"{path}: the manifest lacks {missing}; re-export the checkpoint")
+  return manifest
+
+
+def _read_arrays(path: str, data, expected: dict) -> dict:
+  """The file's arrays, each checked against the manifest's shape and dtype."""
+  files = set(data.files) - {"manifest"}
+  if set(expected) - files:
+    raise ExportFileError(f"{path} lacks arrays its manifest lists: "
+                          f"{sorted(set(expected) - files)[:3]}; the file is incomplete")
+  if files - set(expected):
+    raise ExportFileError(f"{path} holds arrays its manifest does not list: "
+                          f"{sorted(files - set(expected))[:3]}")
+  arrays = {}
+  for key, want in expected.items():
+    try:
+      value = data[key]
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
+      raise ExportFileError(f"{path}: array {key} cannot be read ({e}); the file is damaged, "
+                            "re-export it") from None
+    if "shape" in want and list(value.shape) != list(want["shape"]):
+      raise ExportFileError(f"{path}: array {key} has shape {list(value.shape)}, the manifest "
+                            f"says {want['shape']}; the file is damaged, re-export it")
+    if "dtype" in want and value.dtype.name != want["dtype"]:
+      raise ExportFileError(f"{path}: array {key} has dtype {value.dtype.name}, the manifest "
+                            f"says {want['dtype']}; the file is damaged, re-export it")
+    arrays[key] = value
+  return arrays
+
+
+def load(path: str) -> Exported:
+  """The export at `path`, every array checked against the manifest (no pickle is read)."""
+  try:
+    data = np.load(path)
+  except (zipfile.BadZipFile, EOFError, ValueError) as e:
+    raise ExportFileError(f"{path} is not a readable export ({type(e).__name__}: {e}); it is "
+                          "empty, truncated or of another kind: re-export it") from None
+  if not isinstance(data, np.lib.npyio.NpzFile):
+    raise ExportFileError(f"{path} holds one array, not an export (.npz with a manifest)")
+  with data:
+    manifest = _read_manifest(path, data)
+    arrays = _read_arrays(path, data, _expected_arrays(manifest))
   grouped = {"packed": {}, "params": {}, "batch_stats": {}}
   for key, value in arrays.items():
     collection, rest = key.split("/", 1)
@@ -310,10 +394,13 @@ def main(argv):
   if len(argv) > 1:
     raise SystemExit(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  if f.format == "stablehlo":
-    _export_stablehlo(f)
-    return
-  manifest = export(f.workdir, f.out, f.stage, f.step, f.fold_batch_norm)
+  try:
+    if f.format == "stablehlo":
+      _export_stablehlo(f)
+      return
+    manifest = export(f.workdir, f.out, f.stage, f.step, f.fold_batch_norm)
+  except (NotADirectoryError, FileNotFoundError) as e:  # a path given wrong: one line, no trace
+    raise SystemExit(f"export: {e}") from None
   src = manifest["source"]
   print(f"exported {manifest['model']} ({len(manifest['binary_layers'])} binary layers, "
         f"{len(manifest['folded_batch_norms'])} batch norms folded) from stage {src['stage']} "
@@ -327,6 +414,7 @@ def _export_stablehlo(f) -> None:
 
   from bmd_jax import portable_export  # pylint: disable=g-import-not-at-top
 
+  _check_out(f.out)
   with tempfile.TemporaryDirectory() as tmp:
     npz = os.path.join(tmp, "packed.npz")
     export(f.workdir, npz, f.stage, f.step, f.fold_batch_norm)

@@ -8,14 +8,29 @@ Several processes (hosts) run the same command; JAX's distributed runtime joins 
 (sharding.initialize_distributed): give ``--coordinator_address=HOST:PORT --num_processes=N
 --process_id=I`` (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), or nothing
 on a TPU pod or under srun, where it is detected. See launch/ and the README.
+
+Exit status: 0 when every stage finished; EXIT_PREEMPTED (75, EX_TEMPFAIL) after SIGTERM once
+the checkpoint is written, so a scheduler can requeue the job and the same command resumes;
+1 on an error (one line naming it and the fix for the errors a user can fix); 2 for a bad
+command line (e.g. an unknown config field).
 """
 
 import logging
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from bmd_jax import metric_writers, sharding, train, xla_flags
+from bmd_jax import checkpoint, metric_writers, sharding, train, workdir_lock, xla_flags
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped early on purpose, run the same command again
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+# Errors whose message names the problem and the fix: printed as one line, without a trace.
+USER_ERRORS = (checkpoint.ConfigChangedError, checkpoint.CheckpointDamagedError,
+               checkpoint.CheckpointWriteError, workdir_lock.WorkdirLockedError,
+               train.NonFiniteLossError, NotADirectoryError)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for metrics, TensorBoard events and checkpoints.")
@@ -36,13 +51,33 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   metric_writers.console_logging()
   xla_flags.configure_cpu()  # before JAX's backend starts (jax.distributed starts it)
+  checkpoint.one_line_orbax_errors()
   sharding.initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address,
                                   FLAGS.num_processes, FLAGS.process_id)
+  log = logging.getLogger("bmd_jax")
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except train.Preempted as e:
-    logging.getLogger("bmd_jax").warning("%s", e)
+    log.warning("%s", e)
+    sys.exit(EXIT_PREEMPTED)
+  except USER_ERRORS as e:
+    log.error("%s", e)
+    sys.exit(EXIT_ERROR)
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with an unknown --config.FIELD named in one line (ml_collections
+  raises a bare AttributeError or KeyError from deep inside the parser)."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    field = str(e).strip("\"'")
+    given = [a for a in argv[1:] if a.startswith("--config.") and field in a]
+    where = given[0] if given else f"--config...{field}"
+    print(f"{where}: the config has no field {field!r}. Check its spelling against the config "
+          "file (configs/default.py lists every field)", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -49,7 +49,17 @@ def checkpoint_source(reference: str, workdir: str, stage: str, what: str) -> st
     return candidate
   if os.path.isdir(reference):
     return reference
+  if _looks_like_path(reference):  # a folder was meant: a hint to run a stage would mislead
+    raise FileNotFoundError(
+        f"stage {stage!r} needs {what} from {reference!r}, which does not exist: give the "
+        "checkpoint folder of a finished stage (<workdir>/checkpoints/<stage>) or the name of "
+        "an earlier stage of this run")
   raise FileNotFoundError(
       f"stage {stage!r} needs {what} {reference!r}, which is neither a finished stage in "
       f"{os.path.join(workdir, 'checkpoints')} nor an existing folder: run that stage first "
       f"(--config.stages={reference},{stage}) or give a checkpoint folder")
+
+
+def _looks_like_path(reference: str) -> bool:
+  return os.sep in reference or reference.startswith((".", "~")) or (
+      os.altsep is not None and os.altsep in reference)

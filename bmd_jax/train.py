@@ -14,6 +14,7 @@ distils from a real ResNet-34. L_K covers the layers the model lists (models.kur
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -33,6 +34,7 @@ import tqdm
 from flax.training import train_state
 
 from bmd_jax import checkpoint, input_pipeline, losses, models, objective, quantizers, sharding
+from bmd_jax import config_checks, workdir_lock
 from bmd_jax import stages as stages_lib
 from bmd_jax.metric_writers import MetricWriter
 
@@ -273,8 +275,46 @@ def _check_finite(history: list[dict]) -> None:
                if k.startswith("train/")}
       step = int(history[i]["_step"])
       raise NonFiniteLossError(
-          f"non-finite loss at step {step}: {parts}. Training stopped; the last good "
-          "checkpoint is kept. Lower the learning rate or the loss weights.")
+          f"non-finite loss at step {step}: {parts}. Training stopped. Lower the learning "
+          "rate or the loss weights.")
+
+
+def _check_state_finite(state, step: int) -> None:
+  """The loss is computed before the update: the updated state can overflow on its own."""
+  if not checkpoint.all_finite(state):
+    raise NonFiniteLossError(
+        f"the train state after step {step} holds non-finite values (its loss was finite); "
+        "not saved. Training stopped. Lower the learning rate or the loss weights.")
+
+
+def _leave_loop(manager, error: BaseException, workdir: str, stage: str) -> BaseException:
+  """The error to raise on a way out of the loop, once the in-flight save is settled: a
+  message that says which checkpoint is really kept."""
+  kept, save_error = checkpoint.settle(manager)
+  directory = checkpoint.stage_directory(workdir, stage)
+  if isinstance(error, NonFiniteLossError):
+    return NonFiniteLossError(f"{error} {kept[0].upper()}{kept[1:]}.")
+  if save_error is not None or checkpoint.disk_full(error):
+    return checkpoint.write_failure(save_error or error, directory)
+  return error
+
+
+@contextlib.contextmanager
+def _saves_settled_on_exit(manager, workdir: str, stage: str):
+  """Finishes (or, where it fails, abandons) the in-flight save when the loop ends, however it
+  ends, and closes the manager; an error leaving the loop then says what is really kept."""
+  try:
+    yield
+    _, save_error = checkpoint.settle(manager)
+    if save_error is not None:
+      raise save_error
+  except BaseException as error:  # pylint: disable=broad-except
+    replacement = _leave_loop(manager, error, workdir, stage)
+    if replacement is error:
+      raise  # unchanged, with its own cause
+    raise replacement from (None if isinstance(error, NonFiniteLossError) else error)
+  finally:
+    manager.close()
 
 
 class _SigtermFlag:
@@ -377,7 +417,8 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
   init = None
   if config.get("init_from"):
     path = stages_lib.checkpoint_source(config.init_from, workdir, stage, "initial weights")
-    init = checkpoint.load_variables(path, variable_shapes(model, info.image_shape))
+    init = checkpoint.load_variables(path, variable_shapes(model, info.image_shape),
+                                     what="init_from checkpoint")
   state = create_train_state(jax.random.PRNGKey(config.seed), config, model, info.image_shape,
                              learning_rate_fn, **(init or {}))
   _check_teachers(config, stage)
@@ -403,7 +444,8 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
 
   # Checkpoint: resume from the newest of this stage, if any.
   manager = checkpoint.create_manager(workdir, stage, config.checkpoint_keep)
-  restored = checkpoint.restore_latest(manager, checkpoint.abstract_like(state), train_iter)
+  restored = checkpoint.restore_latest(manager, checkpoint.abstract_like(state), train_iter,
+                                        config)
   if restored is not None:
     state = restored[0]
     log.info("stage %s: resumed from step %d", stage, int(state.step))
@@ -432,7 +474,10 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
   log.info("stage %s: %s (%s) for %d steps (%.1f epochs of %d steps), from step %d", stage,
            config.model.name, config.model.precision, total_steps, total_epochs,
            steps_per_epoch, first_step)
-  with _SigtermFlag() as sigterm, _progress_bar(total_steps, first_step, stage) as bar:
+  # Every way out of the loop (the end, an error, SIGTERM, Ctrl-C) settles the in-flight
+  # save first, so the checkpoint a message names is the one on disk.
+  with _SigtermFlag() as sigterm, _progress_bar(total_steps, first_step, stage) as bar, \
+       _saves_settled_on_exit(manager, workdir, stage):
     for step in range(first_step, total_steps):
       batch = sharding.global_batch(next(train_iter), mesh)
       state, metrics = p_train_step(state, batch, teacher, distill_teacher)
@@ -457,18 +502,16 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
       if (done % checkpoint_every == 0 or epoch_end or done == total_steps
           or sigterm.received):
         _check_finite(history)  # never save a state that came from a non-finite step
+        _check_state_finite(state, done)
         checkpoint.save(manager, done, state, train_iter, meta,
                         wait=sigterm.received or done == total_steps)
       if done % eval_every == 0 or done == total_steps:
         eval_metrics = evaluate(p_eval_step, state, config, datasets, mesh)
         writer.write(done, done / steps_per_epoch, {"stage": stage, **eval_metrics})
       if sigterm.received:
-        manager.close()
         raise Preempted(f"SIGTERM received: stage {stage} saved at step {done} in "
                         f"{checkpoint.stage_directory(workdir, stage)}; run the same command "
                         "to resume")
-  manager.wait_until_finished()
-  manager.close()
   if first_step >= total_steps:
     # A finished stage still reports its final evaluation (e.g. to a rerun of the ablation).
     log.info("stage %s: already complete (step %d); evaluating it", stage, first_step)
@@ -490,16 +533,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `datasets` (from input_pipeline.create_datasets of a config with the same data fields)
   lets several runs share one decoded-image cache; by default they are made from `config`.
   """
+  config_checks.check(config)
   mesh = sharding.mesh_from_config(config)
   if datasets is None:
     datasets = input_pipeline.create_datasets(config)
-  writer = MetricWriter(workdir)
-  results = {}
-  try:
-    for stage in stages_lib.stage_list(config):
-      sharding.check_batch_size(stage.config.batch_size, mesh)
-      results[stage.name] = train_stage(stage.config, stage.name, workdir, datasets, mesh,
-                                        writer)
-  finally:
-    writer.close()
+  with workdir_lock.acquire(workdir):  # one run per workdir; before anything is written
+    writer = MetricWriter(workdir)
+    results = {}
+    try:
+      for stage in stages_lib.stage_list(config):
+        sharding.check_batch_size(stage.config.batch_size, mesh)
+        results[stage.name] = train_stage(stage.config, stage.name, workdir, datasets, mesh,
+                                          writer)
+    finally:
+      writer.close()
   return results

@@ -95,6 +95,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_epochs = 10.0
   config.checkpoint_every_steps = 200  # and at every epoch end
   config.checkpoint_keep = 3
+  # A workdir's checkpoint is resumed only under the config it was written with, but for the
+  # fields in checkpoint.RESUMABLE_FIELDS; True continues it under a changed config on purpose
+  # (the differences are logged).
+  config.resume_despite_config_change = False
 
   # Stages, run in order; each applies its overrides to the fields above (see
   # bmd_jax/stages.py). init_from / teacher / distill_teacher: an earlier stage's name or a

@@ -75,14 +75,47 @@ def _is_image(name: str) -> bool:
 
 
 def _list_class(class_dir: str) -> list[str]:
-  """Image files under class_dir (recursively, sorted), relative to it."""
-  files = []
+  """Image files under class_dir (recursively, sorted), relative to it.
+
+  Linked folders are followed (data may live on another disk), but no folder is read twice:
+  a link back into the class folder or above it (a loop: `ln -s . loop`, `ln -s .. up`), into
+  another class's folder, or to a folder already read is skipped with a warning.
+  """
+  real_class = os.path.realpath(class_dir)
+  real_split = os.path.realpath(os.path.dirname(class_dir))
+  seen, skipped, files = set(), [], []
   for folder, dirs, names in os.walk(class_dir, followlinks=True):
-    dirs.sort()
+    seen.add(os.path.realpath(folder))
+    kept = []
+    for name in sorted(dirs):
+      target = os.path.realpath(os.path.join(folder, name))
+      problem = _linked_folder_problem(target, seen, real_class, real_split)
+      if problem:
+        skipped.append(f"{os.path.join(folder, name)} ({problem})")
+      else:
+        kept.append(name)
+        seen.add(target)  # claimed now: a second link to it in this listing is a repeat
+    dirs[:] = kept
     rel = os.path.relpath(folder, class_dir)
     files += [name if rel == "." else os.path.join(rel, name)
               for name in sorted(names) if _is_image(name)]
+  if skipped:
+    logging.warning("skipping %d linked folder(s) of %s that would read images twice or under "
+                    "another label: %s", len(skipped), class_dir, "; ".join(skipped))
   return files
+
+
+def _linked_folder_problem(target: str, seen: set[str], real_class: str,
+                           real_split: str) -> str | None:
+  """Why a sub-folder (its real path `target`) must not be read for this class, or None."""
+  def inside(path, parent):
+    return path == parent or path.startswith(parent + os.sep)
+
+  if target in seen or inside(real_class, target):
+    return "a loop: it leads back to a folder already read"
+  if inside(target, real_split) and not inside(target, real_class):
+    return "it leads into another class's folder"
+  return None
 
 
 def _header_problem(path: str) -> str | None:

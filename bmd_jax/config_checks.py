@@ -1,0 +1,28 @@
+"""Checks of a config's values before anything runs: a bad value is named with its fix instead
+of surfacing as a ZeroDivisionError or a grain traceback deep in the loop."""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Fields that must be positive integers, and what each counts.
+_POSITIVE = {
+    "batch_size": "examples per training step (the global batch)",
+    "eval_batch_size": "examples per evaluation step",
+    "log_every_steps": "steps between metric lines",
+    "checkpoint_every_steps": "steps between checkpoints",
+    "checkpoint_keep": "checkpoints kept per stage",
+}
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first field with an impossible value and the fix."""
+  for field, meaning in _POSITIVE.items():
+    value = config.get(field)
+    if value is not None and (not isinstance(value, int) or value <= 0):
+      raise ValueError(f"config.{field}={value!r}: it counts {meaning} and must be a positive "
+                       f"integer; e.g. --config.{field}=64")
+  if config.get("num_train_steps", -1) <= 0 and config.get("num_epochs", 1) <= 0:
+    raise ValueError(f"config.num_epochs={config.num_epochs} with num_train_steps="
+                     f"{config.num_train_steps}: nothing to train; give a positive num_epochs "
+                     "or num_train_steps")

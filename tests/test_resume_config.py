@@ -1,0 +1,103 @@
+"""Resuming a workdir: its checkpoint's config is compared with the one resuming it, and a
+damaged newest checkpoint falls back to an older one (issue 15, item 2 and the unclear list)."""
+
+import glob
+import logging
+import os
+
+import pytest
+
+from bmd_jax import checkpoint, train
+
+pytestmark = pytest.mark.slow  # each test trains a 10-step run first
+
+
+@pytest.fixture
+def finished_run(digits_config, tmp_path):
+  """A 10-step digits run with checkpoints at steps 5 and 10."""
+  digits_config.num_train_steps = 10
+  digits_config.log_every_steps = 5
+  digits_config.checkpoint_every_steps = 5
+  train.train_and_evaluate(digits_config, str(tmp_path))
+  return digits_config, str(tmp_path)
+
+
+def test_a_field_on_the_allowed_list_may_change(finished_run, caplog):
+  config, workdir = finished_run
+  config.log_every_steps = 2
+  config.eval_every_epochs = 3.0
+  config.checkpoint_keep = 5
+  with caplog.at_level(logging.INFO, "bmd_jax"):
+    train.train_and_evaluate(config, workdir)
+  assert "already complete" in caplog.text and "changed config" not in caplog.text
+
+
+@pytest.mark.parametrize("field, value", [("batch_size", 32), ("num_train_steps", 20),
+                                          ("model.precision", "full")])
+def test_a_field_outside_the_list_is_refused_with_the_fix(finished_run, field, value):
+  config, workdir = finished_run
+  section, _, name = field.rpartition(".")
+  setattr(config[section] if section else config, name, value)
+  with pytest.raises(checkpoint.ConfigChangedError) as error:
+    train.train_and_evaluate(config, workdir)
+  message = str(error.value)
+  assert field in message and "--workdir" in message, message
+  assert "resume_despite_config_change=True" in message
+
+
+def test_a_change_made_on_purpose_is_logged(finished_run, caplog):
+  config, workdir = finished_run
+  config.learning_rate = 1e-3
+  config.resume_despite_config_change = True
+  with caplog.at_level(logging.WARNING, "bmd_jax"):
+    train.train_and_evaluate(config, workdir)
+  assert "on purpose" in caplog.text and "learning_rate" in caplog.text
+
+
+def test_another_model_forced_is_a_clear_error(finished_run):
+  config, workdir = finished_run
+  config.model.name = "resnet20"
+  config.resume_despite_config_change = True
+  with pytest.raises(checkpoint.ConfigChangedError, match="new --workdir"):
+    train.train_and_evaluate(config, workdir)
+
+
+def test_fields_unknown_to_an_old_checkpoint_are_not_compared():
+  saved = {"batch_size": 64, "model": {"name": "small_cnn"}, "removed_since": 1}
+  current = {"batch_size": 64, "model": {"name": "small_cnn", "added_since": 2},
+             "resume_despite_config_change": False}
+  assert checkpoint.config_differences(saved, current) == []
+  assert checkpoint.config_differences(saved, {**current, "batch_size": 8}) == [
+      "batch_size: 64 in the checkpoint, 8 now"]
+
+
+def _damage(step_dir, how):
+  if how == "truncated data":
+    for path in glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True):
+      with open(path, "r+b") as f:
+        f.truncate(max(0, os.path.getsize(path) // 3))
+  else:
+    os.remove(os.path.join(step_dir, "meta", "metadata"))
+
+
+@pytest.mark.parametrize("how", ["truncated data", "missing metadata"])
+def test_a_damaged_newest_checkpoint_falls_back_with_a_warning(finished_run, caplog, how):
+  config, workdir = finished_run
+  folder = os.path.join(workdir, "checkpoints", "train")
+  _damage(os.path.join(folder, "10"), how)
+  with caplog.at_level(logging.INFO, "bmd_jax"):
+    train.train_and_evaluate(config, workdir)
+  assert os.path.join(folder, "10") in caplog.text and "damaged" in caplog.text
+  assert "resumed from step 5" in caplog.text
+  assert os.path.isdir(os.path.join(folder, "10.damaged"))
+  assert checkpoint.finished_steps(folder)[-1] == 10  # written again
+
+
+def test_no_readable_checkpoint_is_refused_naming_the_folders(finished_run):
+  config, workdir = finished_run
+  folder = os.path.join(workdir, "checkpoints", "train")
+  for step in ("5", "10"):
+    _damage(os.path.join(folder, step), "missing metadata")
+  with pytest.raises(checkpoint.CheckpointDamagedError) as error:
+    train.train_and_evaluate(config, workdir)
+  assert os.path.join(folder, "5") in str(error.value) and "Move" in str(error.value)
