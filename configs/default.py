@@ -25,6 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.cache_decoded_images = False  # decode every image once into memory (same-size images)
   config.split_seed = 0
   config.num_workers = 0  # grain worker processes per host
+  # 'grain': per-host loaders (any size of data); 'device': the splits held in device memory,
+  # shuffled and augmented inside jit (data/on_device.py; data sets that fit, no grain needed).
+  config.input_path = "grain"
   config.image_size = 8  # model input is image_size x image_size x channels
   config.channels = 1
   config.augment = "none"  # 'none' | 'cifar' | 'imagenet' (PAPER.md section 4)
