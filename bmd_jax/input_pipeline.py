@@ -168,6 +168,7 @@ def train_operations(config, source, batch_size: int) -> list:
   """The train loader's operations: augmentation (config.augment), batching, normalization."""
   import grain
   from bmd_jax.data import transforms
+
   augment = config.get("augment", "none")
   per_record = ([transforms.ImagenetAugment(config.image_size)] if augment == "imagenet"
                 else _fixed_size(config, source))
@@ -179,6 +180,8 @@ def train_operations(config, source, batch_size: int) -> list:
 def eval_operations(config, source, batch_size: int) -> list:
   """The eval loader's operations (ImageNet: resize the shorter side, center crop), batching
   (the last batch may be short) and normalization."""
+  import grain
+  from bmd_jax.data import transforms
   if config.get("augment", "none") == "imagenet":
     per_record = [transforms.ResizeCenterCrop(config.image_size, _eval_resize_size(config))]
   else:
