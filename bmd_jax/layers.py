@@ -59,6 +59,10 @@ class _BinaryBase(nn.Module):
   """What binary conv and dense share: the precision switch and the two quantizers."""
 
   def binary_operands(self, x, latent, estimator_args):
+    # The kernel is binarized from the float32 latent weights (IR-Net's standardization and
+    # the scales need float32) and cast to the compute dtype after: +-1 times a per-channel
+    # scale, exact in bfloat16 up to the scale's rounding. XLA accumulates bfloat16
+    # convolutions and matmuls in float32 (cuDNN/cuBLAS on GPU; upcast on CPU).
     check_precision(self.precision)
     if self.precision == "full":
       return x, latent
@@ -91,7 +95,8 @@ class BinaryConv(_BinaryBase):
     kernel_shape = (*self.kernel_size, x.shape[-1], self.features)
     latent = self.param("latent_kernel", self.kernel_init, kernel_shape, jnp.float32)
     dtype = self.dtype or x.dtype
-    x, kernel = self.binary_operands(x.astype(dtype), latent.astype(dtype), estimator_args)
+    x, kernel = self.binary_operands(x.astype(dtype), latent, estimator_args)
+    kernel = kernel.astype(dtype)
     x = stored_on_cpu(x)
     strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
     y = jax.lax.conv_general_dilated(
@@ -119,7 +124,8 @@ class BinaryDense(_BinaryBase):
     latent = self.param("latent_kernel", self.kernel_init, (x.shape[-1], self.features),
                         jnp.float32)
     dtype = self.dtype or x.dtype
-    x, kernel = self.binary_operands(x.astype(dtype), latent.astype(dtype), estimator_args)
+    x, kernel = self.binary_operands(x.astype(dtype), latent, estimator_args)
+    kernel = kernel.astype(dtype)
     y = x @ kernel
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(dtype)

@@ -41,6 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.input_quantizer = "ste"
   config.model.kernel_quantizer = "ste"
   config.model.scale_mode = "mean_abs"  # 'none' | 'mean_abs' | 'irnet'
+  # Compute dtype of activations and convolutions: 'bfloat16' is mixed precision (+-1 operands
+  # are exact in it); latent weights, optimizer state, batch-norm statistics and losses stay
+  # float32 whatever it is.
+  config.model.dtype = "float32"
 
   # Traced arguments of the estimators (changing them never recompiles).
   config.estimators = ml_collections.ConfigDict()
