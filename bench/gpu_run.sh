@@ -2,8 +2,9 @@
 # One prepared command for a short GPU window (issue 14); about 6 minutes with the defaults.
 #
 #   bench/prepare_gpu_run.sh                 # once, on a CPU machine with network
-#   bench/gpu_run.sh [--out DIR] [--epochs 400] [--seeds 0] [--budget_s 200] [--dtype float32]
+#   bench/gpu_run.sh [--out DIR] [--epochs 400] [--seeds 0] [--budget_s 150] [--dtype float32]
 #   bench/gpu_run.sh --dry_run               # tiny sizes on the CPU (tests/test_gpu_run.py)
+#   bench/gpu_run.sh --scan_bench ...        # also time steps per dispatch (printed to log.txt)
 #
 # In order, writing to --out (default $OUT; at most 8 files come back from the machine):
 #   gpu_check.json        one BD-BNN train step on the GPU against the CPU at 'highest'
@@ -22,10 +23,11 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 payload=$repo/bench/gpu_payload
 out=${OUT:-/tmp/gpu_run_out}
-epochs=400 seeds=0 budget=200 dtype=float32 dry=0
+epochs=400 seeds=0 budget=150 dtype=float32 dry=0 scan_bench=0
 while (( $# )); do
   case $1 in
     --dry_run) dry=1 ;;
+    --scan_bench) scan_bench=1 ;;  # + bench/steps_per_dispatch.py (lax.scan), ~1 min more
     --out) out=$2; shift ;;
     --epochs) epochs=$2; shift ;;
     --seeds) seeds=$2; shift ;;
@@ -79,7 +81,7 @@ EOF
 else
   python3 bench/jpeg_pack.py unpack "$payload/cifar10.npz" "$data" || exit 1
   check_args=()
-  bench_args=(--torch_device=cuda)
+  bench_args=(--torch_device=cuda --variants=full,ce,eval)
   train_args=()
 fi
 stamp "data ready"
@@ -88,7 +90,11 @@ part python3 bench/gpu_check.py --out="$out/gpu_check.json" "${check_args[@]}"
 stamp "GPU-CPU check done"
 part python3 bench/train_step.py --json="$out/train_step.json" "${bench_args[@]}"
 part python3 bench/train_step.py --json="$out/train_step_bf16.json" --frameworks=jax \
-  --dtype=bfloat16 "${bench_args[@]}"
+  --dtype=bfloat16 "${bench_args[@]}" --variants=full,eval
+if (( scan_bench )); then
+  part python3 bench/steps_per_dispatch.py --dtype="$dtype" \
+    $( (( dry )) && echo --scan=1,2 --steps=4 --batch=8 --examples=256 --blocks_per_stage=1 )
+fi
 stamp "timings done"
 
 runs=$work/runs
