@@ -228,7 +228,7 @@ def _read_options(source):
   return grain.ReadOptions(num_threads=2, prefetch_buffer_size=32)
 
 
-def create_train_loader(config, source, seed: int) -> grain.DataLoader:
+def create_train_loader(config, source, seed: int):
   """An endless, shuffled, augmented loader of this host's batches (drop_remainder)."""
   import grain
   sampler = grain.samplers.IndexSampler(

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from bmd_jax import checkpoint, sharding, train
+from bmd_jax import checkpoint, sharding
 from bmd_jax.data import on_device, transforms
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
