@@ -79,6 +79,11 @@ EOF
   train_args=(--num_train_steps=3 --batch_size=8 --eval_every_epochs=1 --blocks_per_stage=1)
   epochs=2 budget=900
 else
+  if [[ ! -f $payload/cifar10.npz ]]; then
+    echo "no $payload/cifar10.npz: run bench/prepare_gpu_run.sh first (on a machine with the" \
+         "CIFAR-10 JPEG folder and network) and carry bench/gpu_payload" >&2
+    exit 1
+  fi
   python3 bench/jpeg_pack.py unpack "$payload/cifar10.npz" "$data" || exit 1
   check_args=()
   bench_args=(--torch_device=cuda --variants=full,ce,eval)

@@ -127,6 +127,9 @@ def main(argv):
   runs = [(v, int(s)) for s in _SEEDS.value for v in _VARIANTS.value]
   datasets = input_pipeline.create_datasets(run_config(runs[0][0], runs[0][1]))
   device = jax.devices()[0].device_kind
+  epochs = _EPOCHS.value  # or, where --num_train_steps overrides it (dry runs), what that is
+  if _STEPS.value > 0:
+    epochs = _STEPS.value / (datasets.info.num_train // _BATCH.value)
   start = time.time()
   records = []
   for i, (variant, seed) in enumerate(runs):
@@ -145,7 +148,7 @@ def main(argv):
       stopped = True
     wall = _add_wall_seconds(workdir, time.time() - began) if share > 0 else 0.0
     record = {"model": config.model.name, "variant": variant, "seed": seed,
-              "epochs_per_step": [_EPOCHS.value, _EPOCHS.value], "device": device,
+              "epochs_per_step": [epochs, epochs], "device": device,
               "wall_seconds": round(wall, 1), "dtype": _DTYPE.value,
               "input_path": "device", "batch_size": config.batch_size,
               "command": " ".join(["python", *sys.argv]),
