@@ -16,6 +16,8 @@
 #   runs_<variant>.tar.gz the runs' workdirs (latest checkpoints, metrics), one file per
 #                         variant (each under 16 MiB): put them in bench/gpu_payload/ and rerun
 #                         with the same flags to continue the schedule in the next window
+#                         (~4.3 MB a run: with the data, two runs fit the 64 MiB that travel;
+#                         prepare_gpu_run.sh prints the total)
 #   log.txt               everything printed
 # Needs bench/gpu_payload/ (wheels and the packed CIFAR-10 JPEGs) from prepare_gpu_run.sh.
 set -uo pipefail
