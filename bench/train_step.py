@@ -73,6 +73,9 @@ _MALLOC = flags.DEFINE_enum("malloc", "inherit", ["inherit", "tuned", "default"]
                             "GLIBC_TUNABLES for both children: as inherited, PERF-NOTES' "
                             "mmap/trim thresholds, or unset")
 _JSON = flags.DEFINE_string("json", "", "also write the results to this file")
+_DTYPE = flags.DEFINE_string("dtype", "float32", "bmd_jax's config.model.dtype ('bfloat16': "
+                             "mixed precision); PyTorch stays float32")
+_TORCH_DEVICE = flags.DEFINE_string("torch_device", "cpu", "PyTorch's device, e.g. 'cuda'")
 _WORKER = flags.DEFINE_string("worker", "", "internal: run one framework:model and print JSON")
 
 
@@ -81,12 +84,14 @@ def _sizes(model):
   return _IMAGE_SIZE.value or image_size, _BATCH.value or batch, classes
 
 
-def _time_steps(run, steps, warmup):
-  """Median and all per-step wall times (s) of run(), which must block until done."""
+def _time_steps(run, steps, warmup, synchronize=lambda: None):
+  """Median and all per-step wall times (s) of run(), which must block until done (or be
+  followed by `synchronize`, e.g. torch.cuda.synchronize)."""
   times = []
   for _ in range(warmup + steps):
     start = time.perf_counter()
     run()
+    synchronize()
     times.append(time.perf_counter() - start)
   timed = times[warmup:]
   return {"median_s": statistics.median(timed), "min_s": min(timed), "max_s": max(timed)}
@@ -99,7 +104,7 @@ def _maxrss_mib():
 
 # --- JAX ---------------------------------------------------------------------------
 
-def jax_config(model_name, blocks_per_stage=0):
+def jax_config(model_name, blocks_per_stage=0, dtype="float32"):
   """The recipe's config with kurtosis, WDM and distillation on."""
   from configs import cifar10, imagenet
   config = (cifar10 if model_name == "resnet20" else imagenet).get_config()
@@ -109,6 +114,7 @@ def jax_config(model_name, blocks_per_stage=0):
       raise ValueError("--blocks_per_stage applies to resnet20 only")
     config.model.stage_sizes = (blocks_per_stage,) * 3
   config.model.precision = "binary"  # step 2: binary student, binary_activations teacher
+  config.model.dtype = dtype
   config.teacher_precision = "binary_activations"
   config.loss.kurtosis_weight = 1.0
   config.loss.wdm_weight = 1.0
@@ -125,12 +131,13 @@ def _without_kurtosis():
     yield
 
 
-def jax_setup(model_name, image_size, batch_size, num_classes, seed=0, blocks_per_stage=0):
+def jax_setup(model_name, image_size, batch_size, num_classes, seed=0, blocks_per_stage=0,
+              dtype="float32"):
   """(config, model, teacher_model, state, teacher variables, batch, lr_fn)."""
   import jax
   import numpy as np
   from bmd_jax import train
-  config = jax_config(model_name, blocks_per_stage)
+  config = jax_config(model_name, blocks_per_stage, dtype)
   model = train.create_model(config, num_classes)
   teacher_model = train.create_model(config, num_classes, config.teacher_precision)
   shape = (image_size, image_size, 3)
@@ -146,7 +153,7 @@ def jax_setup(model_name, image_size, batch_size, num_classes, seed=0, blocks_pe
 
 
 def run_jax(model_name, variants=VARIANTS, steps=20, warmup=3, image_size=None, batch_size=None,
-            blocks_per_stage=0):
+            blocks_per_stage=0, dtype="float32"):
   """{variant: {median_s, min_s, max_s, compile_s, xla_temp_mib}} of the bmd_jax steps."""
   import jax
   import jax.numpy as jnp
@@ -154,7 +161,8 @@ def run_jax(model_name, variants=VARIANTS, steps=20, warmup=3, image_size=None, 
   default_size, default_batch, classes = SIZES[model_name]
   image_size, batch_size = image_size or default_size, batch_size or default_batch
   config, _, teacher_model, state, teacher, batch, lr_fn = jax_setup(
-      model_name, image_size, batch_size, classes, blocks_per_stage=blocks_per_stage)
+      model_name, image_size, batch_size, classes, blocks_per_stage=blocks_per_stage,
+      dtype=dtype)
   step = functools.partial(train.train_step, config=config, learning_rate_fn=lr_fn,
                            steps_per_epoch=1000, total_epochs=config.num_epochs,
                            teacher_apply=teacher_model.apply)
@@ -210,8 +218,8 @@ def torch_models(model_name, num_classes, blocks_per_stage=0):
 
 
 def run_torch(model_name, variants=VARIANTS, steps=20, warmup=3, image_size=None,
-              batch_size=None, blocks_per_stage=0):
-  """{variant: {median_s, min_s, max_s}} of the PyTorch eager twin."""
+              batch_size=None, blocks_per_stage=0, device="cpu"):
+  """{variant: {median_s, min_s, max_s}} of the PyTorch eager twin on `device`."""
   import torch
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import torch_reference as ref
@@ -219,8 +227,10 @@ def run_torch(model_name, variants=VARIANTS, steps=20, warmup=3, image_size=None
   default_size, default_batch, classes = SIZES[model_name]
   image_size, batch_size = image_size or default_size, batch_size or default_batch
   student, teacher, config = torch_models(model_name, classes, blocks_per_stage)
-  images = torch.randn(batch_size, 3, image_size, image_size)
-  labels = torch.randint(0, classes, (batch_size,))
+  student, teacher = student.to(device), teacher.to(device)
+  images = torch.randn(batch_size, 3, image_size, image_size, device=device)
+  labels = torch.randint(0, classes, (batch_size,), device=device)
+  synchronize = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
   optimizer = ref.make_optimizer(student, config.optimizer, config.learning_rate,
                                  config.momentum, config.weight_decay,
                                  config.weight_decay_kernels_only)
@@ -242,7 +252,7 @@ def run_torch(model_name, variants=VARIANTS, steps=20, warmup=3, image_size=None
       run = functools.partial(ref.eval_step, student, images, labels)
     else:
       raise ValueError(f"unknown variant {variant!r}; choose among {VARIANTS}")
-    results[variant] = _time_steps(run, steps, warmup)
+    results[variant] = _time_steps(run, steps, warmup, synchronize)
   return results
 
 
@@ -250,10 +260,13 @@ def run_torch(model_name, variants=VARIANTS, steps=20, warmup=3, image_size=None
 
 def worker(spec, steps, warmup):
   framework, model_name = spec.split(":")
-  runner = run_torch if framework == "torch" else run_jax
   image_size, batch_size, _ = _sizes(model_name)
-  results = runner(model_name, _VARIANTS.value, steps, warmup, image_size, batch_size,
-                   _BLOCKS.value)
+  if framework == "torch":
+    results = run_torch(model_name, _VARIANTS.value, steps, warmup, image_size, batch_size,
+                        _BLOCKS.value, _TORCH_DEVICE.value)
+  else:
+    results = run_jax(model_name, _VARIANTS.value, steps, warmup, image_size, batch_size,
+                      _BLOCKS.value, _DTYPE.value)
   out = {"framework": framework, "model": model_name, "image_size": image_size,
          "batch": batch_size, "variants": results, "maxrss_mib": _maxrss_mib()}
   print("RESULT " + json.dumps(out), flush=True)
@@ -274,7 +287,8 @@ def _spawn(spec, steps, warmup):
   args = [sys.executable, os.path.abspath(__file__), f"--worker={spec}",
           f"--steps={steps}", f"--warmup={warmup}", f"--variants={','.join(_VARIANTS.value)}",
           f"--batch={_BATCH.value}", f"--image_size={_IMAGE_SIZE.value}",
-          f"--blocks_per_stage={_BLOCKS.value}"]
+          f"--blocks_per_stage={_BLOCKS.value}", f"--dtype={_DTYPE.value}",
+          f"--torch_device={_TORCH_DEVICE.value}"]
   proc = subprocess.run(args, env=_child_env(spec.split(":")[0]), capture_output=True, text=True)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
   if proc.returncode or not lines:

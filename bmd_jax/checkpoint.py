@@ -1,9 +1,9 @@
 """Checkpoints: an Orbax CheckpointManager per training stage, and teacher loading.
 
 Each checkpoint holds the train state (step, params, batch statistics, optimizer state),
-the data iterator's position (grain's own checkpoint handler) and a JSON record of the
-stage and the config, so a restarted run continues with exactly the batch that would have
-come next. Saves are asynchronous; Orbax writes each into a temporary folder and renames it
+the data iterator's position (grain's own checkpoint handler; none on the device input path,
+where the step alone determines the next batch) and a JSON record of the stage and the config,
+so a restarted run continues with exactly the batch that would have come next. Saves are asynchronous; Orbax writes each into a temporary folder and renames it
 when complete, so a kill at any moment leaves the last finished checkpoint readable.
 
 Layout: ``<workdir>/checkpoints/<stage>/<step>/{state,data,meta}``.
@@ -17,7 +17,6 @@ import logging
 import os
 from typing import Any
 
-import grain
 import jax
 import jax.experimental.multihost_utils
 import numpy as np
@@ -40,11 +39,13 @@ def create_manager(workdir: str, stage: str, max_to_keep: int = 3) -> ocp.Checkp
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator, meta: dict,
          wait: bool = False) -> None:
-  """Starts an asynchronous save (or a synchronous one with wait=True)."""
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data=grain.checkpoint.CheckpointSave(data_iterator),
-      meta=ocp.args.JsonSave(meta)), force=True)
+  """Starts an asynchronous save (or a synchronous one with wait=True); `data_iterator` None
+  (the device input path) saves no data item."""
+  items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+  if data_iterator is not None:
+    import grain  # only the grain input path has an iterator to save
+    items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+  manager.save(step, args=ocp.args.Composite(**items), force=True)
   if wait:
     manager.wait_until_finished()
 
@@ -236,8 +237,8 @@ def _first_line(error: BaseException) -> str:
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_iterator,
                    config=None):
-  """(state, meta) of the newest readable checkpoint, with the data iterator moved to its
-  position; None where the stage has none.
+  """(state, meta) of the newest readable checkpoint, with the data iterator (if not None)
+  moved to its position; None where the stage has none.
 
   `abstract_state` gives the structure (Orbax would otherwise turn optax's NamedTuple states
   into lists) and the shardings. With `config`, the checkpoint's own config is compared first
@@ -254,11 +255,12 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
       damaged.append((step, e))
       continue
     changed = check_resume_config(meta, config, where) if config is not None else []
+    items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
+    if data_iterator is not None:  # None: the device path, whose position is the step itself
+      import grain  # pylint: disable=g-import-not-at-top  (not needed on the device path)
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     try:
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state),
-          data=grain.checkpoint.CheckpointRestore(data_iterator),
-          meta=ocp.args.JsonRestore()))
+      restored = manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except
       if changed:  # not damage: the forced config (e.g. another model) does not fit it
         raise ConfigChangedError(

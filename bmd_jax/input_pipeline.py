@@ -14,6 +14,10 @@ Each process (host) reads only its own shard of the data: grain's sampler is giv
 process index and count, and produces batches of ``global_batch_size / process_count``
 examples. train.py turns them into global arrays sharded over the mesh (sharding.py).
 
+With config.input_path='device' (data/on_device.py) the splits are instead held in memory,
+uploaded once to the devices, and every batch is shuffled, augmented and normalized inside
+jit; that path imports neither grain nor TensorFlow (grain is imported only where used).
+
 The train loader repeats forever and is deterministic for a seed; its iterator's state
 (``get_state`` / ``set_state``) is saved with checkpoints, so a resumed run continues with
 exactly the batch that would have come next. The eval loader is one pass in order, its last
@@ -26,15 +30,16 @@ import dataclasses
 import os
 from typing import Iterator
 
-import grain
 import jax
 import ml_collections
 import numpy as np
 from absl import flags, logging
 
-from bmd_jax.data import digits, image_folder, in_memory, transforms
+from bmd_jax import sharding
+from bmd_jax.data import digits, image_folder, in_memory, on_device
 
 AUGMENTATIONS = ("none", "cifar", "imagenet")
+INPUT_PATHS = ("grain", "device")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,15 +131,33 @@ def create_datasets(config: ml_collections.ConfigDict) -> Datasets:
     if len(config[field]) not in (1, channels):
       raise ValueError(f"config.{field} has {len(config[field])} values for images of "
                        f"{channels} channels; give {channels} (or 1)")
+  input_path = config.get("input_path", "grain")
+  if input_path not in INPUT_PATHS:
+    raise ValueError(f"unknown input_path {input_path!r}; choose one of {INPUT_PATHS}")
+  if input_path == "device" and config.get("augment", "none") == "imagenet":
+    raise ValueError("config.input_path='device' does not do the ImageNet augmentation; "
+                     "use config.input_path='grain'")
   datasets = DATASETS[name](config)
-  if config.get("cache_decoded_images", False) and name != "digits":
+  # The device path needs the decoded arrays in memory to upload them.
+  if (config.get("cache_decoded_images", False) or input_path == "device") and name != "digits":
     datasets = _cached(datasets)
+  if input_path == "device":
+    _check_device_path(config, datasets)
   return datasets
+
+
+def _check_device_path(config, datasets: Datasets) -> None:
+  shape = datasets.train.image_shape
+  if tuple(shape[:2]) != (config.image_size, config.image_size):
+    raise ValueError(f"config.input_path='device' needs images of image_size={config.image_size}"
+                     f" square, but these are {shape}; use config.input_path='grain'")
 
 
 def _fixed_size(config, source) -> list:
   """Resizes images that are not image_size square, unless the source's are known to be
   (a no-op map still costs grain ~25% of a cached CIFAR image's time)."""
+  from bmd_jax.data import transforms  # grain: only on the grain path
+
   known = getattr(source, "image_shape", None)
   if known is not None and tuple(known[:2]) == (config.image_size, config.image_size):
     return []
@@ -143,6 +166,9 @@ def _fixed_size(config, source) -> list:
 
 def train_operations(config, source, batch_size: int) -> list:
   """The train loader's operations: augmentation (config.augment), batching, normalization."""
+  import grain
+  from bmd_jax.data import transforms
+
   augment = config.get("augment", "none")
   per_record = ([transforms.ImagenetAugment(config.image_size)] if augment == "imagenet"
                 else _fixed_size(config, source))
@@ -154,6 +180,8 @@ def train_operations(config, source, batch_size: int) -> list:
 def eval_operations(config, source, batch_size: int) -> list:
   """The eval loader's operations (ImageNet: resize the shorter side, center crop), batching
   (the last batch may be short) and normalization."""
+  import grain
+  from bmd_jax.data import transforms
   if config.get("augment", "none") == "imagenet":
     per_record = [transforms.ResizeCenterCrop(config.image_size, _eval_resize_size(config))]
   else:
@@ -170,7 +198,8 @@ def local_batch_size(global_batch_size: int, process_count: int | None = None) -
   return global_batch_size // process_count
 
 
-def _shard_options(drop_remainder: bool) -> grain.sharding.ShardOptions:
+def _shard_options(drop_remainder: bool):
+  import grain
   return grain.sharding.ShardOptions(
       shard_index=jax.process_index(), shard_count=jax.process_count(),
       drop_remainder=drop_remainder)
@@ -185,7 +214,7 @@ def _worker_count(config) -> int:
   return workers
 
 
-def _read_options(source) -> grain.ReadOptions:
+def _read_options(source):
   """Threads that read (decode) records ahead of the operations, in each process.
 
   grain's default (16 threads, 500 records ahead) was the slowest setting measured on 2 cores
@@ -193,13 +222,15 @@ def _read_options(source) -> grain.ReadOptions:
   on every read. Sources in memory need no read-ahead; decoding ones get 2 threads (Pillow
   decodes without holding the GIL, so they overlap with the operations and the train step).
   """
+  import grain
   if isinstance(source, in_memory.ArraySource):
     return grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
   return grain.ReadOptions(num_threads=2, prefetch_buffer_size=32)
 
 
-def create_train_loader(config, source, seed: int) -> grain.DataLoader:
+def create_train_loader(config, source, seed: int):
   """An endless, shuffled, augmented loader of this host's batches (drop_remainder)."""
+  import grain
   sampler = grain.samplers.IndexSampler(
       num_records=len(source), shard_options=_shard_options(True), shuffle=True,
       num_epochs=None, seed=seed)
@@ -216,6 +247,8 @@ def eval_batches(config, source) -> Iterator[dict]:
   With worker processes each worker batches its own share of the shard, so each may end
   with a short (padded) batch: every example is still evaluated exactly once.
   """
+  import grain
+
   batch_size = local_batch_size(config.get("eval_batch_size", config.batch_size))
   sampler = grain.samplers.IndexSampler(
       num_records=len(source), shard_options=_shard_options(False), shuffle=False,
@@ -235,3 +268,39 @@ def eval_batches(config, source) -> Iterator[dict]:
         "label": np.concatenate([batch["label"], np.zeros(pad, np.int32)]),
         "mask": mask,
     }
+
+
+# --- what the train loop reads: batches of global arrays, from either path -----------------
+
+class GrainTrainInput:
+  """This host's grain loader; its iterator (`checkpointable`) is saved with checkpoints."""
+
+  def __init__(self, config, source, seed: int, mesh):
+    self.checkpointable = iter(create_train_loader(config, source, seed))
+    self.mesh = mesh
+
+  def batch(self, step: int) -> dict:
+    del step  # the iterator's own state says where it stands
+    return sharding.global_batch(next(self.checkpointable), self.mesh)
+
+
+def create_train_input(config, datasets: Datasets, mesh, seed: int):
+  """The train batches of config.input_path: `.batch(step)` gives step's global batch;
+  `.checkpointable` is the state to save with checkpoints (None: the step is enough)."""
+  if config.get("input_path", "grain") == "grain":
+    return GrainTrainInput(config, datasets.train, seed, mesh)
+  return on_device.DeviceTrainInput(
+      on_device.upload_source(datasets.train, mesh), mesh, seed=seed,
+      batch_size=config.batch_size, augment=config.get("augment", "none"),
+      mean=config.mean, std=config.std)
+
+
+def global_eval_batches(config, datasets: Datasets, mesh) -> Iterator[dict]:
+  """One pass over the eval split as global batches with a `mask` of the valid rows."""
+  if config.get("input_path", "grain") == "grain":
+    for batch in sharding.equal_batch_count(eval_batches(config, datasets.eval)):
+      yield sharding.global_batch(batch, mesh)
+    return
+  batch_size = config.get("eval_batch_size", config.batch_size)
+  split = on_device.upload_source(datasets.eval, mesh, batch_size)
+  yield from on_device.eval_batches(split, mesh, batch_size, config.mean, config.std)

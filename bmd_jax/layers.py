@@ -100,7 +100,8 @@ class _BinaryBase(BinaryFields):
 
     The kernel is binarized from the float32 latent weights (IR-Net's standardization and the
     scales need float32) and cast to the compute dtype after: +-1 times a per-channel scale,
-    exact in bfloat16 up to the scale's rounding.
+    exact in bfloat16 up to the scale's rounding. XLA accumulates bfloat16 convolutions and
+    matmuls in float32 (cuDNN/cuBLAS on GPU; upcast on CPU).
     """
     latent = self.param(LATENT_KERNEL, self.kernel_init, kernel_shape, jnp.float32)
     dtype = self.dtype or x.dtype

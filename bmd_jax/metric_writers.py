@@ -55,8 +55,13 @@ class MetricWriter:
     os.makedirs(workdir, exist_ok=True)
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
     if tensorboard:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      try:
+        from tensorboardX import SummaryWriter
+      except ImportError:  # e.g. an offline GPU machine without it: metrics.jsonl still has all
+        log.warning("tensorboardX is not installed: no TensorBoard event files "
+                    "(metrics.jsonl and the console still get every metric)")
+      else:
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, epoch: float, metrics: Mapping[str, float]) -> None:
     if not self.active:

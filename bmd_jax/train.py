@@ -231,11 +231,11 @@ def eval_step(state: TrainState, batch: dict, *, config, progress: float = 1.0):
 def evaluate(p_eval_step, state, config, datasets, mesh) -> dict[str, float]:
   """Loss and accuracy over the eval split (or config.steps_per_eval batches of it)."""
   totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-  batches = sharding.equal_batch_count(input_pipeline.eval_batches(config, datasets.eval))
+  batches = input_pipeline.global_eval_batches(config, datasets, mesh)
   for i, batch in enumerate(batches):
     if 0 < config.steps_per_eval <= i:
       break
-    sums = jax.device_get(p_eval_step(state, sharding.global_batch(batch, mesh)))
+    sums = jax.device_get(p_eval_step(state, batch))
     for k in totals:
       totals[k] += float(sums[k])
   count = max(totals["count"], 1.0)
@@ -408,8 +408,9 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
   total_steps = num_train_steps(config, steps_per_epoch)
   total_epochs = total_steps / steps_per_epoch
 
-  # Input: this host's shard, resumable.
-  train_iter = iter(input_pipeline.create_train_loader(config, datasets.train, config.seed))
+  # Input: this host's grain shard (resumable iterator) or batches made on the devices.
+  train_input = input_pipeline.create_train_input(config, datasets, mesh, config.seed)
+  train_iter = train_input.checkpointable
 
   # Model, optimizer and the optional frozen teacher.
   model = create_model(config, info.num_classes)
@@ -479,7 +480,7 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
   with _SigtermFlag() as sigterm, _progress_bar(total_steps, first_step, stage) as bar, \
        _saves_settled_on_exit(manager, workdir, stage):
     for step in range(first_step, total_steps):
-      batch = sharding.global_batch(next(train_iter), mesh)
+      batch = train_input.batch(step)
       state, metrics = p_train_step(state, batch, teacher, distill_teacher)
       metrics["_step"] = step + 1
       history.append(metrics)

@@ -25,6 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.cache_decoded_images = False  # decode every image once into memory (same-size images)
   config.split_seed = 0
   config.num_workers = 0  # grain worker processes per host
+  # 'grain': per-host loaders (any size of data); 'device': the splits held in device memory,
+  # shuffled and augmented inside jit (data/on_device.py; data sets that fit, no grain needed).
+  config.input_path = "grain"
   config.image_size = 8  # model input is image_size x image_size x channels
   config.channels = 1
   config.augment = "none"  # 'none' | 'cifar' | 'imagenet' (docs/METHOD.md section 7)
@@ -41,6 +44,10 @@ def get_config() -> ml_collections.ConfigDict:
   # An optimization barrier on each binary conv's binarized input: faster on XLA:CPU, and only
   # there, with BMD_JAX_CPU_FLAGS=barriers (bmd_jax/xla_flags.py); experimental.
   config.model.store_binary_input = False
+  # Compute dtype of activations and convolutions: 'bfloat16' is mixed precision (+-1 operands
+  # are exact in it); latent weights, optimizer state, batch-norm statistics and losses stay
+  # float32 whatever it is.
+  config.model.dtype = "float32"
 
   # Traced arguments of the estimators (changing them never recompiles).
   config.estimators = ml_collections.ConfigDict()
