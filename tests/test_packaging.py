@@ -7,6 +7,7 @@ import configparser
 import importlib.metadata
 import pathlib
 import re
+import subprocess
 import sys
 
 import pytest
@@ -74,3 +75,24 @@ def test_missing_config_says_where_configs_are(tmp_path, monkeypatch):
   message = str(error.value)
   assert "no_such_recipe.py" in message and str(REPO / "configs") in message
   assert "cifar10.py" in message  # the configs that exist are listed
+
+
+def _main(*args, cwd):
+  return subprocess.run([sys.executable, "-m", "bmd_jax.main", *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_main_help_names_the_configs_and_how_to_list_fields(tmp_path):
+  result = _main("--help", cwd=tmp_path)
+  text = " ".join((result.stdout + result.stderr).split())
+  assert "cifar10.py" in text and "imagenet.py" in text and "--print_config" in text
+
+
+def test_main_finds_configs_from_another_folder_and_prints_them(tmp_path):
+  result = _main("--config=configs/cifar10.py", "--config.batch_size=64", "--print_config",
+                 cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "batch_size: 64" in result.stdout and "name: resnet20" in result.stdout
+  missing = _main("--config=configs/no_such_recipe.py", f"--workdir={tmp_path}/w", cwd=tmp_path)
+  assert missing.returncode == 2 and "cifar10.py" in missing.stderr
+  assert "Traceback" not in missing.stderr
