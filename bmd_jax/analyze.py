@@ -22,7 +22,7 @@ workdirs (comma-separated), every figure draws each run in its own colour, to co
   the more bi-modal the layer).
 
 A stage's start is what it trained from: the checkpoint its config's ``init_from`` names, or,
-without one, the model's initialization from the config's seed (as train.train_stage makes it).
+without one, the model's initialization from the config's seed (as training makes it).
 Its end is the stage's newest checkpoint. ``<out>`` defaults to ``<workdir>/analysis`` for one
 workdir and must be given for several.
 """
@@ -36,7 +36,7 @@ import jax
 import matplotlib
 import numpy as np
 
-from bmd_jax import checkpoint, export, layers, losses, models, objective, packed, stages, train
+from bmd_jax import checkpoint, export, layers, losses, models, objective, packed, stages
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -76,7 +76,7 @@ def stage_weights(workdir: str, stage: str) -> dict:
     start_params = checkpoint.load_variables(source, end)["params"]
     start_from, start_label = source, f"{config.init_from}'s end"
   else:
-    start_params, _ = train.initialized(jax.random.PRNGKey(config.seed), model, image_shape)
+    start_params, _ = models.initialized(jax.random.PRNGKey(config.seed), model, image_shape)
     start_from = f"initialization (seed {config.seed})"
     start_label = f"initialization, seed {config.seed}"
   return {"config": config, "start": _latents(start_params), "end": _latents(end["params"]),

@@ -42,7 +42,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from bmd_jax import layers, packed, summary, train
+from bmd_jax import layers, models, packed, summary
 
 FORMAT = "bmd_jax.packed/1"
 BIT_CONVENTION = ("bit 1 = -1, bit 0 = +1 (sign(0) = +1); little-endian in uint32 words along "
@@ -127,7 +127,7 @@ def model_of(config: ml_collections.ConfigDict, params: dict, precision: str | N
                  else summary.num_classes_of(config))
   if num_classes is None:
     raise ValueError("cannot tell the number of classes (no 'classifier' layer)")
-  model = train.create_model(config, int(num_classes), precision)
+  model = models.create_model(config, int(num_classes), precision)
   return model, (config.image_size, config.image_size, config.channels)
 
 
@@ -369,7 +369,7 @@ def load(path: str) -> Exported:
   variables = {c: flax.traverse_util.unflatten_dict(grouped[c], sep="/")
                for c in ("params", "batch_stats")}
   config = ml_collections.ConfigDict(json.loads(manifest["config"]))
-  model = train.create_model(config, manifest["num_classes"])
+  model = models.create_model(config, manifest["num_classes"])
   return Exported(manifest, model, packed_layers, variables)
 
 

@@ -36,6 +36,8 @@ from flax.training import train_state
 from bmd_jax import checkpoint, input_pipeline, losses, models, objective, quantizers, sharding
 from bmd_jax import config_checks, workdir_lock
 from bmd_jax import stages as stages_lib
+# Building a model and its variables is the models' knowledge; the loop uses it.
+from bmd_jax.models import create_model, initialized, variable_shapes
 from bmd_jax.metric_writers import MetricWriter
 
 log = logging.getLogger("bmd_jax")
@@ -46,13 +48,6 @@ class TrainState(train_state.TrainState):
 
 
 # --- model, optimizer, schedule --------------------------------------------------
-
-def create_model(config: ml_collections.ConfigDict, num_classes: int,
-                 precision: str | None = None) -> flax.linen.Module:
-  """The model named by config.model, in config.model.precision unless overridden."""
-  overrides = {} if precision is None else {"precision": precision}
-  return models.from_config(config.model, num_classes, **overrides)
-
 
 def create_learning_rate_fn(config: ml_collections.ConfigDict, steps_per_epoch: int):
   """Warm-up (optional), then cosine or linear decay to 0 over the run, or constant."""
@@ -91,20 +86,6 @@ def create_optimizer(config: ml_collections.ConfigDict, learning_rate_fn):
   else:
     raise ValueError(f"unknown optimizer {config.optimizer!r}; choose 'sgd' or 'adam'")
   return optax.chain(decay, update) if config.weight_decay else update
-
-
-def variable_shapes(model, image_shape) -> dict:
-  """{'params', 'batch_stats'} of `model` as shapes only: traced, never compiled or run."""
-  variables = jax.eval_shape(functools.partial(model.init, train=False),
-                             jax.random.PRNGKey(0), jnp.zeros((1, *image_shape), jnp.float32))
-  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-
-
-def initialized(rng, model, image_shape):
-  """(params, batch_stats) of `model` for inputs of shape image_shape (H, W, C)."""
-  variables = jax.jit(functools.partial(model.init, train=False))(
-      rng, jnp.zeros((1, *image_shape), jnp.float32))
-  return variables["params"], variables.get("batch_stats", {})
 
 
 def create_train_state(rng, config, model, image_shape, learning_rate_fn,

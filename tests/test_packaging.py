@@ -96,3 +96,14 @@ def test_main_finds_configs_from_another_folder_and_prints_them(tmp_path):
   missing = _main("--config=configs/no_such_recipe.py", f"--workdir={tmp_path}/w", cwd=tmp_path)
   assert missing.returncode == 2 and "cifar10.py" in missing.stderr
   assert "Traceback" not in missing.stderr
+
+
+def test_tools_import_no_training_code():
+  code = ("import sys\n"
+          "import bmd_jax.export, bmd_jax.analyze, bmd_jax.summary, bmd_jax.convert\n"
+          "import bmd_jax.portable_export\n"
+          "print(sorted(m for m in sys.modules if m in ('bmd_jax.train',"
+          " 'bmd_jax.input_pipeline')))")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, check=True)
+  assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -23,10 +23,12 @@ definition order (models/layer_order.py).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any, Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from bmd_jax.models.layer_order import conv_kernel_paths, kurtosis_layers
@@ -80,3 +82,24 @@ def from_config(model_config: Mapping[str, Any], num_classes: int, **overrides) 
   if isinstance(fields.get("dtype"), str):
     fields["dtype"] = jnp.dtype(fields["dtype"])
   return get_model(name, num_classes=num_classes, **fields)
+
+
+def create_model(config, num_classes: int, precision: str | None = None) -> nn.Module:
+  """The model a run's config names (config.model), in config.model.precision unless
+  `precision` overrides it."""
+  overrides = {} if precision is None else {"precision": precision}
+  return from_config(config.model, num_classes, **overrides)
+
+
+def variable_shapes(model: nn.Module, image_shape) -> dict:
+  """{'params', 'batch_stats'} of `model` as shapes only: traced, never compiled or run."""
+  variables = jax.eval_shape(functools.partial(model.init, train=False),
+                             jax.random.PRNGKey(0), jnp.zeros((1, *image_shape), jnp.float32))
+  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def initialized(rng, model: nn.Module, image_shape):
+  """(params, batch_stats) of `model` for inputs of shape image_shape (H, W, C)."""
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      rng, jnp.zeros((1, *image_shape), jnp.float32))
+  return variables["params"], variables.get("batch_stats", {})
