@@ -108,7 +108,8 @@ def _console_line(step: int, epoch: float, metrics: Mapping[str, float],
 
 def _hparams(config, stage: str) -> dict:
   """The stage's config as flat TensorBoard hparams: numbers, strings and booleans as they
-  are, anything else (tuples, None) as its text."""
+  are, anything else (tuples, None) as its text. stage_overrides is left out: the stage's
+  config has its own already applied, and the others' would only crowd the table."""
   flat = {"stage": stage}
   def visit(prefix, value):
     if hasattr(value, "items"):
@@ -117,7 +118,9 @@ def _hparams(config, stage: str) -> dict:
     else:
       kept = isinstance(value, (bool, int, float, str))
       flat[prefix[:-1]] = value if kept else str(value)
-  visit("", config.to_dict() if hasattr(config, "to_dict") else config)
+  fields = dict(config.to_dict() if hasattr(config, "to_dict") else config)
+  fields.pop("stage_overrides", None)
+  visit("", fields)
   return flat
 
 

@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from bmd_jax import config_files, metric_writers, run_record, train
@@ -70,6 +71,19 @@ def test_log_lines_are_written_above_the_bar(monkeypatch, capsys):
   pieces = re.split(r"[\r\n]", capsys.readouterr().err)
   # Written through the bar, the line would continue the bar's own text ("... 3/10 [...]a line").
   assert "a line between updates" in pieces
+
+
+def test_without_tensorboardx_the_rest_is_still_written(monkeypatch, tmp_path):
+  monkeypatch.setitem(sys.modules, "tensorboardX", None)  # import fails, as on the GPU machine
+  writer = metric_writers.MetricWriter(str(tmp_path))
+  writer.start_stage("step1", _digits_config(4), total_steps=4, first_step=0)
+  writer.write(2, 0.1, {"stage": "step1", "train/loss": 1.0})
+  writer.histograms(2, "step1", {"conv1": {"latent_kernel": np.ones((3, 3, 1, 2))}},
+                    ["conv1/latent_kernel"])
+  writer.checkpoint_saved("step1", 2, str(tmp_path / "checkpoints"), finished=True)
+  writer.end_stage("step1", 4, {"eval/accuracy": 0.5}, "kept")
+  writer.close()
+  assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl"]
 
 
 # --- the run record --------------------------------------------------------------------------
@@ -162,6 +176,7 @@ def test_each_stage_has_its_own_tensorboard_run(two_stage_run):
     precision = "binary_activations" if stage == "step1" else "binary"
     assert hp["model.precision"].string_value == precision
     assert hp["learning_rate"].number_value == config.learning_rate
+    assert not [name for name in hp if name.startswith("stage_overrides")]
 
 
 @pytest.mark.slow
