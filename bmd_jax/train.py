@@ -470,7 +470,8 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
   writer.histograms(first_step, stage, state.params, kurtosis_layers)
   # Every way out of the loop (the end, an error, SIGTERM, Ctrl-C) settles the in-flight
   # save first, so the checkpoint a message names is the one on disk.
-  with _SigtermFlag() as sigterm, metric_writers.progress_bar(total_steps, first_step, stage) as bar, \
+  with _SigtermFlag() as sigterm, \
+       metric_writers.progress_bar(total_steps, first_step, stage) as bar, \
        _saves_settled_on_exit(manager, workdir, stage):
     for step in range(first_step, total_steps):
       batch = train_input.batch(step)
