@@ -1,19 +1,29 @@
 """Where metrics go: metrics.jsonl in the workdir, the console, TensorBoard event files.
 
 Only process 0 writes (every process computes the same global metrics). TensorBoard files
-are written with tensorboardX, so no TensorFlow import is needed.
+are written with tensorboardX, so no TensorFlow import is needed: one run per stage
+(<workdir>/tensorboard/<stage>), with the stage's config as hparams and histograms of the
+regularized layers' latent weights. On a terminal a tqdm bar shows progress and log lines are
+written around it; elsewhere (SLURM, nohup, a pod's log) each line says how far the stage is
+and its ETA.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import logging
 import math
 import os
 import sys
-from typing import Mapping
+import time
+from typing import Mapping, Sequence
 
 import jax
+import numpy as np
+import tqdm
+from tqdm.contrib import logging as tqdm_logging
 
 log = logging.getLogger("bmd_jax")
 
@@ -36,20 +46,104 @@ CONSOLE_KEYS = ("train/loss", "train/ce", "train/kurtosis", "train/wdm", "train/
                 "train/images_per_second", "eval/loss", "eval/accuracy")
 
 
-def _console_line(step: int, epoch: float, metrics: Mapping[str, float]) -> str:
+def interactive() -> bool:
+  """A person watches a terminal: the progress bar shows there (process 0 only)."""
+  return sys.stderr.isatty() and jax.process_index() == 0
+
+
+def _console_loggers() -> list[logging.Logger]:
+  """The loggers that print bmd_jax's lines to the console (tqdm must write those)."""
+  def prints(logger):
+    return any(isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)
+               for h in logger.handlers)
+  return [logger for logger in (log, logging.root) if prints(logger)]
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, initial: int, stage: str):
+  """A tqdm bar on an interactive terminal, with log lines written above it rather than into
+  it; disabled elsewhere, where the log lines carry percent done and ETA instead."""
+  shown = interactive()
+  with contextlib.ExitStack() as stack:
+    bar = stack.enter_context(tqdm.tqdm(total=total, initial=initial, desc=stage,
+                                        disable=not shown, dynamic_ncols=True))
+    if shown:
+      stack.enter_context(tqdm_logging.logging_redirect_tqdm(loggers=_console_loggers()))
+    yield bar
+
+
+class StageProgress:
+  """Percent done and ETA of a stage. The pace is measured from the first logged step on:
+  the steps before it paid for compilation, which the remaining ones will not."""
+
+  def __init__(self, total_steps: int, first_step: int):
+    self.total = total_steps
+    self._start = (first_step, time.time())
+    self._first_event = None
+
+  def describe(self, step: int) -> str:
+    now = time.time()
+    if self._first_event is None:
+      self._first_event = (step, now)
+    since = self._first_event if step > self._first_event[0] else self._start
+    percent = 100.0 * step / max(self.total, 1)
+    if step >= self.total:
+      eta = "done"
+    elif step > since[0]:
+      seconds = (self.total - step) * (now - since[1]) / (step - since[0])
+      eta = "ETA " + str(datetime.timedelta(seconds=round(seconds)))
+    else:
+      eta = "ETA unknown"
+    return f"step {step}/{self.total} ({percent:.1f}%, {eta},"
+
+
+def _console_line(step: int, epoch: float, metrics: Mapping[str, float],
+                  progress: StageProgress | None = None) -> str:
   parts = [f"{k.split('/')[-1] if k.startswith('train/') else k}={metrics[k]:.4g}"
            for k in CONSOLE_KEYS if k in metrics]
-  return f"step {step} (epoch {epoch:.2f}): " + " ".join(parts)
+  where = f"step {step} (" if progress is None else progress.describe(step) + " "
+  where += f"epoch {epoch:.2f})"
+  return f"{where}: " + " ".join(parts)
+
+
+def _hparams(config, stage: str) -> dict:
+  """The stage's config as flat TensorBoard hparams: numbers, strings and booleans as they
+  are, anything else (tuples, None) as its text. stage_overrides is left out: the stage's
+  config has its own already applied, and the others' would only crowd the table."""
+  flat = {"stage": stage}
+  def visit(prefix, value):
+    if hasattr(value, "items"):
+      for k, v in value.items():
+        visit(f"{prefix}{k}.", v)
+    else:
+      kept = isinstance(value, (bool, int, float, str))
+      flat[prefix[:-1]] = value if kept else str(value)
+  fields = dict(config.to_dict() if hasattr(config, "to_dict") else config)
+  fields.pop("stage_overrides", None)
+  visit("", fields)
+  return flat
+
+
+# The metrics the HParams dashboard shows beside each stage's config.
+HPARAM_METRICS = ("eval/accuracy", "eval/loss", "train/loss", "train/accuracy")
 
 
 class MetricWriter:
-  """Writes one event (step, epoch, scalars) to every sink; a no-op on processes other than 0."""
+  """Writes one event (step, epoch, scalars) to every sink; a no-op on processes other than 0.
+
+  `start_stage` opens the stage's TensorBoard run and its progress clock; events labelled
+  with that stage go there.
+  """
 
   def __init__(self, workdir: str, tensorboard: bool = True, console: bool = True):
     self.active = jax.process_index() == 0
     self.console = console
+    self.workdir = workdir
     self._jsonl = None
-    self._tb = None
+    self._summary_writer = None
+    self._tb = {}  # stage -> its SummaryWriter
+    self._progress = {}  # stage -> StageProgress
+    self._warned_histograms = False
     if not self.active:
       return
     os.makedirs(workdir, exist_ok=True)
@@ -61,7 +155,29 @@ class MetricWriter:
         log.warning("tensorboardX is not installed: no TensorBoard event files "
                     "(metrics.jsonl and the console still get every metric)")
       else:
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._summary_writer = SummaryWriter
+
+  def _stage_tb(self, stage: str):
+    """The stage's TensorBoard run, <workdir>/tensorboard/<stage>: each stage counts its own
+    steps from 0, so stages sharing one run would draw over each other."""
+    if self._summary_writer is None:
+      return None
+    if stage not in self._tb:
+      self._tb[stage] = self._summary_writer(os.path.join(self.workdir, "tensorboard", stage))
+    return self._tb[stage]
+
+  def start_stage(self, stage: str, config, total_steps: int, first_step: int) -> None:
+    """Starts the stage's progress clock and records its config as TensorBoard hparams."""
+    if not self.active:
+      return
+    self._progress[stage] = StageProgress(total_steps, first_step)
+    tb = self._stage_tb(stage)
+    if tb is not None:
+      from tensorboardX.summary import hparams
+      experiment, session_start, _ = hparams(_hparams(config, stage),
+                                             dict.fromkeys(HPARAM_METRICS, 0.0))
+      tb.file_writer.add_summary(experiment, first_step)
+      tb.file_writer.add_summary(session_start, first_step)
 
   def write(self, step: int, epoch: float, metrics: Mapping[str, float]) -> None:
     if not self.active:
@@ -72,15 +188,71 @@ class MetricWriter:
     # JSON has no NaN/inf; write them as strings so the line stays valid JSON.
     record.update({k: v if math.isfinite(v) else str(v) for k, v in scalars.items()})
     self._jsonl.write(json.dumps(record) + "\n")
-    if self._tb is not None:
+    stage = labels.get("stage", "")
+    tb = self._stage_tb(stage)
+    if tb is not None:
       for k, v in scalars.items():
-        self._tb.add_scalar(k, v, int(step))
+        tb.add_scalar(k, v, int(step))
     if self.console:
       prefix = "".join(f"[{v}] " for v in labels.values())
-      log.info(prefix + _console_line(step, epoch, scalars))
+      # On a terminal the bar shows progress; a log file needs it in the line itself.
+      progress = None if interactive() else self._progress.get(stage)
+      log.info(prefix + _console_line(step, epoch, scalars, progress))
+
+  def histograms(self, step: int, stage: str, params, paths: Sequence[str]) -> None:
+    """Histograms of the latent weights at `paths` (the regularized layers): how their
+    distribution turns bi-modal over training, BD-BNN's central picture."""
+    tb = self._stage_tb(stage) if self.active else None
+    if tb is None:
+      return
+    from bmd_jax import losses  # pylint: disable=import-outside-toplevel
+    for path, weights in losses.kernels_at(params, paths).items():
+      values = _on_host(weights)
+      if values is None:
+        self._warn_not_addressable()
+        continue
+      tb.add_histogram(f"latent_weights/{path}", values.ravel(), int(step))
+
+  def _warn_not_addressable(self) -> None:
+    if not self._warned_histograms:
+      self._warned_histograms = True
+      log.warning("latent-weight histograms skipped for layers split over several hosts "
+                  "(config.fsdp): process 0 holds only part of them")
+
+  def checkpoint_saved(self, stage: str, step: int, directory: str, finished: bool) -> None:
+    """A line once a save is issued; `finished` only when the save has been waited for."""
+    if self.active and self.console:
+      how = "saved" if finished else "save started (asynchronous)"
+      log.info("[%s] checkpoint of step %d %s in %s", stage, step, how, directory)
+
+  def end_stage(self, stage: str, step: int, eval_metrics: Mapping[str, float],
+                kept: str) -> None:
+    """The stage's closing line (its final evaluation, the checkpoint kept) and, in
+    TensorBoard, the end of its hparams session."""
+    if not self.active:
+      return
+    if self.console:
+      final = " ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items()) or "no evaluation"
+      log.info("[%s] stage finished at step %d: %s; %s", stage, step, final, kept)
+    tb = self._stage_tb(stage)
+    if tb is not None:
+      from tensorboardX.summary import hparams
+      _, _, session_end = hparams({}, {})
+      tb.file_writer.add_summary(session_end, int(step))
+      tb.flush()
 
   def close(self) -> None:
     if self._jsonl is not None:
       self._jsonl.close()
-    if self._tb is not None:
-      self._tb.close()
+    for tb in self._tb.values():
+      tb.close()
+    self._tb = {}
+
+
+def _on_host(array) -> np.ndarray | None:
+  """The whole array as numpy on this host, or None where this host holds only a part."""
+  if isinstance(array, jax.Array) and not array.is_fully_addressable:
+    if not array.is_fully_replicated:
+      return None
+    array = array.addressable_data(0)  # any local copy of a replicated array is the whole
+  return np.asarray(jax.device_get(array), np.float32)

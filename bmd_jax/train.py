@@ -19,7 +19,6 @@ import functools
 import logging
 import math
 import signal
-import sys
 import threading
 import time
 from typing import Any
@@ -30,15 +29,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tqdm
 from flax.training import train_state
 
 from bmd_jax import checkpoint, input_pipeline, losses, models, objective, quantizers, sharding
-from bmd_jax import config_checks, workdir_lock
+from bmd_jax import config_checks, metric_writers, run_record, workdir_lock
 from bmd_jax import stages as stages_lib
 # Building a model and its variables is the models' knowledge; the loop uses it.
 from bmd_jax.models import create_model, initialized, variable_shapes
-from bmd_jax.metric_writers import MetricWriter
 
 log = logging.getLogger("bmd_jax")
 
@@ -318,12 +315,6 @@ class _SigtermFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _progress_bar(total: int, initial: int, stage: str):
-  interactive = sys.stderr.isatty() and jax.process_index() == 0
-  return tqdm.tqdm(total=total, initial=initial, desc=stage, disable=not interactive,
-                   dynamic_ncols=True)
-
-
 def _teacher_variables(config, stage, workdir, model_for_teacher, image_shape):
   """The frozen WDM teacher's {'params', 'batch_stats'} for a stage, or None without one.
 
@@ -456,9 +447,12 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
   log.info("stage %s: %s (%s) for %d steps (%.1f epochs of %d steps), from step %d", stage,
            config.model.name, config.model.precision, total_steps, total_epochs,
            steps_per_epoch, first_step)
+  writer.start_stage(stage, config, total_steps, first_step)
+  writer.histograms(first_step, stage, state.params, kurtosis_layers)
   # Every way out of the loop (the end, an error, SIGTERM, Ctrl-C) settles the in-flight
   # save first, so the checkpoint a message names is the one on disk.
-  with _SigtermFlag() as sigterm, _progress_bar(total_steps, first_step, stage) as bar, \
+  with _SigtermFlag() as sigterm, \
+       metric_writers.progress_bar(total_steps, first_step, stage) as bar, \
        _saves_settled_on_exit(manager, workdir, stage):
     for step in range(first_step, total_steps):
       batch = train_input.batch(step)
@@ -485,11 +479,14 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
           or sigterm.received):
         _check_finite(history)  # never save a state that came from a non-finite step
         _check_state_finite(state, done)
-        checkpoint.save(manager, done, state, train_iter, meta,
-                        wait=sigterm.received or done == total_steps)
+        wait = sigterm.received or done == total_steps
+        checkpoint.save(manager, done, state, train_iter, meta, wait=wait)
+        writer.checkpoint_saved(stage, done, str(manager.directory), finished=wait)
       if done % eval_every == 0 or done == total_steps:
         eval_metrics = evaluate(p_eval_step, state, config, datasets, mesh)
         writer.write(done, done / steps_per_epoch, {"stage": stage, **eval_metrics})
+      if epoch_end or done == total_steps:
+        writer.histograms(done, stage, state.params, kurtosis_layers)
       if sigterm.received:
         raise Preempted(f"SIGTERM received: stage {stage} saved at step {done} in "
                         f"{checkpoint.stage_directory(workdir, stage)}; run the same command "
@@ -498,6 +495,8 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
     # A finished stage still reports its final evaluation (e.g. to a rerun of the ablation).
     log.info("stage %s: already complete (step %d); evaluating it", stage, first_step)
     eval_metrics = evaluate(p_eval_step, state, config, datasets, mesh)
+  writer.end_stage(stage, int(state.step), eval_metrics,
+                   checkpoint.kept_description(str(manager.directory)))
   return {"state": state, "eval": eval_metrics,
           "train_step_compilations": p_train_step._cache_size()}
 
@@ -520,7 +519,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if datasets is None:
     datasets = input_pipeline.create_datasets(config)
   with workdir_lock.acquire(workdir):  # one run per workdir; before anything is written
-    writer = MetricWriter(workdir)
+    run_record.write(workdir, config)
+    writer = metric_writers.MetricWriter(workdir)
     results = {}
     try:
       for stage in stages_lib.stage_list(config):
