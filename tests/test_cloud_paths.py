@@ -1,0 +1,124 @@
+"""URL workdirs (issue 16, item 1): gs:// paths stay URLs through every path operation.
+
+The stand-in for Cloud Storage is fsspec's in-memory file system registered under the gs://
+protocol, which etils.epath (the project's one path type) then uses for every gs:// path:
+nothing of it lands on the local disk. Orbax's array writes go through TensorStore, which
+this stand-in cannot reach; those run on local folders and are copied over (see `_upload`).
+"""
+
+import json
+import os
+
+import fsspec
+import numpy as np
+import pytest
+from etils import epath
+from etils.epath import backend as epath_backend
+from fsspec.implementations.memory import MemoryFileSystem
+
+from bmd_jax import checkpoint, paths, stages, workdir_lock
+
+
+class FakeGcs(MemoryFileSystem):
+  """An in-memory bucket store answering gs:// paths (its own store, not memory://'s)."""
+
+  protocol = ("gs", "gcs")
+  store: dict = {}
+  pseudo_dirs = [""]
+
+  @classmethod
+  def _strip_protocol(cls, path):
+    path = fsspec.utils.stringify_path(path)
+    for prefix in ("gs://", "gcs://"):
+      path = path.removeprefix(prefix)
+    path = path.strip("/")
+    return "/" + path if path else ""
+
+
+@pytest.fixture
+def gcs():
+  """The stand-in, empty; yields its file system."""
+  fsspec.register_implementation("gs", FakeGcs, clobber=True)
+  fsspec.register_implementation("gcs", FakeGcs, clobber=True)
+  epath_backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
+  FakeGcs.store.clear()
+  FakeGcs.pseudo_dirs[:] = [""]
+  FakeGcs.clear_instance_cache()
+  yield fsspec.filesystem("gs")
+  epath_backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
+
+
+def _no_local_gs_folder():
+  assert not os.path.exists("gs:"), "a URL was taken for a local folder"
+
+
+def test_the_stand_in_is_not_the_local_disk(gcs):
+  epath.Path("gs://b/x/y.txt").parent.mkdir(parents=True, exist_ok=True)
+  epath.Path("gs://b/x/y.txt").write_text("hi")
+  assert gcs.cat("gs://b/x/y.txt") == b"hi"
+  assert not os.path.exists("/b/x/y.txt")
+  _no_local_gs_folder()
+
+
+def test_stage_directory_keeps_a_url():
+  assert str(checkpoint.stage_directory("gs://b/w", "s")) == "gs://b/w/checkpoints/s"
+
+
+def test_stage_directory_makes_a_local_path_absolute(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert str(checkpoint.stage_directory("runs/x", "s")) == str(tmp_path / "runs/x/checkpoints/s")
+
+
+def test_resolve_keeps_urls_and_absolutises_local_paths(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert str(paths.resolve("gs://b/w")) == "gs://b/w"
+  assert str(paths.resolve("w")) == str(tmp_path / "w")
+
+
+def test_the_workdir_lock_on_a_url(gcs):
+  with workdir_lock.acquire("gs://b/runs/x") as lock:
+    assert str(lock.path) == "gs://b/runs/x/run.lock"
+    held = json.loads(gcs.cat("gs://b/runs/x/run.lock"))
+    assert held["pid"] == os.getpid()
+    with pytest.raises(workdir_lock.WorkdirLockedError, match="gs://b/runs/x"):
+      workdir_lock.acquire("gs://b/runs/x")
+  assert not gcs.exists("gs://b/runs/x/run.lock")
+  _no_local_gs_folder()
+
+
+def test_a_stale_url_lock_is_taken_over(gcs, caplog):
+  record = {"host": "elsewhere", "pid": 1, "started": 0.0, "heartbeat": 0.0}
+  gcs.pipe("gs://b/runs/x/run.lock", json.dumps(record).encode())
+  with workdir_lock.acquire("gs://b/runs/x", stale_seconds=60) as lock:
+    assert json.loads(gcs.cat("gs://b/runs/x/run.lock")) == lock.record
+  assert "took over" in caplog.text and "gs://b/runs/x/run.lock" in caplog.text
+
+
+def test_the_heartbeat_rewrites_a_url_lock(gcs):
+  import time  # pylint: disable=g-import-not-at-top
+
+  with workdir_lock.acquire("gs://b/w", heartbeat_seconds=0.05) as lock:
+    first = lock.record["heartbeat"]
+    time.sleep(0.4)
+    assert json.loads(gcs.cat("gs://b/w/run.lock"))["heartbeat"] > first
+
+
+def test_finished_steps_and_kept_description_on_a_url(gcs):
+  folder = checkpoint.stage_directory("gs://b/w", "step1")
+  for name in ("5", "10", "12.orbax-checkpoint-tmp-3"):
+    gcs.pipe(f"{folder}/{name}/meta/metadata", b"{}")
+  assert checkpoint.finished_steps(folder) == [5, 10]
+  assert checkpoint.kept_description(folder) == (
+      "the checkpoint kept is step 10 in gs://b/w/checkpoints/step1")
+  assert checkpoint.finished_steps("gs://b/w/checkpoints/none") == []
+
+
+def test_checkpoint_source_finds_a_stage_of_a_url_workdir(gcs):
+  gcs.pipe("gs://b/w/checkpoints/step1/4/state/x", b"")
+  gcs.pipe("gs://b/other/checkpoints/step1/4/state/x", b"")
+  assert stages.checkpoint_source("step1", "gs://b/w", "step2", "the teacher") == (
+      "gs://b/w/checkpoints/step1")
+  assert stages.checkpoint_source("gs://b/other/checkpoints/step1", "gs://b/w", "step2",
+                                  "the teacher") == "gs://b/other/checkpoints/step1"
+  with pytest.raises(FileNotFoundError, match="gs://b/missing"):
+    stages.checkpoint_source("gs://b/missing", "gs://b/w", "step2", "the teacher")
