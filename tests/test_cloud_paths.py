@@ -122,3 +122,110 @@ def test_checkpoint_source_finds_a_stage_of_a_url_workdir(gcs):
                                   "the teacher") == "gs://b/other/checkpoints/step1"
   with pytest.raises(FileNotFoundError, match="gs://b/missing"):
     stages.checkpoint_source("gs://b/missing", "gs://b/w", "step2", "the teacher")
+
+
+# --- export, analyze, convert and image folders on the stand-in ---------------------------------
+
+def _upload(gcs, local_workdir: str, url: str) -> None:
+  """A trained run's workdir copied into the stand-in (Orbax cannot write to it itself)."""
+  for folder, _, names in os.walk(local_workdir):
+    for name in names:
+      rel = os.path.relpath(os.path.join(folder, name), local_workdir)
+      gcs.pipe(f"{url}/{rel}", open(os.path.join(folder, name), "rb").read())
+
+
+def test_checkpoints_of_a_url_workdir_are_listed_and_their_meta_read(gcs, digits_run):
+  from bmd_jax import export  # pylint: disable=g-import-not-at-top
+
+  _, workdir = digits_run
+  _upload(gcs, workdir, "gs://b/runs/x")
+  found = export.list_checkpoints("gs://b/runs/x")
+  local = export.list_checkpoints(workdir)
+  assert {s: [c.step for c in cs] for s, cs in found.items()} == {
+      s: [c.step for c in cs] for s, cs in local.items()}
+  newest = export.choose_checkpoint("gs://b/runs/x")
+  assert newest.path.startswith("gs://b/runs/x/checkpoints/")
+  assert export.read_meta(newest)[0] == newest.stage
+  assert checkpoint.finished_steps(checkpoint.stage_directory("gs://b/runs/x", newest.stage))[
+      -1] == newest.step
+  _no_local_gs_folder()
+
+
+def test_an_export_written_to_a_url_loads_back(gcs, digits_run, tmp_path):
+  from bmd_jax import export, portable_export  # pylint: disable=g-import-not-at-top
+
+  _, workdir = digits_run
+  manifest = export.export(workdir, "gs://b/exports/digits.npz")
+  assert gcs.exists("gs://b/exports/digits.npz")
+  assert manifest["sizes"]["export_file_bytes"] == gcs.size("gs://b/exports/digits.npz")
+  export.export(workdir, str(tmp_path / "digits.npz"))
+  remote, local = export.load("gs://b/exports/digits.npz"), export.load(tmp_path / "digits.npz")
+  images = np.random.default_rng(0).normal(size=(4, *remote.manifest["input_shape"]))
+  np.testing.assert_array_equal(remote.predict(images), local.predict(images))
+
+  portable_export.write(remote, "gs://b/exports/digits.stablehlo",
+                        export.normalization(remote.manifest))
+  import jax  # pylint: disable=g-import-not-at-top
+
+  program = jax.export.deserialize(bytearray(gcs.cat("gs://b/exports/digits.stablehlo")))
+  np.testing.assert_allclose(program.call(np.float32(images)), local.predict(images),
+                             rtol=1e-5, atol=1e-5)
+  assert json.loads(gcs.cat("gs://b/exports/digits.stablehlo.json"))["model"] == "small_cnn"
+  _no_local_gs_folder()
+
+
+def test_analyze_writes_its_figures_and_table_to_a_url(gcs, digits_run):
+  from bmd_jax import analyze  # pylint: disable=g-import-not-at-top
+
+  _, workdir = digits_run
+  record = analyze.analyze(workdir, out="gs://b/analysis")
+  assert all(f.startswith("gs://b/analysis/") for f in record["figures"])
+  assert gcs.cat("gs://b/analysis/kurtosis.png")[:8] == b"\x89PNG\r\n\x1a\n"
+  assert json.loads(gcs.cat("gs://b/analysis/analysis.json"))["layers"] == record["layers"]
+  assert gcs.cat("gs://b/analysis/analysis.md").decode().startswith("|")
+  _no_local_gs_folder()
+
+
+def test_convert_reads_a_state_dict_from_a_url(gcs):
+  import io  # pylint: disable=g-import-not-at-top
+
+  from bmd_jax import convert  # pylint: disable=g-import-not-at-top
+
+  buffer = io.BytesIO()
+  np.savez(buffer, **{"module.fc.weight": np.ones((2, 3)), "module.bn.num_batches_tracked": 1})
+  gcs.pipe("gs://b/sd.npz", buffer.getvalue())
+  assert list(convert.read_state_dict("gs://b/sd.npz")) == ["fc.weight"]
+
+
+def _png(gcs, url: str, colour=(200, 10, 10)) -> None:
+  import io  # pylint: disable=g-import-not-at-top
+
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  buffer = io.BytesIO()
+  Image.new("RGB", (5, 4), colour).save(buffer, "PNG")
+  gcs.pipe(url, buffer.getvalue())
+
+
+def test_an_image_folder_at_a_url(gcs):
+  from bmd_jax.data import image_folder  # pylint: disable=g-import-not-at-top
+
+  for split in ("train", "val"):
+    _png(gcs, f"gs://b/data/{split}/cat/a.png")
+    _png(gcs, f"gs://b/data/{split}/dog/b.png", (0, 0, 255))
+  _png(gcs, "gs://b/data/train/dog/more/c.png")  # nested folders are read too
+  gcs.pipe("gs://b/data/train/dog/notes.txt", b"not an image")
+  gcs.pipe("gs://b/data/train/dog/broken.png", b"not a png")
+  train, evaluation = image_folder.image_folder_sources("gs://b/data", skip_unreadable=True)
+  assert train.classes == evaluation.classes == ["cat", "dog"]
+  assert [train.path(i) for i in range(len(train))] == [
+      "gs://b/data/train/cat/a.png", "gs://b/data/train/dog/b.png",
+      "gs://b/data/train/dog/more/c.png"]
+  assert [p for p, _ in train.skipped] == ["gs://b/data/train/dog/broken.png"]
+  item = train[1]
+  assert item["image"].shape == (4, 5, 3) and item["label"] == 1
+  assert tuple(item["image"][0, 0]) == (0, 0, 255)
+  assert len(evaluation) == 2
+  with pytest.raises(FileNotFoundError, match="gs://b/nothing"):
+    image_folder.image_folder_sources("gs://b/nothing")
+  _no_local_gs_folder()
