@@ -313,3 +313,17 @@ def test_a_run_with_its_workdir_on_a_gcs_emulator(gcs_emulator, tmp_path):
   assert got["figures"] == ["gs://bmd-test/runs/x/analysis/hist_train.png",
                             "gs://bmd-test/runs/x/analysis/kurtosis.png"]
   assert not got["local_gs_folder"] and sorted(os.listdir(run_dir)) == ["m"]
+
+
+def test_data_dir_auto_finds_an_image_folder_at_a_url(gcs, monkeypatch):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+
+  from bmd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+
+  for split in ("train", "val"):
+    _png(gcs, f"gs://b/data/{split}/cat/a.png")
+  seen = []
+  monkeypatch.setattr(input_pipeline, "_image_folder", seen.append)
+  config = ml_collections.ConfigDict({"data_dir": "gs://b/data", "tfds_name": "x"})
+  input_pipeline._auto(config)  # pylint: disable=protected-access
+  assert seen == [config]
