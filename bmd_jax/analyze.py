@@ -29,6 +29,7 @@ workdir and must be given for several.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -36,7 +37,8 @@ import jax
 import matplotlib
 import numpy as np
 
-from bmd_jax import checkpoint, export, layers, losses, models, objective, packed, stages
+from bmd_jax import (checkpoint, export, layers, losses, models, objective, packed, paths,
+                     stages)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -271,10 +273,12 @@ def kurtosis_figure(runs: list[dict]):
   return fig
 
 
-def _save(fig, path: str, dpi: int) -> str:
-  fig.savefig(path, dpi=dpi)
+def _save(fig, path: paths.PathLike, dpi: int) -> str:
+  buffer = io.BytesIO()  # matplotlib writes local files only; a URL takes the bytes
+  fig.savefig(buffer, dpi=dpi, format="png")
   plt.close(fig)
-  return path
+  paths.resolve(path).write_bytes(buffer.getvalue())
+  return str(path)
 
 
 def markdown_table(table: list[dict]) -> str:
@@ -310,23 +314,22 @@ def analyze(workdirs, out: str | None = None, near_zero: float = 0.1,
   if out is None:
     if len(workdirs) > 1:
       raise ValueError("several workdirs need --out, the folder of the comparison")
-    out = os.path.join(workdirs[0], "analysis")
-  os.makedirs(out, exist_ok=True)
+    out = paths.resolve(workdirs[0]) / "analysis"
+  out = paths.resolve(out)
+  out.mkdir(parents=True, exist_ok=True)
   runs = [load_run(w, label) for w, label in zip(workdirs, run_labels(workdirs, labels))]
   table = [{"run": run["label"], "stage": stage, "layer": layer, **layer_row(
       weights["start"][layer], weights["end"][layer], weights["config"].model.scale_mode,
       near_zero)}
            for run in runs for stage, weights in run["stages"].items() for layer in weights["end"]]
-  figures = [_save(histogram_figure(runs, stage), os.path.join(out, f"hist_{stage}.png"), dpi)
+  figures = [_save(histogram_figure(runs, stage), out / f"hist_{stage}.png", dpi)
              for stage in _stage_names(runs)]
-  figures.append(_save(kurtosis_figure(runs), os.path.join(out, "kurtosis.png"), dpi))
+  figures.append(_save(kurtosis_figure(runs), out / "kurtosis.png", dpi))
   record = {"near_zero": near_zero, "layers": table, "figures": figures,
-            "runs": {run["label"]: {"workdir": os.path.abspath(run["workdir"]), "stages": {
+            "runs": {run["label"]: {"workdir": str(paths.resolve(run["workdir"])), "stages": {
                 stage: _stage_info(w) for stage, w in run["stages"].items()}} for run in runs}}
-  with open(os.path.join(out, "analysis.json"), "w") as f:
-    json.dump(record, f, indent=1)
-  with open(os.path.join(out, "analysis.md"), "w") as f:
-    f.write(markdown_table(table) + "\n")
+  (out / "analysis.json").write_text(json.dumps(record, indent=1))
+  (out / "analysis.md").write_text(markdown_table(table) + "\n")
   return record
 
 

@@ -14,19 +14,22 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import os
 from typing import Any
 
 import jax
 import jax.experimental.multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+from bmd_jax import paths
 
 log = logging.getLogger("bmd_jax")
 
 
-def stage_directory(workdir: str, stage: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints", stage)
+def stage_directory(workdir: paths.PathLike, stage: str) -> epath.Path:
+  """``<workdir>/checkpoints/<stage>``; a URL workdir (gs://...) stays a URL."""
+  return paths.resolve(workdir) / "checkpoints" / stage
 
 
 def create_manager(workdir: str, stage: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
@@ -54,15 +57,16 @@ class CheckpointWriteError(OSError):
   """A checkpoint could not be written (e.g. the disk is full); names what was kept."""
 
 
-def finished_steps(directory: str) -> list[int]:
+def finished_steps(directory: paths.PathLike) -> list[int]:
   """Steps of the complete checkpoints in a stage folder, oldest first. Orbax renames a
   save's temporary folder to its step only once every part is written."""
-  if not os.path.isdir(directory):
+  directory = epath.Path(directory)
+  if not directory.is_dir():
     return []
-  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+  return sorted(int(d.name) for d in directory.iterdir() if d.name.isdigit())
 
 
-def kept_description(directory: str) -> str:
+def kept_description(directory: paths.PathLike) -> str:
   steps = finished_steps(directory)
   if not steps:
     return f"no checkpoint was kept in {directory}"
@@ -94,7 +98,7 @@ def disk_full(error: BaseException) -> OSError | None:
   return None
 
 
-def write_failure(error: BaseException, directory: str) -> CheckpointWriteError:
+def write_failure(error: BaseException, directory: paths.PathLike) -> CheckpointWriteError:
   """One line for a checkpoint that could not be written: the path, the cause, what is kept."""
   cause = disk_full(error)
   where = getattr(cause, "filename", None) or directory
@@ -221,9 +225,9 @@ def _set_aside(manager: ocp.CheckpointManager, damaged: list) -> None:
   """Renames damaged step folders (process 0) once an older one is restored, so that their
   steps can be written again, and says so."""
   for step, error in damaged:
-    folder = os.path.join(str(manager.directory), str(step))
+    folder = epath.Path(manager.directory) / str(step)
     if jax.process_index() == 0:
-      os.rename(folder, f"{folder}.damaged")
+      folder.rename(f"{folder}.damaged")
     log.warning("checkpoint %s is damaged (%s); moved to %s.damaged and resumed from the "
                 "newest readable one", folder, _first_line(error), folder)
   jax.experimental.multihost_utils.sync_global_devices("damaged checkpoints set aside")
@@ -248,7 +252,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   """
   damaged = []
   for step in sorted(manager.all_steps(), reverse=True):
-    where = os.path.join(str(manager.directory), str(step))
+    where = str(epath.Path(manager.directory) / str(step))
     try:
       meta = _read_meta(manager, step)
     except Exception as e:  # pylint: disable=broad-except  (whatever a damaged file raises)
@@ -273,7 +277,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
       _set_aside(manager, damaged)
     return restored.state, restored.meta
   if damaged:
-    listed = "; ".join(f"{os.path.join(str(manager.directory), str(step))} ({_first_line(e)})"
+    listed = "; ".join(f"{epath.Path(manager.directory) / str(step)} ({_first_line(e)})"
                        for step, e in damaged)
     raise CheckpointDamagedError(
         f"no checkpoint of stage folder {manager.directory} can be read: {listed}. Move these "
@@ -285,7 +289,7 @@ def abstract_like(tree: Any) -> Any:
   return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def load_variables(path: str, expected: dict, what: str = "teacher checkpoint") -> dict:
+def load_variables(path: paths.PathLike, expected: dict, what: str = "teacher checkpoint") -> dict:
   """{'params', 'batch_stats'} of the newest checkpoint under `path`, checked against `expected`.
 
   `path` is a stage's checkpoint folder (``<workdir>/checkpoints/<stage>``) or one step's
@@ -293,25 +297,25 @@ def load_variables(path: str, expected: dict, what: str = "teacher checkpoint") 
   variables); a mismatch is an error naming the first differing parameter. `what` names the
   checkpoint's role in messages ('teacher checkpoint', 'init_from checkpoint').
   """
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
+  path = paths.resolve(path)
+  if not path.is_dir():
     raise FileNotFoundError(f"{what} {path} does not exist; give a stage's "
                             "checkpoint folder, e.g. <workdir>/checkpoints/step1")
   step_dir = path
-  if not os.path.isdir(os.path.join(path, "state")):
-    steps = [int(d) for d in os.listdir(path) if d.isdigit()
-             and os.path.isdir(os.path.join(path, d, "state"))]
+  if not (path / "state").is_dir():
+    steps = [int(d.name) for d in path.iterdir() if d.name.isdigit()
+             and (d / "state").is_dir()]
     if not steps:
       raise FileNotFoundError(f"{what} {path} holds no checkpoint; give a stage's checkpoint "
                               "folder, e.g. <workdir>/checkpoints/step1")
-    step_dir = os.path.join(path, str(max(steps)))
-  raw = read_state(os.path.join(step_dir, "state"))
+    step_dir = path / str(max(steps))
+  raw = read_state(step_dir / "state")
   variables = {"params": raw["params"], "batch_stats": raw.get("batch_stats", {})}
   _check_shapes(expected, variables, f"{what} {step_dir}")
   return jax.tree_util.tree_map(np.asarray, variables)
 
 
-def read_state(path: str) -> dict:
+def read_state(path: paths.PathLike) -> dict:
   """A saved train state as host numpy arrays, whatever device layout it was saved from
   (8 devices, several processes, FSDP): restored onto this process's first device."""
   checkpointer = ocp.StandardCheckpointer()

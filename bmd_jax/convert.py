@@ -32,6 +32,7 @@ Adding an original is one function listing its keys and one SOURCES entry.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import re
@@ -44,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from bmd_jax import models
+from bmd_jax import models, paths
 
 STEP = 0  # the step folder a converted checkpoint is stored under
 # (kind, bmd_jax path); kinds: conv, dense, vector (see _to_bmd_jax).
@@ -55,9 +56,10 @@ Target = tuple[str, str]
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
   """The tensors of a .pth file, or of a .npz holding a state dict (numpy.savez of its tensors,
-  read without PyTorch), as numpy arrays (see `tensors_of`)."""
+  read without PyTorch), as numpy arrays (see `tensors_of`). `path` may be a URL (gs://...)."""
+  source = io.BytesIO(paths.resolve(path).read_bytes()) if paths.is_url(path) else path
   if path.endswith(".npz"):
-    with np.load(path) as archive:
+    with np.load(source) as archive:
       return tensors_of({k: archive[k] for k in archive.files})
   try:
     import torch  # pylint: disable=g-import-not-at-top
@@ -66,7 +68,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
         "reading a PyTorch .pth file needs PyTorch: pip install -e '.[convert]' (or pip "
         "install torch; the CPU build is enough), or save the state dict where PyTorch is as "
         "numpy.savez('f.npz', **{k: v.numpy() for k, v in state_dict.items()})") from None
-  obj = torch.load(path, map_location="cpu", weights_only=True)
+  obj = torch.load(source, map_location="cpu", weights_only=True)
   return tensors_of(_state_dict_of(obj))
 
 
@@ -338,14 +340,13 @@ def _describe(fields: Mapping[str, Any]) -> str:
 def write(out: str, variables: dict, record: dict) -> None:
   """Writes `variables` as ``out/0/state`` (what checkpoint.load_variables reads) and `record`
   as ``out/conversion.json``."""
-  out = os.path.abspath(out)  # Orbax wants absolute paths
-  if os.path.exists(out) and os.listdir(out):
+  out = paths.resolve(out)  # Orbax wants absolute paths (or URLs)
+  if out.exists() and any(out.iterdir()):
     raise FileExistsError(f"{out} exists and is not empty: give a new folder as --out")
-  os.makedirs(out, exist_ok=True)
+  out.mkdir(parents=True, exist_ok=True)
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.join(out, str(STEP), "state"), variables)
-  with open(os.path.join(out, "conversion.json"), "w") as f:
-    f.write(json.dumps(record, indent=2) + "\n")
+    checkpointer.save(out / str(STEP) / "state", variables)
+  (out / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def convert_file(source_name: str, state_dict_path: str, out: str) -> dict:

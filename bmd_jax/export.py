@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import json
 import math
 import os
@@ -41,8 +42,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
-from bmd_jax import layers, models, packed, summary
+from bmd_jax import layers, models, packed, paths, summary
 
 FORMAT = "bmd_jax.packed/1"
 BIT_CONVENTION = ("bit 1 = -1, bit 0 = +1 (sign(0) = +1); little-endian in uint32 words along "
@@ -56,21 +58,21 @@ BIT_CONVENTION = ("bit 1 = -1, bit 0 = +1 (sign(0) = +1); little-endian in uint3
 class Checkpoint:
   stage: str
   step: int
-  path: str  # the step's folder
+  path: str  # the step's folder (a local path or a URL)
 
 
-def list_checkpoints(workdir: str) -> dict[str, list[Checkpoint]]:
+def list_checkpoints(workdir: paths.PathLike) -> dict[str, list[Checkpoint]]:
   """{stage: its finished checkpoints by step} of ``<workdir>/checkpoints``."""
-  root = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(root):
+  root = paths.resolve(workdir) / "checkpoints"
+  if not root.is_dir():
     raise FileNotFoundError(f"{root} does not exist: --workdir must be a training run's "
                             "workdir (python -m bmd_jax.main ... --workdir=W)")
   found = {}
-  for stage in sorted(os.listdir(root)):
-    steps = sorted(int(d) for d in os.listdir(os.path.join(root, stage))
-                   if d.isdigit() and os.path.isdir(os.path.join(root, stage, d, "state")))
+  for stage in sorted(d.name for d in root.iterdir()):
+    steps = sorted(int(d.name) for d in (root / stage).iterdir()
+                   if d.name.isdigit() and (d / "state").is_dir())
     if steps:
-      found[stage] = [Checkpoint(stage, s, os.path.join(root, stage, str(s))) for s in steps]
+      found[stage] = [Checkpoint(stage, s, str(root / stage / str(s))) for s in steps]
   if not found:
     raise FileNotFoundError(f"no finished checkpoint in {root}")
   return found
@@ -78,14 +80,13 @@ def list_checkpoints(workdir: str) -> dict[str, list[Checkpoint]]:
 
 def read_meta(ckpt: Checkpoint) -> tuple[str, ml_collections.ConfigDict]:
   """(stage, config) recorded with a checkpoint."""
-  with open(os.path.join(ckpt.path, "meta", "metadata")) as f:
-    meta = json.load(f)
+  meta = json.loads((epath.Path(ckpt.path) / "meta" / "metadata").read_text())
   return meta["stage"], ml_collections.ConfigDict(json.loads(meta["config"]))
 
 
 def read_variables(ckpt: Checkpoint) -> dict:
   """{'params', 'batch_stats'} of a checkpoint as numpy arrays."""
-  raw = ocp.StandardCheckpointer().restore(os.path.join(ckpt.path, "state"))
+  raw = ocp.StandardCheckpointer().restore(epath.Path(ckpt.path) / "state")
   return jax.tree_util.tree_map(np.asarray, {"params": raw["params"],
                                              "batch_stats": raw.get("batch_stats", {})})
 
@@ -136,7 +137,17 @@ def _nbytes(tree) -> int:
 
 
 def _directory_bytes(path: str) -> int:
+  if paths.is_url(path):  # os.walk cannot list a bucket; a state folder holds few files
+    return sum(f.stat().length for f in _files_under(epath.Path(path)))
   return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def _files_under(path: epath.Path):
+  for folder in path.iterdir():
+    if folder.is_dir():
+      yield from _files_under(folder)
+    else:
+      yield folder
 
 
 # --- packing a model --------------------------------------------------------------------------
@@ -221,13 +232,15 @@ def export(workdir: str, out: str, stage: str | None = None, step: int | None = 
           "binary_weights_packed_bytes": words_bytes,
           "binary_scale_shift_bytes": affine_bytes,
           "checkpoint_variables_float32_bytes": _nbytes(variables),
-          "checkpoint_state_dir_bytes": _directory_bytes(os.path.join(ckpt.path, "state")),
+          "checkpoint_state_dir_bytes": _directory_bytes(str(epath.Path(ckpt.path) / "state")),
       },
   }
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  path = out if out.endswith(".npz") else out + ".npz"
-  np.savez(path, manifest=np.array(json.dumps(manifest)), **arrays)
-  manifest["sizes"]["export_file_bytes"] = os.path.getsize(path)
+  path = paths.resolve(out if out.endswith(".npz") else out + ".npz")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  buffer = io.BytesIO()  # np.savez wants a local file or a seekable stream; a URL has neither
+  np.savez(buffer, manifest=np.array(json.dumps(manifest)), **arrays)
+  path.write_bytes(buffer.getvalue())
+  manifest["sizes"]["export_file_bytes"] = len(buffer.getvalue())
   return manifest
 
 
@@ -256,10 +269,8 @@ def normalization(manifest: dict) -> dict:
 
 def _check_out(out: str) -> None:
   """`out`'s folder must be a folder or creatable: no file along its path."""
-  probe = os.path.dirname(os.path.abspath(out))
-  while probe and not os.path.exists(probe):
-    probe = os.path.dirname(probe)
-  if probe and not os.path.isdir(probe):
+  probe = paths.blocking_file(paths.resolve(out).parent)
+  if probe is not None:
     raise NotADirectoryError(f"--out {out}: {probe} is a file, so the export cannot be written "
                              "under it; give a path in a folder")
 
@@ -349,7 +360,7 @@ def _read_arrays(path: str, data, expected: dict) -> dict:
 def load(path: str) -> Exported:
   """The export at `path`, every array checked against the manifest (no pickle is read)."""
   try:
-    data = np.load(path)
+    data = np.load(io.BytesIO(paths.resolve(path).read_bytes()))
   except (zipfile.BadZipFile, EOFError, ValueError) as e:
     raise ExportFileError(f"{path} is not a readable export ({type(e).__name__}: {e}); it is "
                           "empty, truncated or of another kind: re-export it") from None

@@ -34,6 +34,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import flags, logging
+from etils import epath
 
 from bmd_jax import sharding
 from bmd_jax.data import digits, image_folder, in_memory, on_device
@@ -98,9 +99,10 @@ def _tfds(config: ml_collections.ConfigDict) -> Datasets:
 
 
 def _auto(config: ml_collections.ConfigDict) -> Datasets:
-  if config.data_dir and os.path.isdir(os.path.join(config.data_dir, "train")):
+  # epath, so that a gs:// data_dir is looked into rather than taken for a missing local folder
+  if config.data_dir and epath.Path(config.data_dir, "train").is_dir():
     return _image_folder(config)
-  if config.data_dir and not os.path.isdir(config.data_dir):
+  if config.data_dir and not epath.Path(config.data_dir).is_dir():
     raise FileNotFoundError(
         f"config.data_dir {config.data_dir} does not exist; name an image folder (with "
         f"train/<class>/*) or a TFDS data_dir holding {config.tfds_name}, or leave it empty for "

@@ -20,12 +20,11 @@ the same XNOR-popcount computation (packed.packed_apply), traced once.
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 
-from bmd_jax import packed
+from bmd_jax import packed, paths
 
 FORMAT = "bmd_jax.stablehlo/1"
 PLATFORMS = ("cpu", "cuda", "tpu")
@@ -64,10 +63,9 @@ def description(exported, normalization: dict) -> dict:
 
 def write(exported, out: str, normalization: dict) -> dict:
   """Writes `out` (the program) and `out`.json (its description); returns the description."""
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  with open(out, "wb") as f:
-    f.write(serialize(exported))
+  path = paths.resolve(out)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(serialize(exported))
   info = description(exported, normalization)
-  with open(out + ".json", "w") as f:
-    json.dump(info, f, indent=2)
+  path.with_name(path.name + ".json").write_text(json.dumps(info, indent=2))
   return info

@@ -15,6 +15,9 @@ import dataclasses
 import os
 
 import ml_collections
+from etils import epath
+
+from bmd_jax import paths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,14 +43,14 @@ def stage_list(config: ml_collections.ConfigDict) -> list[Stage]:
   return result
 
 
-def checkpoint_source(reference: str, workdir: str, stage: str, what: str) -> str:
-  """The checkpoint folder that `reference` (a stage name or a path) points to."""
+def checkpoint_source(reference: str, workdir: paths.PathLike, stage: str, what: str) -> str:
+  """The checkpoint folder that `reference` (a stage name, a path or a URL) points to."""
   from bmd_jax import checkpoint
 
   candidate = checkpoint.stage_directory(workdir, reference)
-  if os.path.isdir(candidate):
-    return candidate
-  if os.path.isdir(reference):
+  if candidate.is_dir():
+    return str(candidate)
+  if epath.Path(reference).is_dir():
     return reference
   if _looks_like_path(reference):  # a folder was meant: a hint to run a stage would mislead
     raise FileNotFoundError(
@@ -56,10 +59,10 @@ def checkpoint_source(reference: str, workdir: str, stage: str, what: str) -> st
         "an earlier stage of this run")
   raise FileNotFoundError(
       f"stage {stage!r} needs {what} {reference!r}, which is neither a finished stage in "
-      f"{os.path.join(workdir, 'checkpoints')} nor an existing folder: run that stage first "
+      f"{paths.resolve(workdir) / 'checkpoints'} nor an existing folder: run that stage first "
       f"(--config.stages={reference},{stage}) or give a checkpoint folder")
 
 
 def _looks_like_path(reference: str) -> bool:
-  return os.sep in reference or reference.startswith((".", "~")) or (
+  return paths.is_url(reference) or os.sep in reference or reference.startswith((".", "~")) or (
       os.altsep is not None and os.altsep in reference)

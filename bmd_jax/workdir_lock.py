@@ -9,6 +9,10 @@ HEARTBEAT_SECONDS. A lock left by a killed run is taken over, with a warning:
 - on the same host, when its process no longer exists;
 - from another host (or a shared file system where no process id can be checked), when its
   heartbeat is older than STALE_SECONDS.
+
+A URL workdir (gs://...) has no atomic create-if-absent through epath: the lock is written when
+absent and read back, so two runs starting within the same moment may both believe they hold
+it; the loser's heartbeat then finds the lock taken over and logs an error.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ import time
 
 import jax
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
+
+from bmd_jax import paths
 
 log = logging.getLogger("bmd_jax")
 
@@ -40,7 +47,7 @@ class WorkdirLockedError(RuntimeError):
 class WorkdirLock:
   """A held lock (or, on processes other than 0, a stand-in that holds nothing)."""
 
-  path: str | None
+  path: epath.Path | None
   record: dict | None = None
   heartbeat_seconds: float = HEARTBEAT_SECONDS
   _stop: threading.Event = dataclasses.field(default_factory=threading.Event)
@@ -65,7 +72,7 @@ class WorkdirLock:
     if self._thread is not None:
       self._thread.join()
     if self.path is not None and _read(self.path) == self.record:
-      os.remove(self.path)
+      self.path.unlink()
 
   def __enter__(self):
     return self
@@ -74,19 +81,20 @@ class WorkdirLock:
     self.release()
 
 
-def _read(path: str) -> dict | None:
+def _read(path: epath.Path) -> dict | None:
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(path.read_text())
   except (OSError, ValueError):
     return None
 
 
-def _write_atomically(path: str, record: dict) -> None:
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(record, f)
-  os.replace(tmp, path)
+def _write_atomically(path: epath.Path, record: dict) -> None:
+  if paths.is_url(path):  # an object appears whole when its upload completes
+    path.write_text(json.dumps(record))
+    return
+  tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+  tmp.write_text(json.dumps(record))
+  tmp.replace(path)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -115,24 +123,23 @@ def stale_reason(record: dict | None, mtime: float, now: float,
   return None
 
 
-def check_workdir(workdir: str) -> str:
-  """The workdir as an absolute folder path, created; an error names a path that is a file."""
-  path = os.path.abspath(workdir)
-  probe = path
-  while probe and not os.path.exists(probe):
-    probe = os.path.dirname(probe)
-  if probe and not os.path.isdir(probe):
+def check_workdir(workdir: paths.PathLike) -> epath.Path:
+  """The workdir (local: absolute; a URL as it is), created; an error names a path that is a
+  file."""
+  path = paths.resolve(workdir)
+  probe = paths.blocking_file(path)
+  if probe is not None:
     raise NotADirectoryError(f"--workdir {workdir}: {probe} is a file, not a folder; give a "
                              "folder for the run (it is created if missing)")
-  os.makedirs(path, exist_ok=True)
+  path.mkdir(parents=True, exist_ok=True)
   return path
 
 
-def acquire(workdir: str, stale_seconds: float = STALE_SECONDS,
+def acquire(workdir: paths.PathLike, stale_seconds: float = STALE_SECONDS,
             heartbeat_seconds: float = HEARTBEAT_SECONDS) -> WorkdirLock:
   """Takes the workdir's lock (process 0), or raises WorkdirLockedError naming its holder.
   Every process of a multi-host run learns process 0's outcome, so none trains alone."""
-  path = os.path.join(check_workdir(workdir), LOCK_NAME)
+  path = check_workdir(workdir) / LOCK_NAME
   lock, error = WorkdirLock(None), None
   if jax.process_index() == 0:
     try:
@@ -149,7 +156,7 @@ def acquire(workdir: str, stale_seconds: float = STALE_SECONDS,
   return lock
 
 
-def _acquire_here(path: str, stale_seconds: float, heartbeat_seconds: float) -> WorkdirLock:
+def _acquire_here(path: epath.Path, stale_seconds: float, heartbeat_seconds: float) -> WorkdirLock:
   record = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
             "heartbeat": time.time()}
   for _ in range(3):  # a lock that vanishes between our checks is tried again
@@ -161,7 +168,10 @@ def _acquire_here(path: str, stale_seconds: float, heartbeat_seconds: float) -> 
   raise WorkdirLockedError(f"could not take the workdir lock {path}; try again")
 
 
-def _create(path: str, record: dict) -> bool:
+def _create(path: epath.Path, record: dict) -> bool:
+  """Creates the lock holding `record` unless one exists; whether it did."""
+  if paths.is_url(path):
+    return _create_object(path, record)
   try:
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
   except FileExistsError:
@@ -171,10 +181,24 @@ def _create(path: str, record: dict) -> bool:
   return True
 
 
-def _take_over_if_stale(path: str, stale_seconds: float) -> None:
+def _create_object(path: epath.Path, record: dict) -> bool:
+  """An object store's best effort at O_EXCL: write when absent, then read it back (of two
+  simultaneous writers the last one wins, and the other sees so here or at its heartbeat)."""
+  if path.exists():
+    return False
+  path.write_text(json.dumps(record))
+  return _read(path) == record
+
+
+def _mtime(path: epath.Path) -> float:
+  # epath's local stat looks up the owner's name, which fails for a uid without a passwd entry
+  return path.stat().mtime if paths.is_url(path) else os.path.getmtime(path)
+
+
+def _take_over_if_stale(path: epath.Path, stale_seconds: float) -> None:
   """Removes a lock of a dead run (with a warning); raises if its run may be alive."""
   try:
-    mtime = os.path.getmtime(path)
+    mtime = _mtime(path)
   except FileNotFoundError:
     return
   found = _read(path)
@@ -183,19 +207,19 @@ def _take_over_if_stale(path: str, stale_seconds: float) -> None:
     holder = (f"process {found.get('pid')} on {found.get('host')}, started "
               f"{time.ctime(found.get('started', mtime))}" if found else "a run")
     raise WorkdirLockedError(
-        f"workdir {os.path.dirname(path)} is in use by {holder} (lock {path}). Wait for that "
+        f"workdir {path.parent} is in use by {holder} (lock {path}). Wait for that "
         "run, stop it, or give another --workdir. If no such run exists (e.g. it was killed on "
         f"another host), the lock is taken over once its heartbeat is {stale_seconds:.0f} s "
         "old, or delete the lock file")
   # Renamed aside rather than deleted: of two runs taking over at once, only one renames the
   # stale file; the other finds the fresh lock and puts it back.
-  aside = f"{path}.stale.{os.getpid()}"
+  aside = path.with_name(f"{path.name}.stale.{os.getpid()}")
   try:
-    os.rename(path, aside)
+    path.rename(aside)
   except FileNotFoundError:
     return
   if _read(aside) != found:
-    os.rename(aside, path)
+    aside.replace(path)
     return
-  os.remove(aside)
+  aside.unlink()
   log.warning("took over the workdir lock %s of a run that is gone (%s)", path, reason)

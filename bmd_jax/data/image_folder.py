@@ -11,17 +11,24 @@ leaves out the files that fail, listing them in ``source.skipped``. A file whose
 but whose data is not (a truncated JPEG) can only fail when decoded; it is then replaced by the
 next readable record of the source (deterministically, so a resumed run sees the same data), and
 a warning names it.
+
+The root may be a URL (gs://bucket/imagenet): folders are listed and files read through
+etils.epath. An object store has no links, so its folders are listed without the link checks.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import io
 import math
 import os
 
 import numpy as np
 from absl import logging
+from etils import epath
 from PIL import Image
+
+from bmd_jax import paths
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff",
                     ".webp")
@@ -55,7 +62,7 @@ def load_image(path: str, channels: int, min_side: int | None = None) -> np.ndar
   min_side: JPEGs are decoded at the largest reduced scale (1/2, 1/4, 1/8; Pillow's draft
   mode, much faster) whose shorter side is still at least min_side.
   """
-  with Image.open(path) as image:
+  with _open_image(path) as image:
     if min_side and image.format == "JPEG":
       width, height = image.size
       scale = min_side / min(width, height)
@@ -65,9 +72,19 @@ def load_image(path: str, channels: int, min_side: int | None = None) -> np.ndar
   return array[..., None] if array.ndim == 2 else array
 
 
+def _open_image(path: str) -> Image.Image:
+  if paths.is_url(path):  # Pillow opens local files; an object's bytes are read whole
+    return Image.open(io.BytesIO(epath.Path(path).read_bytes()))
+  return Image.open(path)
+
+
+def _is_dir(path: str) -> bool:
+  return epath.Path(path).is_dir()
+
+
 def find_classes(split_dir: str) -> list[str]:
-  return sorted(entry.name for entry in os.scandir(split_dir)
-                if entry.is_dir() and not entry.name.startswith("."))
+  return sorted(entry.name for entry in epath.Path(split_dir).iterdir()
+                if not entry.name.startswith(".") and entry.is_dir())
 
 
 def _is_image(name: str) -> bool:
@@ -81,6 +98,8 @@ def _list_class(class_dir: str) -> list[str]:
   a link back into the class folder or above it (a loop: `ln -s . loop`, `ln -s .. up`), into
   another class's folder, or to a folder already read is skipped with a warning.
   """
+  if paths.is_url(class_dir):
+    return _list_objects(class_dir)
   real_class = os.path.realpath(class_dir)
   real_split = os.path.realpath(os.path.dirname(class_dir))
   seen, skipped, files = set(), [], []
@@ -105,6 +124,18 @@ def _list_class(class_dir: str) -> list[str]:
   return files
 
 
+def _list_objects(class_dir: str) -> list[str]:
+  """Image files under a URL folder (recursively, sorted), relative to it."""
+  files, top = [], None
+  for folder, _, names in epath.Path(class_dir).walk():
+    # fsspec names the folders without their scheme: relative to the first one, the top.
+    folder = os.fspath(folder).rstrip("/")
+    top = folder if top is None else top
+    rel = folder[len(top):].strip("/")
+    files += [f"{rel}/{name}" if rel else name for name in names if _is_image(name)]
+  return sorted(files)
+
+
 def _linked_folder_problem(target: str, seen: set[str], real_class: str,
                            real_split: str) -> str | None:
   """Why a sub-folder (its real path `target`) must not be read for this class, or None."""
@@ -121,7 +152,7 @@ def _linked_folder_problem(target: str, seen: set[str], real_class: str,
 def _header_problem(path: str) -> str | None:
   """Why Pillow cannot open path's header, or None."""
   try:
-    with Image.open(path) as image:
+    with _open_image(path) as image:
       width, height = image.size
       if width == 0 or height == 0:
         return "empty image"
@@ -141,12 +172,12 @@ class ImageFolderSource:
                skip_unreadable: bool = False, min_side: int | None = None,
                classes: list[str] | None = None):
     self.split_dir = os.path.join(root, split)
-    if not os.path.isdir(self.split_dir):
+    if not _is_dir(self.split_dir):
       raise FileNotFoundError(f"image folder {self.split_dir} does not exist; expected "
                               f"{self.split_dir}/<class>/<image files>")
     self.classes = find_classes(self.split_dir) if classes is None else list(classes)
     if not self.classes:
-      loose = sum(1 for name in os.listdir(self.split_dir) if _is_image(name))
+      loose = sum(1 for entry in epath.Path(self.split_dir).iterdir() if _is_image(entry.name))
       hint = (f" It holds {loose} image files directly: move them into one sub-folder per "
               "class (ImageNet's val images come unsorted and need this)." if loose else "")
       raise ValueError(f"image folder {self.split_dir} has no class folders; expected "
@@ -219,13 +250,13 @@ def image_folder_sources(root: str, *, channels: int = 3, skip_unreadable: bool 
   if not root:
     raise ValueError("no image folder given: set config.data_dir to a folder with "
                      "train/<class>/* and val/<class>/* (or test/<class>/*)")
-  if not os.path.isdir(root):
+  if not _is_dir(root):
     raise FileNotFoundError(f"image folder {root} does not exist; set config.data_dir to a "
                             "folder with train/<class>/* and val/<class>/* (or test/<class>/*)")
-  if not os.path.isdir(os.path.join(root, "train")):
+  if not _is_dir(os.path.join(root, "train")):
     raise FileNotFoundError(f"image folder {root} has no train/ folder; expected "
                             f"{root}/train/<class>/<image files>")
-  eval_split = next((s for s in EVAL_SPLITS if os.path.isdir(os.path.join(root, s))), None)
+  eval_split = next((s for s in EVAL_SPLITS if _is_dir(os.path.join(root, s))), None)
   if eval_split is None:
     raise FileNotFoundError(f"image folder {root} has neither val/ nor test/; expected "
                             f"{root}/val/<class>/<image files> for evaluation")
