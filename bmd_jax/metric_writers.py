@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import sys
+import tempfile
 import time
 from typing import Mapping, Sequence
 
@@ -24,6 +25,8 @@ import jax
 import numpy as np
 import tqdm
 from tqdm.contrib import logging as tqdm_logging
+
+from bmd_jax import paths
 
 log = logging.getLogger("bmd_jax")
 
@@ -128,6 +131,44 @@ def _hparams(config, stage: str) -> dict:
 HPARAM_METRICS = ("eval/accuracy", "eval/loss", "train/loss", "train/accuracy")
 
 
+class _JsonLines:
+  """metrics.jsonl: appended line by line on a local disk; on an object store (gs://), which
+  cannot append, kept in memory and the whole file rewritten at each event (a few thousand
+  short lines at most)."""
+
+  def __init__(self, path):
+    self._path = path
+    self._remote = paths.is_url(path)
+    if self._remote:
+      self._text = path.read_text() if path.exists() else ""
+      self._file = None
+    else:
+      self._file = open(path, "a", buffering=1)
+
+  def write(self, line: str) -> None:
+    if self._remote:
+      self._text += line
+      self._path.write_text(self._text)
+    else:
+      self._file.write(line)
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+
+
+def _mirror(local_dir: str, remote) -> None:
+  """Copies TensorBoard's event files from their local folder to the URL workdir (tensorboardX
+  writes local files; an object store holds whole files, so they are copied as they grow)."""
+  for root, _, files in os.walk(local_dir):
+    for name in files:
+      source = os.path.join(root, name)
+      target = remote / os.path.relpath(source, local_dir)
+      target.parent.mkdir(parents=True, exist_ok=True)
+      with open(source, "rb") as f:
+        target.write_bytes(f.read())
+
+
 class MetricWriter:
   """Writes one event (step, epoch, scalars) to every sink; a no-op on processes other than 0.
 
@@ -146,8 +187,14 @@ class MetricWriter:
     self._warned_histograms = False
     if not self.active:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+    root = paths.resolve(workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    self._jsonl = _JsonLines(root / "metrics.jsonl")
+    # TensorBoard's events: in the workdir, or, for a URL workdir, in a local folder mirrored
+    # there at each stage's end and at close.
+    self._tb_root = (tempfile.mkdtemp(prefix="bmd_jax_tb_") if paths.is_url(root)
+                     else os.fspath(root / "tensorboard"))
+    self._tb_remote = root / "tensorboard" if paths.is_url(root) else None
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter
@@ -163,7 +210,7 @@ class MetricWriter:
     if self._summary_writer is None:
       return None
     if stage not in self._tb:
-      self._tb[stage] = self._summary_writer(os.path.join(self.workdir, "tensorboard", stage))
+      self._tb[stage] = self._summary_writer(os.path.join(self._tb_root, stage))
     return self._tb[stage]
 
   def start_stage(self, stage: str, config, total_steps: int, first_step: int) -> None:
@@ -240,12 +287,19 @@ class MetricWriter:
       _, _, session_end = hparams({}, {})
       tb.file_writer.add_summary(session_end, int(step))
       tb.flush()
+      self._mirror_tensorboard()
+
+  def _mirror_tensorboard(self) -> None:
+    if self._tb_remote is not None:
+      _mirror(self._tb_root, self._tb_remote)
 
   def close(self) -> None:
     if self._jsonl is not None:
       self._jsonl.close()
     for tb in self._tb.values():
       tb.close()
+    if self._tb:
+      self._mirror_tensorboard()
     self._tb = {}
 
 

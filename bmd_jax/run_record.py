@@ -21,6 +21,8 @@ import sys
 import jax
 import ml_collections
 
+from bmd_jax import paths
+
 CONFIG_FILE = "config.json"
 RUN_INFO_FILE = "run_info.json"
 # The distributions whose versions decide what a run computes (names as pip knows them).
@@ -87,9 +89,7 @@ def write(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Writes config.json and run_info.json into `workdir` (process 0 only)."""
   if jax.process_index() != 0:
     return
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-    f.write(config_json(config) + "\n")
-  with open(os.path.join(workdir, RUN_INFO_FILE), "w") as f:
-    json.dump(run_info(), f, indent=2)
-    f.write("\n")
+  root = paths.resolve(workdir)  # a local folder or a URL (gs://)
+  root.mkdir(parents=True, exist_ok=True)
+  (root / CONFIG_FILE).write_text(config_json(config) + "\n")
+  (root / RUN_INFO_FILE).write_text(json.dumps(run_info(), indent=2) + "\n")

@@ -36,7 +36,7 @@ if [[ $SETUP == 1 ]]; then
     $PROJECT_FLAG --worker=all
   ssh_all "mkdir -p $REMOTE_DIR && tar -C $REMOTE_DIR -xzf bmd_jax.tar.gz && \
     python3 -m venv ~/bmd_jax_env && . ~/bmd_jax_env/bin/activate && \
-    pip install -q -U pip 'jax[tpu]' && pip install -q -e $REMOTE_DIR"
+    pip install -q -U pip 'jax[tpu]' && pip install -q -e \"$REMOTE_DIR[gcs]\""
 fi
 
 data_flag=${DATA_DIR:+--config.data_dir=$DATA_DIR}

@@ -327,3 +327,31 @@ def test_data_dir_auto_finds_an_image_folder_at_a_url(gcs, monkeypatch):
   config = ml_collections.ConfigDict({"data_dir": "gs://b/data", "tfds_name": "x"})
   input_pipeline._auto(config)  # pylint: disable=protected-access
   assert seen == [config]
+
+
+def test_metrics_tensorboard_and_run_record_go_to_the_url(gcs, digits_config, tmp_path,
+                                                         monkeypatch):
+  from bmd_jax import metric_writers, run_record
+
+  monkeypatch.chdir(tmp_path)  # a local "gs:" folder would appear here
+  workdir = "gs://bucket/runs/metrics"
+  run_record.write(workdir, digits_config)
+  writer = metric_writers.MetricWriter(workdir, console=False)
+  writer.start_stage("train", digits_config, total_steps=4, first_step=0)
+  for step in (2, 4):
+    writer.write(step, step / 10, {"stage": "train", "train/loss": 1.0 / step})
+  writer.end_stage("train", 4, {"eval/accuracy": 0.5}, "kept")
+  writer.close()
+  lines = epath.Path(f"{workdir}/metrics.jsonl").read_text().splitlines()
+  assert [json.loads(line)["train/loss"] for line in lines] == [0.5, 0.25]
+  assert json.loads(epath.Path(f"{workdir}/config.json").read_text()) == json.loads(
+      digits_config.to_json())
+  if writer._summary_writer is not None:  # tensorboardX installed  pylint: disable=protected-access
+    events = list(epath.Path(f"{workdir}/tensorboard/train").iterdir())
+    assert events and all(e.name.startswith("events.out.tfevents") for e in events)
+  assert not os.path.exists(tmp_path / "gs:")
+  # A second writer (a resumed run) appends to the same remote file.
+  again = metric_writers.MetricWriter(workdir, tensorboard=False, console=False)
+  again.write(6, 0.6, {"stage": "train", "train/loss": 0.1})
+  again.close()
+  assert len(epath.Path(f"{workdir}/metrics.jsonl").read_text().splitlines()) == 3
