@@ -114,7 +114,7 @@ def run_variant(base, name, edit, seed, workdir, first_stages, datasets=None):
           if overrides.get(field) == first.name:
             overrides[field] = folder
   else:
-    first_stages[key] = (name, checkpoint.stage_directory(run_dir, first.name))
+    first_stages[key] = (name, str(checkpoint.stage_directory(run_dir, first.name)))
   results = train.train_and_evaluate(config, run_dir, datasets)
   last = list(results.values())[-1]
   return {"accuracy": last["eval"]["eval/accuracy"],

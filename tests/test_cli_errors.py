@@ -46,7 +46,9 @@ def test_init_from_errors_do_not_call_it_a_teacher(digits_config, tmp_path):
   import orbax.checkpoint as ocp
 
   other = str(tmp_path / "other_model" / "1" / "state")  # a checkpoint of another model
-  ocp.StandardCheckpointer().save(other, {"params": {"x": np.zeros(3, np.float32)}})
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(other, {"params": {"x": np.zeros(3, np.float32)}})
+  checkpointer.wait_until_finished()  # the save is asynchronous
   digits_config.init_from = str(tmp_path / "other_model")
   with pytest.raises(ValueError) as error:
     train.train_and_evaluate(digits_config, str(tmp_path / "run"))
