@@ -5,26 +5,19 @@ an 8-device mesh (replicated state) and an 8-device mesh with FSDP; prints, as J
 largest differences and what the shardings look like.
 """
 
-import functools
 import json
 import sys
 
 import jax
 import numpy as np
 
-from bmd_jax import input_pipeline, sharding, train
+from bmd_jax import sharding
 from configs import default
+from step_setup import step_setup
 
 
 def setup(config):
-  datasets = input_pipeline.create_datasets(config)
-  model = train.create_model(config, datasets.info.num_classes)
-  lr_fn = train.create_learning_rate_fn(config, 20)
-  state = train.create_train_state(jax.random.PRNGKey(0), config, model,
-                                   datasets.info.image_shape, lr_fn)
-  local = next(iter(input_pipeline.create_train_loader(config, datasets.train, 0)))
-  step = functools.partial(train.train_step, config=config, learning_rate_fn=lr_fn,
-                           steps_per_epoch=20, total_epochs=5.0, teacher_apply=model.apply)
+  _, state, local, step = step_setup(config)
   return jax.device_get(state), local, step
 
 

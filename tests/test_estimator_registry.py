@@ -2,14 +2,14 @@
 arguments and their schedule) plus its settings in the config; the train step hands the
 arguments to the layers and logs the scheduled ones of the estimators the model uses."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bmd_jax import input_pipeline, quantizers, train
+from bmd_jax import quantizers
+from step_setup import step_setup
 
 
 @jax.custom_vjp
@@ -57,14 +57,8 @@ def test_made_up_estimator_trains_with_its_schedule_and_only_it_is_logged(
   config = digits_config
   config.model.input_quantizer = "gain_sign"
   config.estimators.schedule_per = "step"
-  datasets = input_pipeline.create_datasets(config)
-  model = train.create_model(config, datasets.info.num_classes)
-  lr_fn = train.create_learning_rate_fn(config, 20)
-  state = train.create_train_state(jax.random.PRNGKey(0), config, model,
-                                   datasets.info.image_shape, lr_fn)
-  batch = next(iter(input_pipeline.create_train_loader(config, datasets.train, 0)))
-  step = jax.jit(functools.partial(train.train_step, config=config, learning_rate_fn=lr_fn,
-                                   steps_per_epoch=20, total_epochs=2.0))
+  _, state, batch, step = step_setup(config, total_epochs=2.0)  # 40 steps in all
+  step = jax.jit(step)
   _, metrics = step(state, batch, None)
   assert "estimators/gain_sign/gain" in metrics
   assert not any("ede" in key for key in metrics)  # no layer uses EDE: nothing logged for it

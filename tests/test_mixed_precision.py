@@ -1,7 +1,6 @@
 """config.model.dtype='bfloat16': bfloat16 activations and convolutions, everything kept
 across steps (latent weights, optimizer state, batch-norm statistics) and the loss float32."""
 
-import functools
 import json
 
 import jax
@@ -9,7 +8,8 @@ import jax.numpy as jnp
 import pytest
 from jax.extend import core as jax_core
 
-from bmd_jax import input_pipeline, train
+from bmd_jax import train
+from step_setup import step_setup
 
 
 def _float32_leaves(tree):
@@ -36,15 +36,7 @@ def _conv_operand_dtypes(fn, *args):
 def test_bfloat16_steps_lower_the_loss_and_keep_float32_state(digits_config):
   config = digits_config
   config.model.dtype = "bfloat16"
-  datasets = input_pipeline.create_datasets(config)
-  model = train.create_model(config, datasets.info.num_classes)
-  lr_fn = train.create_learning_rate_fn(config, 20)
-  state = train.create_train_state(jax.random.PRNGKey(0), config, model,
-                                   datasets.info.image_shape, lr_fn)
-  images = jnp.asarray(datasets.train.images[:64], jnp.float32)
-  batch = {"image": (images - 0.305) / 0.376, "label": jnp.asarray(datasets.train.labels[:64])}
-  step_fn = functools.partial(train.train_step, config=config, learning_rate_fn=lr_fn,
-                              steps_per_epoch=20, total_epochs=5.0, teacher_apply=model.apply)
+  _, state, batch, step_fn = step_setup(config)
   # Every convolution (stem and binary) runs on bfloat16 operands.
   assert _conv_operand_dtypes(step_fn, state, batch, None) == {("bfloat16", "bfloat16")}
   step = jax.jit(step_fn)

@@ -1,6 +1,5 @@
 """The train step and the loop, end to end on the built-in digits."""
 
-import functools
 import json
 import os
 import shutil
@@ -12,22 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bmd_jax import input_pipeline, losses, train
+from bmd_jax import losses, train
+from step_setup import step_setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _setup(config, precision="binary"):
-  datasets = input_pipeline.create_datasets(config)
-  model = train.create_model(config, datasets.info.num_classes, precision)
-  lr_fn = train.create_learning_rate_fn(config, 20)
-  state = train.create_train_state(jax.random.PRNGKey(0), config, model,
-                                   datasets.info.image_shape, lr_fn)
-  batch = next(iter(input_pipeline.create_train_loader(config, datasets.train, 0)))
-  step = jax.jit(functools.partial(train.train_step, config=config, learning_rate_fn=lr_fn,
-                                   steps_per_epoch=20, total_epochs=5.0,
-                                   teacher_apply=model.apply))
-  return model, state, batch, step
+  model, state, batch, step = step_setup(config, precision)
+  return model, state, batch, jax.jit(step)
 
 
 def test_train_step_lowers_loss_on_a_fixed_batch(digits_config):
