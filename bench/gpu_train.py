@@ -38,7 +38,15 @@ VARIANTS = {"bd_bnn": "cifar10.py", "plain_binary": "cifar10_baseline.py"}
 
 _DATA = flags.DEFINE_string("data_dir", None, "CIFAR-10 image folder (train/, test/)")
 _RUNS = flags.DEFINE_string("runs_dir", None, "one workdir per run; kept across windows")
-_EPOCHS = flags.DEFINE_float("epochs", 400.0, "epochs of each step (the recipe: 400)")
+_EPOCHS = flags.DEFINE_float(
+    "epochs", 400.0, "epochs of each step (the recipe: 400); 0: the longest schedule that "
+    "every run finishes within --budget_s, from --step_seconds")
+_STEP_SECONDS = flags.DEFINE_float(
+    "step_seconds", 0.0, "with --epochs=0: one BD-BNN train step's time on this device, as "
+    "bench/train_step.py measured it (its 'full' variant)")
+_FIXED_SECONDS = flags.DEFINE_float(
+    "fixed_seconds_per_run", 60.0, "with --epochs=0: a run's cost besides its steps "
+    "(compiling four programs, evaluations, checkpoints)")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "seeds")
 _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), f"among {sorted(VARIANTS)}")
 _BUDGET = flags.DEFINE_float("budget_s", 240.0, "seconds of training in this window, all runs")
@@ -50,7 +58,7 @@ _EVAL_EVERY = flags.DEFINE_float("eval_every_epochs", 25.0, "epochs between eval
 _BLOCKS = flags.DEFINE_integer("blocks_per_stage", 0, "dry runs: blocks per stage (0: 3)")
 
 
-def run_config(variant: str, seed: int):
+def run_config(variant: str, seed: int, epochs: float):
   config = load_sibling(os.path.join(REPO, "configs", "x.py"), VARIANTS[variant])
   config.dataset = "image_folder"
   config.data_dir = _DATA.value
@@ -59,7 +67,7 @@ def run_config(variant: str, seed: int):
   if _BLOCKS.value:
     config.model.stage_sizes = (_BLOCKS.value,) * 3
   config.seed = seed
-  config.num_epochs = _EPOCHS.value
+  config.num_epochs = epochs
   config.num_train_steps = _STEPS.value
   config.batch_size = _BATCH.value
   config.eval_batch_size = 250 if _BATCH.value >= 250 else _BATCH.value  # 10,000 = 40 x 250
@@ -116,6 +124,20 @@ def _stage_steps(workdir, stage):
   return step or 0
 
 
+# Time a step takes inside the loop (dispatch, metrics, epoch-end saves) over the benchmark's.
+LOOP_SLACK = 1.3
+
+
+def fitted_epochs(budget_s, runs, step_seconds, steps_per_epoch, fixed_seconds):
+  """The longest whole-epoch schedule (the same for both steps and every run) that all runs
+  finish within the budget: each run's share, less its fixed cost, over two steps' epochs at
+  the benchmark's step time (the BD-BNN step with its teacher, an upper bound for step 1 and
+  the plain baseline). At least 1."""
+  per_run = budget_s / runs - fixed_seconds
+  epoch_seconds = steps_per_epoch * step_seconds * LOOP_SLACK
+  return max(1, int(per_run / (2 * epoch_seconds)))
+
+
 def main(argv):
   del argv
   import jax
@@ -125,15 +147,26 @@ def main(argv):
   jax.config.update("jax_compilation_cache_dir", os.path.join(_RUNS.value, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   runs = [(v, int(s)) for s in _SEEDS.value for v in _VARIANTS.value]
-  datasets = input_pipeline.create_datasets(run_config(runs[0][0], runs[0][1]))
+  datasets = input_pipeline.create_datasets(run_config(runs[0][0], runs[0][1], 1.0))
   device = jax.devices()[0].device_kind
   epochs = _EPOCHS.value  # or, where --num_train_steps overrides it (dry runs), what that is
+  if epochs <= 0:
+    steps_per_epoch = datasets.info.num_train // _BATCH.value
+    if _STEP_SECONDS.value <= 0:
+      raise app.UsageError("--epochs=0 fits the schedule to the budget and needs "
+                           "--step_seconds (bench/train_step.py's 'full' median_s)")
+    epochs = fitted_epochs(_BUDGET.value, len(runs), _STEP_SECONDS.value, steps_per_epoch,
+                           _FIXED_SECONDS.value)
+    print(f"fitted schedule: {epochs} epochs a step for {len(runs)} runs in "
+          f"{_BUDGET.value:.0f} s ({_STEP_SECONDS.value * 1e3:.2f} ms a step, "
+          f"{steps_per_epoch} steps an epoch)", flush=True)
+  schedule = epochs
   if _STEPS.value > 0:
     epochs = _STEPS.value / (datasets.info.num_train // _BATCH.value)
   start = time.time()
   records = []
   for i, (variant, seed) in enumerate(runs):
-    config = run_config(variant, seed)
+    config = run_config(variant, seed, schedule)
     workdir = os.path.join(_RUNS.value, f"{variant}_seed{seed}")
     share = (_BUDGET.value - (time.time() - start)) / (len(runs) - i)
     began = time.time()

@@ -72,3 +72,24 @@ def test_a_run_split_over_windows_equals_one_run(tmp_path):
   states = [checkpoint.read_state(str(tmp_path / run / "bd_bnn_seed0" / "checkpoints" / "step2"
                                       / "6" / "state")) for run in ("split", "straight")]
   jax.tree_util.tree_map(np.testing.assert_array_equal, *states)
+
+
+def test_fitted_schedule_is_the_longest_that_fits():
+  """gpu_train --epochs=0: every run's fixed cost plus two steps of E epochs at the measured
+  step time (with the loop's slack) fits its share of the budget, and E + 1 would not.
+  In a child process: bench/ modules define absl flags at import."""
+  code = """
+import sys; sys.path.insert(0, 'bench')
+import gpu_train
+for budget, runs, step_s, steps, fixed in ((240, 2, 0.003, 390, 60), (900, 4, 0.0021, 390, 45),
+                                           (100, 2, 0.05, 390, 40)):
+  e = gpu_train.fitted_epochs(budget, runs, step_s, steps, fixed)
+  cost = lambda epochs: fixed + 2 * epochs * steps * step_s * gpu_train.LOOP_SLACK
+  print(e, cost(e) <= budget / runs or e == 1, cost(e + 1) > budget / runs)
+"""
+  result = subprocess.run(["python3", "-c", code], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=REPO), timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  rows = [line.split() for line in result.stdout.splitlines()]
+  assert [r[1:] for r in rows] == [["True", "True"]] * 3, rows
+  assert rows[0][0] == "19" and rows[2][0] == "1"  # 60 s / (2 * 390 * 3 ms * 1.3) = 19.7
