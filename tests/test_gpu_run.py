@@ -92,4 +92,4 @@ for budget, runs, step_s, steps, fixed in ((240, 2, 0.003, 390, 60), (900, 4, 0.
   assert result.returncode == 0, result.stderr[-2000:]
   rows = [line.split() for line in result.stdout.splitlines()]
   assert [r[1:] for r in rows] == [["True", "True"]] * 3, rows
-  assert rows[0][0] == "19" and rows[2][0] == "1"  # 60 s / (2 * 390 * 3 ms * 1.3) = 19.7
+  assert rows[0][0] == "11" and rows[2][0] == "1"  # 60 s / (2 * 390 * 3 ms * 2.2) = 11.7
