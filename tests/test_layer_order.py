@@ -229,3 +229,17 @@ def test_shortcuts_are_the_marked_convs_whatever_their_names():
   assert models.kurtosis_layers(model, shape, include_shortcuts=False) == [
       "shortcut_like/latent_kernel", "conv/latent_kernel"]
 
+
+def test_wdm_layers_leave_out_the_marked_binarized_convs():
+  model, shape = _MarkedNotNamed(), (8, 8, 3)
+  assert models.wdm_layers(model, shape) == ["conv/latent_kernel", "shortcut_like/latent_kernel"]
+  assert models.wdm_layers(model, shape, include_shortcuts=True) == [
+      "conv/latent_kernel", "shortcut_like/latent_kernel", "side/conv/latent_kernel"]
+  params = _random_params(model, shape)
+  student = _random_params(model, shape, seed=1)
+  layers = models.wdm_layers(model, shape)
+  kept = ("conv", "shortcut_like")
+  np.testing.assert_allclose(  # the list, not the names, picks what WDM compares
+      losses.wdm_loss(params, student, layers=layers),
+      losses.wdm_loss({k: params[k] for k in kept}, {k: student[k] for k in kept},
+                      include_shortcuts=True), rtol=1e-6)

@@ -135,3 +135,21 @@ def kurtosis_layers(model: nn.Module, image_shape, include_shortcuts: bool = Tru
                      f"{'' if include_shortcuts else 'that is not a shortcut '}to regularize")
   return paths
 
+
+def wdm_layers(model: nn.Module, image_shape, include_shortcuts: bool = False) -> list[str]:
+  """The release's WDM selection: every binarized layer (a ``latent_kernel``), sorted.
+
+  Marked shortcut convs are left out unless ``include_shortcuts`` is true (the release leaves
+  its downsample convs out; on the registered models they are real, so never binarized).
+
+  Returns:
+    ``/``-joined parameter paths, in the sorted order ``losses.binarized_kernels`` gives.
+  """
+  trace = _traced_calls(model, image_shape)
+  shortcuts = {"/".join((*p, layers.LATENT_KERNEL)) for p in trace.shortcuts}
+  paths = [p for p in losses.binarized_kernels(trace.params)
+           if include_shortcuts or p not in shortcuts]
+  if not paths:
+    raise ValueError(f"{type(model).__name__}: every binarized layer is a shortcut conv, so "
+                     f"WDM without shortcuts has no layer to mimic; include the shortcuts")
+  return paths
