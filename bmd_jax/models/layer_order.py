@@ -38,6 +38,8 @@ KERNEL_NAMES = (losses.LATENT_KERNEL, "kernel")
 
 @dataclasses.dataclass
 class _Trace:
+  """What one shape-only init of the model shows of its modules."""
+
   convs: list  # conv module paths, in first-call order
   kinds: dict  # module path -> its class
   shortcuts: set  # paths of the convs marked as shortcuts
