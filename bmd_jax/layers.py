@@ -1,4 +1,4 @@
-"""Binarized Flax linen layers: BinaryConv, BinaryDense, LearnableBias, RPReLU.
+"""Binarized Flax linen layers: BinaryConv, BinaryDense, LearnableBias, RPReLU; Conv.
 
 A binary layer keeps a real-valued *latent* kernel, stored as the parameter
 ``latent_kernel`` (full-precision layers use Flax's ``kernel``): the losses find the
@@ -11,6 +11,11 @@ layer binarizes:
 
 The parameter tree is the same in every precision, so a step-1 checkpoint initializes
 step 2 directly.
+
+A conv on a block's shortcut path (a real downsample / projection conv, or a binary one) is
+marked by its field ``shortcut``, which ``Conv`` (Flax's full-precision conv) and
+``BinaryConv`` have: which layers a loss covers, and in what order, is read from that mark
+(models/layer_order.py), whatever the module is named.
 
 Input and kernel quantizers are separate and named (see `quantizers.ESTIMATORS`). Their
 traced arguments (EDE's t and k, a clip value, ...) arrive at call time through
@@ -34,6 +39,11 @@ PRECISIONS = ("full", "binary_activations", "binary")
 # the binarized layers of any model by it (full-precision layers use Flax's ``kernel``).
 LATENT_KERNEL = "latent_kernel"
 EstimatorArgs = Mapping[str, Mapping[str, Any]] | None
+
+
+def is_shortcut(module: nn.Module) -> bool:
+  """Whether a module is a conv marked as a shortcut/downsample conv (its ``shortcut`` field)."""
+  return bool(getattr(module, "shortcut", False))
 
 
 def check_precision(precision: str) -> str:
@@ -124,6 +134,7 @@ class BinaryConv(_BinaryBase):
   strides: Sequence[int] | int = 1
   padding: str | Sequence[tuple[int, int]] = "SAME"
   kernel_init: Any = nn.initializers.kaiming_normal()
+  shortcut: bool = keyword(False)  # a conv on a block's shortcut path (module docstring)
 
   @nn.compact
   def __call__(self, x: jax.Array, estimator_args: EstimatorArgs = None) -> jax.Array:
@@ -134,6 +145,13 @@ class BinaryConv(_BinaryBase):
         x, kernel, window_strides=strides, padding=self.padding,
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return self.add_bias(y, dtype)
+
+
+class Conv(nn.Conv):
+  """Flax's full-precision ``nn.Conv`` (same params, same automatic names) with the
+  ``shortcut`` mark: first convs, real downsample / projection convs."""
+
+  shortcut: bool = keyword(False)
 
 
 class BinaryDense(_BinaryBase):

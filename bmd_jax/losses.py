@@ -2,13 +2,15 @@
 output distillation.
 
 Everything here is a pure ``jax.numpy`` function of arrays or parameter pytrees (plain nested
-dicts or Flax ``FrozenDict``s); nothing imports a model. Which layers the kurtosis term covers,
-and in what order, is the model's knowledge: the caller passes their parameter paths
-(``models.kurtosis_layers``: every conv but the first, real downsample convs included, in the
-original's definition order). Without such a list, and for WDM, binarized layers are found by
-the convention of ``bmd_jax.layers``: a binary conv / dense layer stores its real-valued latent
+dicts or Flax ``FrozenDict``s); nothing imports a model. Which layers a term covers, and in
+what order, is the model's knowledge (its definition order and its convs' ``shortcut`` marks):
+the caller passes their parameter paths (``models.kurtosis_layers``: every conv but the first,
+real downsample convs included, in the original's definition order; ``models.wdm_layers``: the
+binarized layers, shortcuts left out). Without such a list, binarized layers are found by the
+convention of ``bmd_jax.layers``: a binary conv / dense layer stores its real-valued latent
 weight as a param named ``latent_kernel``; full-precision layers (first conv, classifier, real
-downsample convs) use Flax's ``kernel``.
+downsample convs) use Flax's ``kernel``; a bare tree has no marks, so a shortcut conv is then
+one under a module named ``shortcut*`` or ``downsample*``.
 
 Formulas: docs/METHOD.md sections 3-5 (the authors' release where the paper is silent).
 Reductions are computed in float32 (or wider) whatever the parameter dtype, because fourth
@@ -191,6 +193,15 @@ def kernels_at(params: PyTree, paths: Sequence[str]) -> dict[str, Array]:
   return {p: flat[p] for p in paths}
 
 
+def _selected_kernels(params: PyTree, layers: Sequence[str] | None,
+                      include_shortcuts: bool) -> dict[str, Array]:
+  """The kernels at the model's list of paths, or without one the binarized ones (found by
+  name: a bare parameter tree carries no shortcut marks)."""
+  if layers is None:
+    return binarized_kernels(params, include_shortcuts=include_shortcuts)
+  return kernels_at(params, layers)
+
+
 # ------------------------------------------------------------------------------------------------
 # Kurtosis loss.
 
@@ -231,7 +242,8 @@ def kurtosis_loss(params: PyTree, target=1.8, mode: str = "avg", include_shortcu
       regularized layer in their order, or a dict path -> target that names every
       regularized layer.
     mode: ``"avg"``, ``"sum"`` or ``"max"``.
-    include_shortcuts: without ``layers``, regularize binarized shortcut/downsample convs too.
+    include_shortcuts: without ``layers``, regularize binarized convs under a module named
+      ``shortcut*`` or ``downsample*`` too.
     layers: ``/``-joined parameter paths of the regularized kernels, in order (e.g.
       ``models.kurtosis_layers(model, image_shape)``, the release's selection). None: the
       binarized layers (``binarized_kernels``, sorted order).
@@ -242,10 +254,7 @@ def kurtosis_loss(params: PyTree, target=1.8, mode: str = "avg", include_shortcu
   """
   if mode not in KURTOSIS_MODES:
     raise ValueError(f"kurtosis_loss: unknown mode {mode!r}; known modes: {KURTOSIS_MODES}.")
-  if layers is None:
-    kernels = binarized_kernels(params, include_shortcuts=include_shortcuts)
-  else:
-    kernels = kernels_at(params, layers)
+  kernels = _selected_kernels(params, layers, include_shortcuts)
   names = list(kernels)
   targets = _kurtosis_targets(target, names)
   per_layer = {name: kurtosis(w) for name, w in kernels.items()}
@@ -406,18 +415,23 @@ WDM_FORMS: dict[str, Callable[..., Array]] = {
 
 
 def wdm_loss(teacher_params: PyTree, student_params: PyTree, form: str = "softmax_kl",
-             include_shortcuts: bool = False, **kwargs) -> Array:
+             include_shortcuts: bool = False, layers: Sequence[str] | None = None,
+             **kwargs) -> Array:
   """Weight distribution mimicking loss between a teacher's and a student's param trees.
 
-  Finds the binarized layers (``latent_kernel`` leaves) of both trees and applies the WDM form
-  named ``form`` (a key of ``WDM_FORMS``). The teacher must have the same architecture, i.e. the
-  same binarized layer paths. Shortcut/downsample convs are excluded by default, as in the
-  release.
+  Compares the layers ``layers`` (or the binarized ones, ``latent_kernel`` leaves) of both
+  trees with the WDM form named ``form`` (a key of ``WDM_FORMS``). The teacher must have the
+  same architecture, i.e. the same layer paths. Shortcut convs are excluded by default, as in
+  the release.
 
   Args:
     teacher_params, student_params: parameter pytrees.
     form: ``"softmax_kl"`` (default), ``"histogram"`` or ``"released"``.
-    include_shortcuts: also mimic binarized shortcut/downsample convs.
+    include_shortcuts: without ``layers``, also mimic binarized convs under a module named
+      ``shortcut*`` or ``downsample*``.
+    layers: ``/``-joined parameter paths of the mimicked kernels (e.g.
+      ``models.wdm_layers(model, image_shape)``, which reads the models' shortcut marks).
+      None: the binarized layers (``binarized_kernels``).
     **kwargs: passed to the form (``temperature`` for softmax_kl; ``bins``, ``bandwidth``,
       ``eps`` for histogram).
 
@@ -426,6 +440,6 @@ def wdm_loss(teacher_params: PyTree, student_params: PyTree, form: str = "softma
   """
   if form not in WDM_FORMS:
     raise ValueError(f"wdm_loss: unknown form {form!r}; known forms: {sorted(WDM_FORMS)}.")
-  teacher = binarized_kernels(teacher_params, include_shortcuts=include_shortcuts)
-  student = binarized_kernels(student_params, include_shortcuts=include_shortcuts)
+  teacher = _selected_kernels(teacher_params, layers, include_shortcuts)
+  student = _selected_kernels(student_params, layers, include_shortcuts)
   return WDM_FORMS[form](teacher, student, **kwargs)

@@ -35,6 +35,7 @@ class Inputs:
   teacher_params: Any = None  # the WDM teacher's params (the student's architecture)
   teacher_logits: Array | None = None  # the distillation teacher's logits
   kurtosis_layers: Sequence[str] | None = None  # models.kurtosis_layers; None: binarized ones
+  wdm_layers: Sequence[str] | None = None  # models.wdm_layers; None: binarized ones
 
 
 TermResult = tuple[Array, dict[str, Array]] | None
@@ -90,7 +91,8 @@ def _wdm(loss_cfg, inputs: Inputs) -> TermResult:
   value = losses.wdm_loss(
       jax.lax.stop_gradient(inputs.teacher_params), inputs.params,
       loss_cfg.get("wdm_form", "softmax_kl"),
-      include_shortcuts=loss_cfg.get("wdm_include_shortcuts", False), **wdm_options(loss_cfg))
+      include_shortcuts=loss_cfg.get("wdm_include_shortcuts", False), layers=inputs.wdm_layers,
+      **wdm_options(loss_cfg))
   return value, {}
 
 

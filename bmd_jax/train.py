@@ -143,14 +143,15 @@ def _accuracy(logits, labels, k: int):
 def train_step(state: TrainState, batch: dict, teacher: dict | None,
                distill_teacher: dict | None = None, *, config, learning_rate_fn,
                steps_per_epoch: int, total_epochs: float, teacher_apply=None,
-               distill_apply=None, kurtosis_layers=None):
+               distill_apply=None, kurtosis_layers=None, wdm_layers=None):
   """One optimizer step on a global batch; returns (new state, metrics).
 
   `teacher` is None or the frozen WDM teacher's variables {'params', 'batch_stats'} (the
   student's architecture), run in inference mode with `teacher_apply`; it also gives the
   distillation targets unless `distill_teacher` (variables of a model of any architecture,
   run with `distill_apply`) is given. `kurtosis_layers`: the parameter paths L_K covers, in
-  order (models.kurtosis_layers); None: the binarized layers. Metrics are global-batch means.
+  order (models.kurtosis_layers); `wdm_layers`: those WDM compares (models.wdm_layers); None:
+  the binarized layers. Metrics are global-batch means.
   """
   epoch = state.step / steps_per_epoch
   est_args = estimator_args(config, schedule_progress(config, epoch, total_epochs))
@@ -168,7 +169,7 @@ def train_step(state: TrainState, batch: dict, teacher: dict | None,
     inputs = objective.Inputs(
         params=params, logits=logits, labels=batch["label"], epoch=epoch,
         teacher_params=None if teacher is None else teacher["params"],
-        teacher_logits=teacher_logits, kurtosis_layers=kurtosis_layers)
+        teacher_logits=teacher_logits, kurtosis_layers=kurtosis_layers, wdm_layers=wdm_layers)
     total, parts, extras = objective.objective(config.loss, inputs)
     return total, (logits, updates["batch_stats"], parts, extras)
 
@@ -406,6 +407,8 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
   objective.kurtosis_targets(config.loss, kurtosis_layers)  # a wrong count fails here, once
   log.info("stage %s: kurtosis term covers %d layers: %s", stage, len(kurtosis_layers),
            ", ".join(kurtosis_layers))
+  wdm_layers = None if teacher is None else tuple(models.wdm_layers(
+      model, info.image_shape, config.loss.wdm_include_shortcuts))
 
   # Sharding: batches split over the data axis; the state replicated, or split with
   # config.fsdp; the teachers replicated.
@@ -431,7 +434,8 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
                         steps_per_epoch=steps_per_epoch, total_epochs=total_epochs,
                         teacher_apply=teacher_model.apply,
                         distill_apply=distill_model and distill_model.apply,
-                        kurtosis_layers=tuple(kurtosis_layers)),
+                        kurtosis_layers=tuple(kurtosis_layers),
+                        wdm_layers=wdm_layers),
       in_shardings=(state_shardings, batch_sharding, replicated, replicated),
       out_shardings=(state_shardings, replicated), donate_argnums=(0,))
   p_eval_step = jax.jit(functools.partial(eval_step, config=config),

@@ -6,12 +6,14 @@ The expected lists are written from the originals' modules (names in the comment
 produced by bmd_jax: a Flax name maps to the PyTorch one, the order is PyTorch's.
 """
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 from narrow_models import CASES
 
 from bmd_jax import losses, models, objective, train
+from bmd_jax.layers import BinaryConv, Conv
 
 BIRCONV, REAL = "latent_kernel", "kernel"
 
@@ -195,3 +197,49 @@ def test_summary_lists_the_kurtosis_layers_in_order(digits_config):
   start = next(i for i, line in enumerate(table) if line.startswith("Kurtosis term: 19 layers"))
   assert [line.split()[1] for line in table[start + 1:]] == RESNET18
   assert table[start + 6].split() == ["5", "stage2_block0/downsample_conv/kernel", "target", "5"]
+
+
+class _SideBranch(nn.Module):
+  """A shortcut branch under an unrelated name: a marked binary conv and its BN."""
+
+  @nn.compact
+  def __call__(self, x, train):
+    x = BinaryConv(8, (1, 1), shortcut=True, name="conv")(x)
+    return nn.BatchNorm(use_running_average=not train, name="bn")(x)
+
+
+class _MarkedNotNamed(nn.Module):
+  """Shortcuts known by their mark only: ``proj`` and ``side`` are marked (and called first),
+  ``shortcut_like`` is an ordinary conv with a shortcut-like name."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = Conv(4, (3, 3), name="stem")(x)
+    residual = Conv(8, (1, 1), shortcut=True, name="proj")(x)
+    residual = residual + _SideBranch(name="side")(x, train)
+    y = BinaryConv(8, name="shortcut_like")(x)
+    return BinaryConv(8, name="conv")(y) + residual
+
+
+def test_shortcuts_are_the_marked_convs_whatever_their_names():
+  model, shape = _MarkedNotNamed(), (8, 8, 3)
+  assert models.kurtosis_layers(model, shape) == [
+      "shortcut_like/latent_kernel", "conv/latent_kernel",  # the marked ones after their siblings
+      "proj/kernel", "side/conv/latent_kernel"]
+  assert models.kurtosis_layers(model, shape, include_shortcuts=False) == [
+      "shortcut_like/latent_kernel", "conv/latent_kernel"]
+
+
+def test_wdm_layers_leave_out_the_marked_binarized_convs():
+  model, shape = _MarkedNotNamed(), (8, 8, 3)
+  assert models.wdm_layers(model, shape) == ["conv/latent_kernel", "shortcut_like/latent_kernel"]
+  assert models.wdm_layers(model, shape, include_shortcuts=True) == [
+      "conv/latent_kernel", "shortcut_like/latent_kernel", "side/conv/latent_kernel"]
+  params = _random_params(model, shape)
+  student = _random_params(model, shape, seed=1)
+  layers = models.wdm_layers(model, shape)
+  kept = ("conv", "shortcut_like")
+  np.testing.assert_allclose(  # the list, not the names, picks what WDM compares
+      losses.wdm_loss(params, student, layers=layers),
+      losses.wdm_loss({k: params[k] for k in kept}, {k: student[k] for k in kept},
+                      include_shortcuts=True), rtol=1e-6)

@@ -67,10 +67,13 @@ def torch_padding(kernel_size) -> tuple[tuple[int, int], tuple[int, int]]:
   return ((kh // 2, kh // 2), (kw // 2, kw // 2))
 
 
-def real_conv(features, kernel_size, strides=1, name=None, dtype=None) -> nn.Conv:
-  """A full-precision conv (param ``kernel``, no bias): first convs and real downsample convs."""
-  return nn.Conv(features, tuple(kernel_size), strides=strides,
-                 padding=torch_padding(kernel_size), use_bias=False, dtype=dtype, name=name)
+def real_conv(features, kernel_size, strides=1, name=None, dtype=None,
+              shortcut=False) -> layers.Conv:
+  """A full-precision conv (param ``kernel``, no bias): first convs and real downsample convs
+  (``shortcut=True``: the mark the losses' layer selection reads)."""
+  return layers.Conv(features, tuple(kernel_size), strides=strides,
+                     padding=torch_padding(kernel_size), use_bias=False, dtype=dtype, name=name,
+                     shortcut=shortcut)
 
 
 def avg_pool_2x2(x):

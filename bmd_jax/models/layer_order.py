@@ -7,20 +7,23 @@ conv) nor the parameter tree's sorted keys (``conv_1x1`` before ``conv_3x3``) gi
 order is taken from the model:
 
 - the model is traced once (``jax.eval_shape``, nothing computed) while
-  ``nn.intercept_methods`` records every module and the convs in the order they are called;
-- siblings are then ordered as PyTorch registers them: by first call, except that shortcut /
-  downsample modules (a name starting with ``shortcut`` or ``downsample``, the mark the losses
-  use) come after their siblings, as a PyTorch block registers its downsample after its convs;
+  ``nn.intercept_methods`` records every module, the convs in the order they are called and
+  which convs are marked as shortcuts (their field ``shortcut``, layers.py);
+- siblings are then ordered as PyTorch registers them: by first call, except that shortcut
+  modules (a marked conv, or a submodule all of whose convs are marked, e.g. IR-Net's
+  ``shortcut``: a 1x1 conv and its BN) come after their siblings, as a PyTorch block registers
+  its downsample after its convs;
 - a module whose children are registered in another order says so in a class attribute
   ``definition_order`` (child names, first to last), e.g. a Flax block that packs two of the
   original's blocks.
 
 The result is a list of ``/``-joined parameter paths (``stage2_block0/conv1/latent_kernel``),
-which is all the losses get.
+which is all the losses get; the mark, not a module's name, says which convs are shortcuts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -33,29 +36,45 @@ CONV_TYPES = (nn.Conv, layers.BinaryConv)
 KERNEL_NAMES = (losses.LATENT_KERNEL, "kernel")
 
 
-def is_shortcut_name(name: str) -> bool:
-  return name.lower().startswith(losses.SHORTCUT_PREFIXES)
+@dataclasses.dataclass
+class _Trace:
+  """What one shape-only init of the model shows of its modules."""
+
+  convs: list  # conv module paths, in first-call order
+  kinds: dict  # module path -> its class
+  shortcuts: set  # paths of the convs marked as shortcuts
+  params: dict  # parameter shapes
 
 
-def _traced_calls(model: nn.Module, image_shape) -> tuple[list, dict, dict]:
-  """(conv module paths in first-call order, {module path: its class}, params shapes)."""
-  convs, kinds = [], {(): type(model)}
+def _traced_calls(model: nn.Module, image_shape) -> _Trace:
+  trace = _Trace([], {(): type(model)}, set(), {})
 
   def record(method, args, kwargs, context):
     path = tuple(context.module.path)
-    kinds.setdefault(path, type(context.module))
-    if isinstance(context.module, CONV_TYPES) and path not in convs:
-      convs.append(path)
+    trace.kinds.setdefault(path, type(context.module))
+    if isinstance(context.module, CONV_TYPES) and path not in trace.convs:
+      trace.convs.append(path)
+      if layers.is_shortcut(context.module):
+        trace.shortcuts.add(path)
     return method(*args, **kwargs)
 
   init = functools.partial(model.init, train=False)
   with nn.intercept_methods(record):
     variables = jax.eval_shape(init, jax.random.PRNGKey(0),
                                jnp.zeros((1, *image_shape), jnp.float32))
-  return convs, kinds, variables["params"]
+  trace.params = variables["params"]
+  return trace
 
 
-def _sort_key(path, kinds, first_call):
+def _shortcut_modules(trace: _Trace) -> set:
+  """Paths of the modules whose every conv is marked: the shortcut convs and the submodules
+  that hold nothing else (a PyTorch block's ``downsample`` Sequential)."""
+  modules = {conv[:depth] for conv in trace.convs for depth in range(1, len(conv) + 1)}
+  return {m for m in modules
+          if all(c in trace.shortcuts for c in trace.convs if c[:len(m)] == m)}
+
+
+def _sort_key(path, kinds, first_call, shortcut_modules):
   """Per level: the child's rank among its siblings as the original registers them."""
   key = []
   for depth, name in enumerate(path):
@@ -63,7 +82,7 @@ def _sort_key(path, kinds, first_call):
     if declared:
       rank = declared.index(name) if name in declared else len(declared)
     else:
-      rank = int(is_shortcut_name(name))
+      rank = int(path[:depth + 1] in shortcut_modules)
     key.append((rank, first_call[path[:depth + 1]]))
   return key
 
@@ -78,34 +97,61 @@ def _kernel_name(params, path) -> str:
   raise ValueError(f"conv {'/'.join(path)} has none of the kernel params {KERNEL_NAMES}")
 
 
-def conv_kernel_paths(model: nn.Module, image_shape) -> list[str]:
-  """Every conv's kernel path, the first included, in the original's definition order."""
-  convs, kinds, params = _traced_calls(model, image_shape)
+def _ordered_convs(model: nn.Module, image_shape) -> list[tuple[str, bool]]:
+  """(kernel path, marked as a shortcut) of every conv, in the original's definition order."""
+  trace = _traced_calls(model, image_shape)
   first_call = {}
-  for index, path in enumerate(convs):
+  for index, path in enumerate(trace.convs):
     for depth in range(1, len(path) + 1):
       first_call.setdefault(path[:depth], index)
-  ordered = sorted(convs, key=lambda p: _sort_key(p, kinds, first_call))
-  return ["/".join((*p, _kernel_name(params, p))) for p in ordered]
+  shortcut_modules = _shortcut_modules(trace)
+  ordered = sorted(trace.convs,
+                   key=lambda p: _sort_key(p, trace.kinds, first_call, shortcut_modules))
+  return [("/".join((*p, _kernel_name(trace.params, p))), p in trace.shortcuts)
+          for p in ordered]
+
+
+def conv_kernel_paths(model: nn.Module, image_shape) -> list[str]:
+  """Every conv's kernel path, the first included, in the original's definition order."""
+  return [path for path, _ in _ordered_convs(model, image_shape)]
 
 
 def kurtosis_layers(model: nn.Module, image_shape, include_shortcuts: bool = True) -> list[str]:
   """The release's kurtosis selection: every conv but the first, in definition order.
 
-  Real-valued shortcut/downsample convs are included unless ``include_shortcuts`` is false.
+  Shortcut convs (those marked ``shortcut=True``, layers.py) are included unless
+  ``include_shortcuts`` is false.
 
   Args:
     model: a registered model (any precision: the selection does not depend on it).
     image_shape: (H, W, C) of one input image.
-    include_shortcuts: keep shortcut/downsample convs (the release does).
+    include_shortcuts: keep the marked shortcut convs (the release keeps its downsample convs).
 
   Returns:
     ``/``-joined parameter paths, in the order per-layer kurtosis targets are given.
   """
-  paths = conv_kernel_paths(model, image_shape)[1:]
-  if not include_shortcuts:
-    paths = [p for p in paths if not any(is_shortcut_name(n) for n in p.split("/")[:-1])]
+  paths = [path for path, shortcut in _ordered_convs(model, image_shape)[1:]
+           if include_shortcuts or not shortcut]
   if not paths:
     raise ValueError(f"{type(model).__name__} has no convolution besides the first "
                      f"{'' if include_shortcuts else 'that is not a shortcut '}to regularize")
+  return paths
+
+
+def wdm_layers(model: nn.Module, image_shape, include_shortcuts: bool = False) -> list[str]:
+  """The release's WDM selection: every binarized layer (a ``latent_kernel``), sorted.
+
+  Marked shortcut convs are left out unless ``include_shortcuts`` is true (the release leaves
+  its downsample convs out; on the registered models they are real, so never binarized).
+
+  Returns:
+    ``/``-joined parameter paths, in the sorted order ``losses.binarized_kernels`` gives.
+  """
+  trace = _traced_calls(model, image_shape)
+  shortcuts = {"/".join((*p, layers.LATENT_KERNEL)) for p in trace.shortcuts}
+  paths = [p for p in losses.binarized_kernels(trace.params)
+           if include_shortcuts or p not in shortcuts]
+  if not paths:
+    raise ValueError(f"{type(model).__name__}: every binarized layer is a shortcut conv, so "
+                     f"WDM without shortcuts has no layer to mimic; include the shortcuts")
   return paths

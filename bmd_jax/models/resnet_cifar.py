@@ -80,7 +80,8 @@ class Shortcut(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = real_conv(self.features, (1, 1), self.strides, name="conv", dtype=self.dtype)(x)
+    x = real_conv(self.features, (1, 1), self.strides, name="conv", dtype=self.dtype,
+                  shortcut=True)(x)
     return batch_norm(train, "bn", self.dtype)(x)
 
 

@@ -57,7 +57,7 @@ class BiRealBlock(nn.Module):
       if self.strides != 1:
         residual = avg_pool_2x2(residual)
       residual = real_conv(self.features, (1, 1), dtype=self.spec.dtype,
-                           name="downsample_conv")(residual)
+                           name="downsample_conv", shortcut=True)(residual)
       residual = batch_norm(train, "downsample_bn", self.spec.dtype)(residual)
     y = self.unit(x, residual, 1, self.strides, train, estimator_args)
     return self.unit(y, y, 2, 1, train, estimator_args)

@@ -38,7 +38,7 @@ class TorchvisionBasicBlock(nn.Module):
     y = batch_norm(train, "bn2", self.dtype)(y)
     if self.strides != 1 or x.shape[-1] != self.features:
       residual = real_conv(self.features, (1, 1), self.strides, name="downsample_conv",
-                           dtype=self.dtype)(x)
+                           dtype=self.dtype, shortcut=True)(x)
       residual = batch_norm(train, "downsample_bn", self.dtype)(residual)
     return nn.relu(y + residual)
 
