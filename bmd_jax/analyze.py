@@ -37,8 +37,7 @@ import jax
 import matplotlib
 import numpy as np
 
-from bmd_jax import (checkpoint, export, layers, losses, models, objective, packed, paths,
-                     stages)
+from bmd_jax import checkpoint, layers, losses, models, objective, packed, paths
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -69,13 +68,13 @@ def kurtosis_targets(config, regularized: list[str]) -> dict[str, float]:
 def stage_weights(workdir: str, stage: str) -> dict:
   """{'config', 'start', 'end', 'end_step', 'start_from', 'start_label', 'targets'} of one
   stage's binary latents."""
-  ckpt = export.list_checkpoints(workdir)[stage][-1]
-  _, config = export.read_meta(ckpt)
-  end = export.read_variables(ckpt)
-  model, image_shape = export.model_of(config, end["params"])
+  ckpt = checkpoint.list_checkpoints(workdir)[stage][-1]
+  _, config = checkpoint.read_meta(ckpt)
+  end = checkpoint.read_variables(ckpt)
+  model, image_shape = models.from_checkpoint(config, end["params"])
   if config.get("init_from"):
-    source = stages.checkpoint_source(config.init_from, workdir, stage, "initial weights")
-    start_params = checkpoint.load_variables(source, end)["params"]
+    source, start = checkpoint.load_source(config, "init_from", workdir, stage, end)
+    start_params = start["params"]
     start_from, start_label = source, f"{config.init_from}'s end"
   else:
     start_params, _ = models.initialized(jax.random.PRNGKey(config.seed), model, image_shape)
@@ -108,7 +107,8 @@ def layer_row(start: np.ndarray, end: np.ndarray, scale_mode: str, near_zero: fl
 def load_run(workdir: str, label: str) -> dict:
   """{'label', 'workdir', 'stages': {stage: stage_weights}} of a run, stages in its order."""
   return {"label": label, "workdir": workdir,
-          "stages": {stage: stage_weights(workdir, stage) for stage in export.stage_order(workdir)}}
+          "stages": {stage: stage_weights(workdir, stage)
+                     for stage in checkpoint.stage_order(workdir)}}
 
 
 def run_labels(workdirs: list[str], labels: list[str] | None = None) -> list[str]:

@@ -1,23 +1,33 @@
-"""Checkpoints: an Orbax CheckpointManager per training stage, and teacher loading.
+"""Checkpoints: writing, resuming, finding, choosing, reading and checking them.
+
+Training keeps an Orbax CheckpointManager per stage (save, restore_latest). The tools
+(export, analyze) find and choose a workdir's checkpoints here (list_checkpoints,
+choose_checkpoint) and read them (read_meta, read_variables); a stage that starts from other
+weights (init_from, teacher, distill_teacher) resolves its source (checkpoint_source) and
+loads it checked against its model's shapes (load_variables).
 
 Each checkpoint holds the train state (step, params, batch statistics, optimizer state),
 the data iterator's position (grain's own checkpoint handler; none on the device input path,
 where the step alone determines the next batch) and a JSON record of the stage and the config,
-so a restarted run continues with exactly the batch that would have come next. Saves are asynchronous; Orbax writes each into a temporary folder and renames it
-when complete, so a kill at any moment leaves the last finished checkpoint readable.
+so a restarted run continues with exactly the batch that would have come next. Saves are
+asynchronous; Orbax writes each into a temporary folder and renames it when complete, so a
+kill at any moment leaves the last finished checkpoint readable.
 
 Layout: ``<workdir>/checkpoints/<stage>/<step>/{state,data,meta}``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
+import os
 from typing import Any
 
 import jax
 import jax.experimental.multihost_utils
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -289,35 +299,79 @@ def abstract_like(tree: Any) -> Any:
   return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def load_variables(path: paths.PathLike, expected: dict, what: str = "teacher checkpoint") -> dict:
-  """{'params', 'batch_stats'} of the newest checkpoint under `path`, checked against `expected`.
+# --- finding a workdir's checkpoints (the tools: export, analyze) ----------------------------
 
-  `path` is a stage's checkpoint folder (``<workdir>/checkpoints/<stage>``) or one step's
-  folder inside it. Shapes must equal those of `expected` (the teacher model's own
-  variables); a mismatch is an error naming the first differing parameter. `what` names the
-  checkpoint's role in messages ('teacher checkpoint', 'init_from checkpoint').
-  """
-  path = paths.resolve(path)
-  if not path.is_dir():
-    raise FileNotFoundError(f"{what} {path} does not exist; give a stage's "
-                            "checkpoint folder, e.g. <workdir>/checkpoints/step1")
-  step_dir = path
-  if not (path / "state").is_dir():
-    steps = [int(d.name) for d in path.iterdir() if d.name.isdigit()
-             and (d / "state").is_dir()]
-    if not steps:
-      raise FileNotFoundError(f"{what} {path} holds no checkpoint; give a stage's checkpoint "
-                              "folder, e.g. <workdir>/checkpoints/step1")
-    step_dir = path / str(max(steps))
-  raw = read_state(step_dir / "state")
-  variables = {"params": raw["params"], "batch_stats": raw.get("batch_stats", {})}
-  _check_shapes(expected, variables, f"{what} {step_dir}")
-  return jax.tree_util.tree_map(np.asarray, variables)
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+  stage: str
+  step: int
+  path: str  # the step's folder (a local path or a URL)
 
+
+def _state_steps(folder: epath.Path) -> list[int]:
+  """Steps under a stage folder whose train state is written, oldest first."""
+  return sorted(int(d.name) for d in folder.iterdir() if d.name.isdigit()
+                and (d / "state").is_dir())
+
+
+def list_checkpoints(workdir: paths.PathLike) -> dict[str, list[Checkpoint]]:
+  """{stage: its finished checkpoints by step} of ``<workdir>/checkpoints``."""
+  root = paths.resolve(workdir) / "checkpoints"
+  if not root.is_dir():
+    raise FileNotFoundError(f"{root} does not exist: --workdir must be a training run's "
+                            "workdir (python -m bmd_jax.main ... --workdir=W)")
+  found = {}
+  for stage in sorted(d.name for d in root.iterdir()):
+    steps = _state_steps(root / stage)
+    if steps:
+      found[stage] = [Checkpoint(stage, s, str(root / stage / str(s))) for s in steps]
+  if not found:
+    raise FileNotFoundError(f"no finished checkpoint in {root}")
+  return found
+
+
+def read_meta(ckpt: Checkpoint) -> tuple[str, ml_collections.ConfigDict]:
+  """(stage, config) recorded with a checkpoint."""
+  meta = json.loads((epath.Path(ckpt.path) / "meta" / "metadata").read_text())
+  return meta["stage"], ml_collections.ConfigDict(json.loads(meta["config"]))
+
+
+def stage_order(workdir: paths.PathLike) -> list[str]:
+  """The stages with checkpoints, in the run's order (its config's ``stages``)."""
+  found = list_checkpoints(workdir)
+  _, config = read_meta(next(iter(found.values()))[-1])
+  order = [s.strip() for s in config.get("stages", "").split(",") if s.strip() in found]
+  return order + [s for s in found if s not in order]
+
+
+def choose_checkpoint(workdir: paths.PathLike, stage: str | None = None,
+                      step: int | None = None, precision: str | None = "binary") -> Checkpoint:
+  """The newest checkpoint of `stage`, or of the run's last stage trained in `precision`."""
+  found = list_checkpoints(workdir)
+  if stage is None:
+    candidates = [s for s in stage_order(workdir)
+                  if precision is None or read_meta(found[s][-1])[1].model.precision == precision]
+    if not candidates:
+      raise ValueError(f"no stage of {workdir} was trained in precision {precision!r}; "
+                       f"stages found: {sorted(found)}")
+    stage = candidates[-1]
+  if stage not in found:
+    raise ValueError(f"no checkpoint of stage {stage!r} in {workdir}; stages: {sorted(found)}")
+  if step is None:
+    return found[stage][-1]
+  for ckpt in found[stage]:
+    if ckpt.step == step:
+      return ckpt
+  raise ValueError(f"stage {stage!r} has no checkpoint at step {step}; steps: "
+                   f"{[c.step for c in found[stage]]}")
+
+
+# --- reading variables -------------------------------------------------------------------------
 
 def read_state(path: paths.PathLike) -> dict:
   """A saved train state as host numpy arrays, whatever device layout it was saved from
-  (8 devices, several processes, FSDP): restored onto this process's first device."""
+  (8 devices, several processes, FSDP): restored onto this process's first device, with the
+  target built from the stored shapes (a restore without one would use the saved layout)."""
   checkpointer = ocp.StandardCheckpointer()
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree_util.tree_map(
@@ -326,7 +380,45 @@ def read_state(path: paths.PathLike) -> dict:
   return jax.device_get(checkpointer.restore(path, target))
 
 
-def _check_shapes(expected: dict, given: dict, where: str) -> None:
+def _variables_of(state: dict) -> dict:
+  """{'params', 'batch_stats'} of a saved train state, as numpy arrays."""
+  return jax.tree_util.tree_map(np.asarray, {"params": state["params"],
+                                             "batch_stats": state.get("batch_stats", {})})
+
+
+def read_variables(ckpt: Checkpoint) -> dict:
+  """{'params', 'batch_stats'} of a checkpoint as numpy arrays."""
+  return _variables_of(read_state(epath.Path(ckpt.path) / "state"))
+
+
+def load_variables(path: paths.PathLike, expected: dict, what: str) -> dict:
+  """{'params', 'batch_stats'} of the newest checkpoint under `path`, checked against `expected`.
+
+  `path` is a stage's checkpoint folder (``<workdir>/checkpoints/<stage>``) or one step's
+  folder inside it. Shapes must equal those of `expected` (the variables of the model that
+  will use them); a mismatch is an error naming the first differing parameter. `what` names
+  the checkpoint's role in every message ('WDM teacher checkpoint', 'init_from checkpoint',
+  'distillation teacher checkpoint'), so that an error says which config field to fix.
+  """
+  path = paths.resolve(path)
+  if not path.is_dir():
+    raise FileNotFoundError(f"{what} {path} does not exist; give a stage's "
+                            "checkpoint folder, e.g. <workdir>/checkpoints/step1")
+  step_dir = path
+  if not (path / "state").is_dir():
+    steps = _state_steps(path)
+    if not steps:
+      raise FileNotFoundError(f"{what} {path} holds no checkpoint; give a stage's checkpoint "
+                              "folder, e.g. <workdir>/checkpoints/step1")
+    step_dir = path / str(steps[-1])
+  variables = _variables_of(read_state(step_dir / "state"))
+  check_shapes(expected, variables, f"{what} {step_dir}")
+  return variables
+
+
+def check_shapes(expected: dict, given: dict, where: str) -> None:
+  """Raises a ValueError, starting with `where` (what is loaded, from where), at the first
+  parameter of `given` missing, extra or shaped otherwise than in `expected`."""
   flat_expected = {jax.tree_util.keystr(k): np.shape(v)
                    for k, v in jax.tree_util.tree_leaves_with_path(expected)}
   flat_given = {jax.tree_util.keystr(k): np.shape(v)
@@ -341,3 +433,49 @@ def _check_shapes(expected: dict, given: dict, where: str) -> None:
   extra = sorted(set(flat_given) - set(flat_expected))
   if extra:
     raise ValueError(f"{where} has parameters the model lacks: {extra[:3]}")
+
+
+def write_variables(folder: paths.PathLike, variables: dict, step: int) -> None:
+  """Writes {'params', 'batch_stats'} as ``<folder>/<step>/state``: a checkpoint folder that
+  load_variables reads (init_from, teacher, distill_teacher), e.g. a converted model."""
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(paths.resolve(folder) / str(step) / "state", variables)
+
+
+# --- resolving a source (init_from, teacher, distill_teacher) ----------------------------------
+
+def checkpoint_source(reference: str, workdir: paths.PathLike, stage: str, what: str) -> str:
+  """The checkpoint folder that `reference` (a stage name, a path or a URL) points to."""
+  candidate = stage_directory(workdir, reference)
+  if candidate.is_dir():
+    return str(candidate)
+  if epath.Path(reference).is_dir():
+    return reference
+  if _looks_like_path(reference):  # a folder was meant: a hint to run a stage would mislead
+    raise FileNotFoundError(
+        f"stage {stage!r} needs {what} from {reference!r}, which does not exist: give the "
+        "checkpoint folder of a finished stage (<workdir>/checkpoints/<stage>) or the name of "
+        "an earlier stage of this run")
+  raise FileNotFoundError(
+      f"stage {stage!r} needs {what} {reference!r}, which is neither a finished stage in "
+      f"{paths.resolve(workdir) / 'checkpoints'} nor an existing folder: run that stage first "
+      f"(--config.stages={reference},{stage}) or give a checkpoint folder")
+
+
+# What each config field that names a checkpoint loads, for messages.
+SOURCE_FIELDS = {"init_from": "initial weights", "teacher": "the WDM teacher",
+                 "distill_teacher": "the distillation teacher"}
+
+
+def load_source(config: ml_collections.ConfigDict, field: str, workdir: paths.PathLike,
+                stage: str, expected: dict) -> tuple[str, dict]:
+  """(folder, variables) of the checkpoint that `config.<field>` names for `stage`, checked
+  against `expected`; every message names the field, so the user knows which one to fix."""
+  path = checkpoint_source(config[field], workdir, stage, f"{SOURCE_FIELDS[field]} "
+                           f"(config.{field})")
+  return path, load_variables(path, expected, f"config.{field} checkpoint")
+
+
+def _looks_like_path(reference: str) -> bool:
+  return paths.is_url(reference) or os.sep in reference or reference.startswith((".", "~")) or (
+      os.altsep is not None and os.altsep in reference)

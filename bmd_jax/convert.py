@@ -40,12 +40,9 @@ from collections.abc import Mapping
 from typing import Any, Callable
 
 import flax
-import jax
-import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
-from bmd_jax import models, paths
+from bmd_jax import checkpoint, models, paths
 
 STEP = 0  # the step folder a converted checkpoint is stored under
 # (kind, bmd_jax path); kinds: conv, dense, vector (see _to_bmd_jax).
@@ -278,10 +275,8 @@ def _to_bmd_jax(kind: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndar
 
 def expected_shapes(model, image_shape) -> dict[str, tuple[int, ...]]:
   """'params/...' and 'batch_stats/...' paths of `model`'s variables -> shapes (traced only)."""
-  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape)),
-                                                train=False))
-  flat = flax.traverse_util.flatten_dict(
-      {c: variables[c] for c in ("params", "batch_stats") if c in variables}, sep="/")
+  variables = models.variable_shapes(model, image_shape)
+  flat = flax.traverse_util.flatten_dict({c: v for c, v in variables.items() if v}, sep="/")
   return {path: tuple(leaf.shape) for path, leaf in flat.items()}
 
 
@@ -344,8 +339,7 @@ def write(out: str, variables: dict, record: dict) -> None:
   if out.exists() and any(out.iterdir()):
     raise FileExistsError(f"{out} exists and is not empty: give a new folder as --out")
   out.mkdir(parents=True, exist_ok=True)
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(out / str(STEP) / "state", variables)
+  checkpoint.write_variables(out, variables, STEP)
   (out / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
 
 

@@ -41,95 +41,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from etils import epath
 
-from bmd_jax import layers, models, packed, paths, summary
+from bmd_jax import checkpoint, layers, models, packed, paths
 
 FORMAT = "bmd_jax.packed/1"
 BIT_CONVENTION = ("bit 1 = -1, bit 0 = +1 (sign(0) = +1); little-endian in uint32 words along "
                   "the fan-in; conv kernels (cout, kh*kw*ceil(cin/32)), per kernel position along "
                   "cin; dense kernels (out, ceil(in/32)); padded bits 0 in kernel and input")
-
-
-# --- reading checkpoints ------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Checkpoint:
-  stage: str
-  step: int
-  path: str  # the step's folder (a local path or a URL)
-
-
-def list_checkpoints(workdir: paths.PathLike) -> dict[str, list[Checkpoint]]:
-  """{stage: its finished checkpoints by step} of ``<workdir>/checkpoints``."""
-  root = paths.resolve(workdir) / "checkpoints"
-  if not root.is_dir():
-    raise FileNotFoundError(f"{root} does not exist: --workdir must be a training run's "
-                            "workdir (python -m bmd_jax.main ... --workdir=W)")
-  found = {}
-  for stage in sorted(d.name for d in root.iterdir()):
-    steps = sorted(int(d.name) for d in (root / stage).iterdir()
-                   if d.name.isdigit() and (d / "state").is_dir())
-    if steps:
-      found[stage] = [Checkpoint(stage, s, str(root / stage / str(s))) for s in steps]
-  if not found:
-    raise FileNotFoundError(f"no finished checkpoint in {root}")
-  return found
-
-
-def read_meta(ckpt: Checkpoint) -> tuple[str, ml_collections.ConfigDict]:
-  """(stage, config) recorded with a checkpoint."""
-  meta = json.loads((epath.Path(ckpt.path) / "meta" / "metadata").read_text())
-  return meta["stage"], ml_collections.ConfigDict(json.loads(meta["config"]))
-
-
-def read_variables(ckpt: Checkpoint) -> dict:
-  """{'params', 'batch_stats'} of a checkpoint as numpy arrays."""
-  raw = ocp.StandardCheckpointer().restore(epath.Path(ckpt.path) / "state")
-  return jax.tree_util.tree_map(np.asarray, {"params": raw["params"],
-                                             "batch_stats": raw.get("batch_stats", {})})
-
-
-def stage_order(workdir: str) -> list[str]:
-  """The stages with checkpoints, in the run's order (its config's ``stages``)."""
-  found = list_checkpoints(workdir)
-  _, config = read_meta(next(iter(found.values()))[-1])
-  order = [s.strip() for s in config.get("stages", "").split(",") if s.strip() in found]
-  return order + [s for s in found if s not in order]
-
-
-def choose_checkpoint(workdir: str, stage: str | None = None, step: int | None = None,
-                      precision: str | None = "binary") -> Checkpoint:
-  """The newest checkpoint of `stage`, or of the run's last stage trained in `precision`."""
-  found = list_checkpoints(workdir)
-  if stage is None:
-    candidates = [s for s in stage_order(workdir)
-                  if precision is None or read_meta(found[s][-1])[1].model.precision == precision]
-    if not candidates:
-      raise ValueError(f"no stage of {workdir} was trained in precision {precision!r}; "
-                       f"stages found: {sorted(found)}")
-    stage = candidates[-1]
-  if stage not in found:
-    raise ValueError(f"no checkpoint of stage {stage!r} in {workdir}; stages: {sorted(found)}")
-  if step is None:
-    return found[stage][-1]
-  for ckpt in found[stage]:
-    if ckpt.step == step:
-      return ckpt
-  raise ValueError(f"stage {stage!r} has no checkpoint at step {step}; steps: "
-                   f"{[c.step for c in found[stage]]}")
-
-
-def model_of(config: ml_collections.ConfigDict, params: dict, precision: str | None = None):
-  """(model, input shape (H, W, C)) of a checkpoint's config; classes from its classifier."""
-  classifier = params.get("classifier", {}).get("kernel")
-  num_classes = (classifier.shape[-1] if classifier is not None
-                 else summary.num_classes_of(config))
-  if num_classes is None:
-    raise ValueError("cannot tell the number of classes (no 'classifier' layer)")
-  model = models.create_model(config, int(num_classes), precision)
-  return model, (config.image_size, config.image_size, config.channels)
 
 
 def _nbytes(tree) -> int:
@@ -192,10 +111,10 @@ def export(workdir: str, out: str, stage: str | None = None, step: int | None = 
            fold_batch_norm: bool = True) -> dict:
   """Writes the packed export of a checkpoint to `out` (.npz); returns its manifest."""
   _check_out(out)  # before the work, not after it
-  ckpt = choose_checkpoint(workdir, stage, step)
-  stage_name, config = read_meta(ckpt)
-  variables = read_variables(ckpt)
-  model, input_shape = model_of(config, variables["params"])
+  ckpt = checkpoint.choose_checkpoint(workdir, stage, step)
+  stage_name, config = checkpoint.read_meta(ckpt)
+  variables = checkpoint.read_variables(ckpt)
+  model, input_shape = models.from_checkpoint(config, variables["params"])
   layers_out, remaining, folded, info = pack_model(model, variables, input_shape,
                                                    fold_batch_norm)
 

@@ -6,18 +6,15 @@ weights, ``init_from``, ``teacher``). A stage's config is the top-level config w
 overrides applied. ``--config.stages=step2`` runs step 2 alone; it then takes step 1's
 results from the workdir's checkpoints (or from paths given by ``init_from``/``teacher``).
 
-``init_from`` and ``teacher`` name an earlier stage or a checkpoint folder; '' means none.
+``init_from`` and ``teacher`` name an earlier stage or a checkpoint folder; '' means none
+(checkpoint.checkpoint_source resolves them).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import ml_collections
-from etils import epath
-
-from bmd_jax import paths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,28 +38,3 @@ def stage_list(config: ml_collections.ConfigDict) -> list[Stage]:
     stage_config.update(overrides[name].to_dict())
     result.append(Stage(name, stage_config))
   return result
-
-
-def checkpoint_source(reference: str, workdir: paths.PathLike, stage: str, what: str) -> str:
-  """The checkpoint folder that `reference` (a stage name, a path or a URL) points to."""
-  from bmd_jax import checkpoint
-
-  candidate = checkpoint.stage_directory(workdir, reference)
-  if candidate.is_dir():
-    return str(candidate)
-  if epath.Path(reference).is_dir():
-    return reference
-  if _looks_like_path(reference):  # a folder was meant: a hint to run a stage would mislead
-    raise FileNotFoundError(
-        f"stage {stage!r} needs {what} from {reference!r}, which does not exist: give the "
-        "checkpoint folder of a finished stage (<workdir>/checkpoints/<stage>) or the name of "
-        "an earlier stage of this run")
-  raise FileNotFoundError(
-      f"stage {stage!r} needs {what} {reference!r}, which is neither a finished stage in "
-      f"{paths.resolve(workdir) / 'checkpoints'} nor an existing folder: run that stage first "
-      f"(--config.stages={reference},{stage}) or give a checkpoint folder")
-
-
-def _looks_like_path(reference: str) -> bool:
-  return paths.is_url(reference) or os.sep in reference or reference.startswith((".", "~")) or (
-      os.altsep is not None and os.altsep in reference)

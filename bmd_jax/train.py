@@ -324,9 +324,9 @@ def _teacher_variables(config, stage, workdir, model_for_teacher, image_shape):
   """
   if not config.get("teacher"):
     return None
-  path = stages_lib.checkpoint_source(config.teacher, workdir, stage, "the teacher")
   try:
-    return checkpoint.load_variables(path, variable_shapes(model_for_teacher, image_shape))
+    return checkpoint.load_source(config, "teacher", workdir, stage,
+                                  variable_shapes(model_for_teacher, image_shape))[1]
   except ValueError as e:
     raise ValueError(
         f"stage {stage!r}: config.teacher={config.teacher!r} is the WDM teacher, which must be "
@@ -354,9 +354,8 @@ def _distill_teacher(config, stage, workdir, num_classes, image_shape):
                        "--config.distill_teacher=<stage name or checkpoint folder>")
     return None
   model = create_distill_teacher_model(config, num_classes)
-  path = stages_lib.checkpoint_source(config.distill_teacher, workdir, stage,
-                                      "the distillation teacher")
-  return model, checkpoint.load_variables(path, variable_shapes(model, image_shape))
+  return model, checkpoint.load_source(config, "distill_teacher", workdir, stage,
+                                       variable_shapes(model, image_shape))[1]
 
 
 def _check_teachers(config, stage):
@@ -390,9 +389,8 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
   learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch)
   init = None
   if config.get("init_from"):
-    path = stages_lib.checkpoint_source(config.init_from, workdir, stage, "initial weights")
-    init = checkpoint.load_variables(path, variable_shapes(model, info.image_shape),
-                                     what="init_from checkpoint")
+    _, init = checkpoint.load_source(config, "init_from", workdir, stage,
+                                     variable_shapes(model, info.image_shape))
   state = create_train_state(jax.random.PRNGKey(config.seed), config, model, info.image_shape,
                              learning_rate_fn, **(init or {}))
   _check_teachers(config, stage)

@@ -48,8 +48,8 @@ def main(url: str, local_metrics: str) -> dict:
   train.train_and_evaluate(config, url)
   train.train_and_evaluate(config, url)  # again: resumes from the checkpoint on the emulator
   folder = checkpoint.stage_directory(url, "train")
-  teacher = checkpoint.load_variables(str(folder), export.read_variables(
-      export.choose_checkpoint(url)))
+  teacher = checkpoint.load_variables(str(folder), checkpoint.read_variables(
+      checkpoint.choose_checkpoint(url)), "WDM teacher checkpoint")
   manifest = export.export(url, f"{url}/export/digits.npz")
   record = analyze.analyze(url)
   return {

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bmd_jax import export
+from bmd_jax import checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,13 +44,13 @@ def test_ablation_shares_step1_between_variants_alike(tmp_path):
     assert 0.0 <= runs[0]["accuracy"] <= 1.0
   assert "| wdm_histogram |" in out.stdout
 
-  stages_of = lambda name: sorted(export.list_checkpoints(workdir / f"{name}_seed0"))
+  stages_of = lambda name: sorted(checkpoint.list_checkpoints(workdir / f"{name}_seed0"))
   assert stages_of("plain_binary") == ["step1", "step2"]
   assert stages_of("wdm_histogram") == ["step2"]  # step 1 reused, not retrained
   assert stages_of("kurtosis_only") == ["step1", "step2"]  # kurtosis changes step 1
 
-  shared = export.list_checkpoints(workdir / "plain_binary_seed0")["step1"][-1]
-  _, config = export.read_meta(export.list_checkpoints(workdir / "wdm_histogram_seed0")["step2"][-1])
+  shared = checkpoint.list_checkpoints(workdir / "plain_binary_seed0")["step1"][-1]
+  _, config = checkpoint.read_meta(checkpoint.list_checkpoints(workdir / "wdm_histogram_seed0")["step2"][-1])
   step1_folder = os.path.dirname(shared.path)
   assert config.init_from == step1_folder and config.teacher == step1_folder
   assert config.loss.wdm_form == "histogram" and config.loss.kurtosis_weight == 0.0

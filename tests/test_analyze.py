@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from bmd_jax import analyze, export, losses
+from bmd_jax import analyze, checkpoint, losses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,7 +37,7 @@ def test_analyze_compares_two_workdirs_on_one_figure(digits_run, tmp_path):
 
   # The figure of the checkpoint itself: its end kurtosis and the config's target.
   fig = analyze.kurtosis_figure([analyze.load_run(workdir, "digits")])
-  variables = export.read_variables(export.choose_checkpoint(workdir))
+  variables = checkpoint.read_variables(checkpoint.choose_checkpoint(workdir))
   expected = [reference_kurtosis(w) for w in losses.binarized_kernels(variables["params"]).values()]
   np.testing.assert_allclose(labelled(fig.axes[0], "end").get_ydata(), expected, rtol=1e-5)
   labelled(fig.axes[0], "kurtosis target 1.8")
@@ -64,7 +64,7 @@ def test_analyze_writes_figures_and_the_kurtosis_of_the_checkpoint(digits_run, t
 
   with open(os.path.join(out, "analysis.json")) as f:
     record = json.load(f)
-  variables = export.read_variables(export.choose_checkpoint(workdir))
+  variables = checkpoint.read_variables(checkpoint.choose_checkpoint(workdir))
   expected = {k.removesuffix("/latent_kernel"): float(losses.kurtosis(w))
               for k, w in losses.binarized_kernels(variables["params"]).items()}
   got = {r["layer"]: r["kurtosis_end"] for r in record["layers"] if r["stage"] == "train"}

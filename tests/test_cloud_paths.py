@@ -16,7 +16,7 @@ from etils import epath
 from etils.epath import backend as epath_backend
 from fsspec.implementations.memory import MemoryFileSystem
 
-from bmd_jax import checkpoint, paths, stages, workdir_lock
+from bmd_jax import checkpoint, paths, workdir_lock
 
 
 class FakeGcs(MemoryFileSystem):
@@ -116,12 +116,12 @@ def test_finished_steps_and_kept_description_on_a_url(gcs):
 def test_checkpoint_source_finds_a_stage_of_a_url_workdir(gcs):
   gcs.pipe("gs://b/w/checkpoints/step1/4/state/x", b"")
   gcs.pipe("gs://b/other/checkpoints/step1/4/state/x", b"")
-  assert stages.checkpoint_source("step1", "gs://b/w", "step2", "the teacher") == (
+  assert checkpoint.checkpoint_source("step1", "gs://b/w", "step2", "the teacher") == (
       "gs://b/w/checkpoints/step1")
-  assert stages.checkpoint_source("gs://b/other/checkpoints/step1", "gs://b/w", "step2",
-                                  "the teacher") == "gs://b/other/checkpoints/step1"
+  assert checkpoint.checkpoint_source("gs://b/other/checkpoints/step1", "gs://b/w", "step2",
+                                      "the teacher") == "gs://b/other/checkpoints/step1"
   with pytest.raises(FileNotFoundError, match="gs://b/missing"):
-    stages.checkpoint_source("gs://b/missing", "gs://b/w", "step2", "the teacher")
+    checkpoint.checkpoint_source("gs://b/missing", "gs://b/w", "step2", "the teacher")
 
 
 # --- export, analyze, convert and image folders on the stand-in ---------------------------------
@@ -135,17 +135,15 @@ def _upload(gcs, local_workdir: str, url: str) -> None:
 
 
 def test_checkpoints_of_a_url_workdir_are_listed_and_their_meta_read(gcs, digits_run):
-  from bmd_jax import export  # pylint: disable=g-import-not-at-top
-
   _, workdir = digits_run
   _upload(gcs, workdir, "gs://b/runs/x")
-  found = export.list_checkpoints("gs://b/runs/x")
-  local = export.list_checkpoints(workdir)
+  found = checkpoint.list_checkpoints("gs://b/runs/x")
+  local = checkpoint.list_checkpoints(workdir)
   assert {s: [c.step for c in cs] for s, cs in found.items()} == {
       s: [c.step for c in cs] for s, cs in local.items()}
-  newest = export.choose_checkpoint("gs://b/runs/x")
+  newest = checkpoint.choose_checkpoint("gs://b/runs/x")
   assert newest.path.startswith("gs://b/runs/x/checkpoints/")
-  assert export.read_meta(newest)[0] == newest.stage
+  assert checkpoint.read_meta(newest)[0] == newest.stage
   assert checkpoint.finished_steps(checkpoint.stage_directory("gs://b/runs/x", newest.stage))[
       -1] == newest.step
   _no_local_gs_folder()

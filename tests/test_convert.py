@@ -13,13 +13,12 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
 import torch_originals as originals
-from bmd_jax import checkpoint, convert, models, stages
+from bmd_jax import checkpoint, convert, models
 from narrow_models import FAST_COMPILE, NARROW_REACTNET, NARROW_RESNET
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,11 +80,9 @@ def save_as_trainer(net: torch.nn.Module, path) -> None:
 def load_as_training_does(out, model, image_shape):
   """What train.py does with --config.teacher=out (init_from, distill_teacher alike): resolve,
   then load checked against the model's own variables."""
-  path = stages.checkpoint_source(str(out), "/nonexistent-workdir", "step2", "the teacher")
-  expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape)),
-                                               train=False))
-  return checkpoint.load_variables(path, {"params": expected["params"],
-                                          "batch_stats": expected["batch_stats"]})
+  expected = models.variable_shapes(model, image_shape)
+  return checkpoint.load_source({"teacher": str(out)}, "teacher", "/nonexistent-workdir",
+                                "step2", expected)[1]
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bmd_jax import export, input_pipeline, layers, models, packed
+from bmd_jax import checkpoint, export, input_pipeline, layers, models, packed
 from narrow_models import CASES, FAST_COMPILE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,9 +159,9 @@ def test_export_command_reloaded_gives_the_same_predictions(digits_run, tmp_path
   assert sizes["binary_weights_float32_bytes"] >= 20 * sizes["binary_weights_packed_bytes"]
   assert os.path.getsize(out) < sizes["checkpoint_variables_float32_bytes"] / 5
 
-  ckpt = export.choose_checkpoint(workdir)
-  variables = export.read_variables(ckpt)
-  model, _ = export.model_of(config, variables["params"])
+  ckpt = checkpoint.choose_checkpoint(workdir)
+  variables = checkpoint.read_variables(ckpt)
+  model, _ = models.from_checkpoint(config, variables["params"])
   images = _eval_images(config)
   expected = model.apply(variables, images, train=False)
   got = exported.predict(images)
@@ -175,4 +175,4 @@ def test_export_command_reloaded_gives_the_same_predictions(digits_run, tmp_path
 def test_export_refuses_a_non_binary_stage(digits_run, tmp_path):
   config, workdir = digits_run
   with pytest.raises(ValueError, match="precision"):
-    export.choose_checkpoint(workdir, precision="binary_activations")
+    checkpoint.choose_checkpoint(workdir, precision="binary_activations")

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from bmd_jax import export
+from bmd_jax import checkpoint, export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,7 +79,7 @@ def test_npz_read_with_numpy_alone_gives_the_checkpoints_signs(digits_run, tmp_p
   with np.load(npz) as data:
     manifest = json.loads(str(data["manifest"]))
     arrays = {k: data[k] for k in data.files}
-  latent = export.read_variables(export.choose_checkpoint(workdir))["params"]
+  latent = checkpoint.read_variables(checkpoint.choose_checkpoint(workdir))["params"]
   for name, layer in manifest["binary_layers"].items():
     words = arrays[f"packed/{name}/words"]
     assert list(words.shape) == layer["words_shape"] and words.dtype == np.uint32

@@ -39,7 +39,8 @@ def test_two_stages_end_to_end(digits_config, tmp_path):
   jax.tree_util.tree_map(np.testing.assert_array_equal, step1, step2)
   # The teacher (step 1's checkpoint) is bitwise unchanged by step 2.
   expected = {"params": step1, "batch_stats": results["step1"]["state"].batch_stats}
-  teacher = checkpoint.load_variables(str(tmp_path / "checkpoints" / "step1"), expected)
+  teacher = checkpoint.load_variables(str(tmp_path / "checkpoints" / "step1"), expected,
+                                      "WDM teacher checkpoint")
   jax.tree_util.tree_map(np.testing.assert_array_equal, step1, teacher["params"])
   for stage in ("step1", "step2"):
     assert results[stage]["train_step_compilations"] == 1

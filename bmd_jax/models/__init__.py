@@ -17,6 +17,7 @@ and returns float32 logits. kwargs set the model's fields: ``num_classes``, ``pr
 The parameter tree does not depend on the precision, so a model trained with binary
 activations (step 1) initializes the binary model (step 2) as it is.
 
+``from_checkpoint(config, params)`` rebuilds a checkpoint's model (the tools' way).
 ``kurtosis_layers(model, image_shape)`` lists the convs a loss term covers, in the originals'
 definition order (models/layer_order.py).
 """
@@ -89,6 +90,19 @@ def create_model(config, num_classes: int, precision: str | None = None) -> nn.M
   `precision` overrides it."""
   overrides = {} if precision is None else {"precision": precision}
   return from_config(config.model, num_classes, **overrides)
+
+
+def from_checkpoint(config, params: Mapping[str, Any], precision: str | None = None):
+  """(model, image shape (H, W, C)) of a checkpoint: its config's model, with the number of
+  classes read from the checkpoint's 'classifier' layer (every registered model has one), so
+  no data set is needed to tell it."""
+  classifier = params.get("classifier", {}).get("kernel")
+  num_classes = classifier.shape[-1] if classifier is not None else config.get("num_classes")
+  if num_classes is None:
+    raise ValueError("cannot tell the number of classes: the checkpoint has no 'classifier' "
+                     "layer and its config no num_classes")
+  model = create_model(config, int(num_classes), precision)
+  return model, (config.image_size, config.image_size, config.channels)
 
 
 def variable_shapes(model: nn.Module, image_shape) -> dict:

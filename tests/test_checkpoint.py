@@ -1,0 +1,88 @@
+"""checkpoint.py on small hand-written workdirs: finding, choosing, reading and checking
+checkpoints as the tools do, without training a run."""
+
+import jax
+import numpy as np
+import pytest
+
+from bmd_jax import analyze, checkpoint, models
+from configs import default
+
+IMAGE_SHAPE = (8, 8, 1)
+
+
+def _variables(config, seed=0):
+  model = models.create_model(config, 10)
+  params, batch_stats = models.initialized(jax.random.PRNGKey(seed), model, IMAGE_SHAPE)
+  return jax.device_get({"params": params, "batch_stats": batch_stats})
+
+
+def _write_stage(workdir, stage, config, steps=(3,)):
+  """Checkpoints of `stage` as training writes them (state and meta; no data iterator)."""
+  manager = checkpoint.create_manager(str(workdir), stage)
+  meta = {"stage": stage, "config": config.to_json()}
+  for step in steps:
+    checkpoint.save(manager, step, _variables(config, step), None, meta, wait=True)
+  manager.close()
+
+
+def _two_stage_workdir(tmp_path):
+  config = default.get_config()
+  config.stages = "step1,step2"
+  step1 = config.copy_and_resolve_references()
+  step1.model.precision = "binary_activations"
+  _write_stage(tmp_path, "step1", step1, steps=(3, 5))
+  _write_stage(tmp_path, "step2", config)
+  return config
+
+
+def test_checkpoints_are_listed_chosen_and_read(tmp_path):
+  config = _two_stage_workdir(tmp_path)
+  found = checkpoint.list_checkpoints(tmp_path)
+  assert {s: [c.step for c in cs] for s, cs in found.items()} == {"step1": [3, 5], "step2": [3]}
+  assert checkpoint.stage_order(str(tmp_path)) == ["step1", "step2"]
+  newest = checkpoint.choose_checkpoint(str(tmp_path))
+  assert (newest.stage, newest.step) == ("step2", 3)
+  assert checkpoint.choose_checkpoint(str(tmp_path), precision="binary_activations").step == 5
+  assert checkpoint.read_meta(newest)[0] == "step2"
+  variables = checkpoint.read_variables(newest)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, variables, _variables(config, 3))
+  with pytest.raises(ValueError, match="has no checkpoint at step 4; steps: \\[3, 5\\]"):
+    checkpoint.choose_checkpoint(str(tmp_path), "step1", 4)
+
+
+def test_a_workdir_without_checkpoints_is_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match="must be a training run's workdir"):
+    checkpoint.list_checkpoints(tmp_path / "nothing")
+
+
+def test_init_from_of_other_shapes_is_named_as_init_from_by_analyze(tmp_path):
+  config = default.get_config()
+  other = config.copy_and_resolve_references()
+  other.model.width = 32  # small_cnn is 64 wide by default
+  _write_stage(tmp_path, "wide", other)
+  config.init_from = "wide"
+  _write_stage(tmp_path, "step2", config)
+  with pytest.raises(ValueError) as error:
+    analyze.stage_weights(str(tmp_path), "step2")
+  assert "init_from checkpoint" in str(error.value) and "teacher" not in str(error.value)
+
+
+def test_loaded_variables_name_what_was_loaded(tmp_path):
+  config = default.get_config()
+  _write_stage(tmp_path, "step1", config)
+  expected = _variables(config)
+  expected["params"]["extra"] = {"kernel": np.zeros(3)}
+  with pytest.raises(ValueError, match="distillation teacher checkpoint .* lacks parameter"):
+    checkpoint.load_variables(checkpoint.stage_directory(tmp_path, "step1"), expected,
+                              "distillation teacher checkpoint")
+
+
+def test_checkpoint_source_resolves_a_stage_name_or_a_folder(tmp_path):
+  config = default.get_config()
+  _write_stage(tmp_path, "step1", config)
+  folder = str(checkpoint.stage_directory(tmp_path, "step1"))
+  assert checkpoint.checkpoint_source("step1", tmp_path, "step2", "the teacher") == folder
+  assert checkpoint.checkpoint_source(folder, "/elsewhere", "step2", "the teacher") == folder
+  with pytest.raises(FileNotFoundError, match="run that stage first"):
+    checkpoint.checkpoint_source("step0", tmp_path, "step2", "the teacher")
