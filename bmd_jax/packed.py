@@ -205,13 +205,16 @@ def module_name(module: nn.Module) -> str:
 
 def packed_apply(model: nn.Module, variables: Mapping[str, Any],
                  packed_layers: Mapping[str, Mapping[str, jax.Array]], images: jax.Array,
-                 folded_batch_norms: Mapping[str, str] | None = None) -> jax.Array:
+                 folded_batch_norms: Mapping[str, str] | None = None,
+                 layer_forward=packed_layer_forward) -> jax.Array:
   """The model's logits (train=False) with its binary layers computed by XNOR-popcount.
 
   packed_layers: ``{module path: pack_layer(...)}`` for every binary layer; their latent
   kernels need not be in `variables`. folded_batch_norms: ``{batch norm path: binary layer
   path}`` for batch norms already folded into that layer's scale and shift: each must take
-  that layer's output as it is, and then passes it through.
+  that layer's output as it is, and then passes it through. layer_forward(module, x, layer)
+  computes a binary layer from its entry of packed_layers: another one (a float conv of the
+  same folded layer, bench/packed_inference.py) runs the same model around other arithmetic.
   """
   folded = dict(folded_batch_norms or {})
   outputs = {}
@@ -224,7 +227,7 @@ def packed_apply(model: nn.Module, variables: Mapping[str, Any],
     if isinstance(module, (layers.BinaryConv, layers.BinaryDense)):
       if name not in packed_layers:
         raise KeyError(f"no packed weights for binary layer {name}")
-      y = packed_layer_forward(module, args[0], packed_layers[name])
+      y = layer_forward(module, args[0], packed_layers[name])
       outputs[name] = y
       return y
     if name in folded:
