@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from bmd_jax import layers, models
-from narrow_models import CASES, FAST_COMPILE, NARROW_REACTNET, NARROW_RESNET, NARROW_VGG
+from narrow_models import (CASES, FAST_COMPILE, NARROW_REACTNET, NARROW_RESNET, NARROW_VGG,
+                           abstract_variables, initial_variables)
 
 NUM_CLASSES = 10
 
@@ -45,10 +46,6 @@ def count(tree):
   return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
 
 
-def abstract_variables(model, shape):
-  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
-
-
 def test_registry():
   assert {name for name, _, _ in CASES.values()} == set(models.list_models(binary_only=True))
   with pytest.raises(ValueError, match="unknown model"):
@@ -65,30 +62,6 @@ def test_from_config_builds_the_named_model():
 
 
 # --- one jitted train-mode step per model, shared by the tests below ---------------------------
-
-def initial_variables(model, shape, seed=0):
-  """Variables of `model` with random values, without compiling an init for every model.
-
-  The model's own ``init`` runs traced (``jax.eval_shape``) for the tree and its shapes; the
-  values are He-normal kernels and random but plausible biases, shifts, slopes and BN
-  statistics (nonzero, unlike a fresh init, so every learnable shift is exercised).
-  Compiling each model's init would cost as much as its train step on this CPU.
-  """
-  rng = np.random.default_rng(seed)
-
-  def value(path, leaf):
-    name = path[-1].key
-    if name in ("kernel", "latent_kernel"):
-      return rng.standard_normal(leaf.shape) * np.sqrt(2 / np.prod(leaf.shape[:-1]))
-    if name in ("scale", "var"):
-      return rng.uniform(0.5, 1.5, leaf.shape)
-    if name == "slope":
-      return rng.uniform(0.1, 0.4, leaf.shape)
-    return 0.1 * rng.standard_normal(leaf.shape)  # biases, shifts, means
-
-  return jax.tree_util.tree_map_with_path(
-      lambda p, leaf: jnp.asarray(value(p, leaf), leaf.dtype), abstract_variables(model, shape))
-
 
 @functools.lru_cache(maxsize=None)
 def binary_step(case):

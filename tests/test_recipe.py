@@ -66,9 +66,15 @@ def test_teacher_with_other_shapes_is_rejected(digits_config, tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
 
 
+# The interrupted runs: 120 steps (5.5 epochs of 22), saved every 5. Once step 10's checkpoint
+# appears, 110 steps and 22 saves (about 6 s on 2 cores) are left before the run could end, so
+# it is still alive when interrupted.
+STEPS = 120
+
+
 def _cli(workdir, *overrides):
   return [sys.executable, "-m", "bmd_jax.main", "--config=configs/default.py",
-          f"--workdir={workdir}", "--config.num_train_steps=300",
+          f"--workdir={workdir}", f"--config.num_train_steps={STEPS}",
           "--config.checkpoint_every_steps=5", "--config.log_every_steps=5",
           "--config.eval_every_epochs=100", *overrides]
 
@@ -85,17 +91,21 @@ def _start_and_wait_for_checkpoint(workdir, step=10):
 
 
 def _final_params(workdir):
-  return _final_params_at(workdir, 300)
+  return _final_params_at(workdir, STEPS)
 
 
 @pytest.mark.slow
 def test_resume_after_sigkill_is_exact(tmp_path):
   straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-  subprocess.run(_cli(straight), cwd=REPO, check=True, capture_output=True, timeout=300)
+  # The parameters do not depend on when checkpoints are written (checkpoint_every_steps and
+  # log_every_steps may change on resume): the straight run saves at epoch ends only.
+  subprocess.run(_cli(straight, f"--config.checkpoint_every_steps={STEPS}",
+                      f"--config.log_every_steps={STEPS}"),
+                 cwd=REPO, check=True, capture_output=True, timeout=300)
   proc = _start_and_wait_for_checkpoint(killed)
   proc.kill()
   proc.wait()
-  assert not os.path.isdir(os.path.join(killed, "checkpoints", "train", "300"))
+  assert not os.path.isdir(os.path.join(killed, "checkpoints", "train", str(STEPS)))
   result = subprocess.run(_cli(killed), cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
   assert "resumed from step" in result.stderr
@@ -113,7 +123,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   assert "SIGTERM received" in out
   steps = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints", "train"))
            if s.isdigit()]
-  assert 10 <= max(steps) < 300
+  assert 10 <= max(steps) < STEPS
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bmd_jax import losses, train
+from bmd_jax import losses, models, train
 from step_setup import step_setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,12 +33,11 @@ def test_train_step_lowers_loss_on_a_fixed_batch(digits_config):
   assert int(state.step) == 15
 
 
-@pytest.mark.slow
 def test_binarized_layers_exclude_first_conv_and_classifier(digits_config):
   for name, shape in [("small_cnn", (8, 8, 1)), ("resnet20", (32, 32, 3))]:
     digits_config.model.name = name
     model = train.create_model(digits_config, 10)
-    params, _ = train.initialized(jax.random.PRNGKey(0), model, shape)
+    params = models.variable_shapes(model, shape)["params"]  # traced: names and shapes only
     names = list(losses.binarized_kernels(params))
     assert names and not any("stem" in n or "classifier" in n for n in names), names
     assert "stem_conv" in params and "kernel" in params["classifier"]
@@ -65,7 +64,7 @@ def test_teacher_terms_and_teacher_untouched(digits_config):
   jax.tree_util.tree_map(np.testing.assert_array_equal, before,
                          jax.tree_util.tree_map(np.asarray, teacher))
   # Teacher logits are those of the teacher's own inference forward.
-  logits = model.apply(teacher, batch["image"], train=False)
+  logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(teacher, batch["image"])
   assert logits.shape == (digits_config.batch_size, 10)
 
 
