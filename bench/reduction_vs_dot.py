@@ -1,0 +1,67 @@
+"""A per-channel sum over an activation, as XLA:CPU's reduction and as a matrix product.
+
+    python bench/reduction_vs_dot.py                     # ResNet-18's stage-1 activation
+    python bench/reduction_vs_dot.py --shape=128,32,32,16   # ResNet-20's
+
+The ResNet-18 train step's profile (bench/profile_train_step.py --model=resnet18) spends most
+of its traced time in per-channel reductions over activations: batch-norm statistics and their
+gradients, and the gradients of per-channel parameters (RPReLU, RSign, LearnableBias).
+XLA:CPU lowers them as `reduce-window` / `*_reduce_fusion` loops; the same sum written as a
+product with a vector of ones runs as a matrix-vector product. Both are jitted; each is the
+median of --reps calls, alternating over --rounds rounds; results are checked equal first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import bmd_jax
+
+
+def _median_ms(fn, x, reps):
+  import jax
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(x))
+    times.append(time.perf_counter() - start)
+  return 1e3 * statistics.median(times)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--shape", default="32,56,56,64", help="N,H,W,C of the activation")
+  parser.add_argument("--reps", type=int, default=10)
+  parser.add_argument("--rounds", type=int, default=3)
+  args = parser.parse_args()
+  bmd_jax.configure_cpu()  # before any JAX computation
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  shape = tuple(int(s) for s in args.shape.split(","))
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  ones = jnp.ones((int(np.prod(shape[:-1])),), jnp.float32)
+  paths = {
+      "reduce": jax.jit(lambda x: jnp.sum(x, axis=(0, 1, 2))),
+      "dot": jax.jit(lambda x: ones @ x.reshape(-1, shape[-1])),
+  }
+  np.testing.assert_allclose(paths["dot"](x), paths["reduce"](x), rtol=1e-4, atol=1e-2)
+  rows = {name: [] for name in paths}
+  for _ in range(args.rounds):
+    for name, fn in paths.items():
+      rows[name].append(_median_ms(fn, x, args.reps))
+  print(f"shape {shape}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
+        f"load average {os.getloadavg()}")
+  for name, times in rows.items():
+    print(f"{name}: " + ", ".join(f"{t:.1f}" for t in times) + " ms per round")
+  ratios = [r / d for r, d in zip(rows["reduce"], rows["dot"])]
+  print("reduce / dot per round: " + ", ".join(f"{r:.1f}x" for r in ratios)
+        + f"; median {statistics.median(ratios):.1f}x")
+
+
+if __name__ == "__main__":
+  main()
