@@ -36,6 +36,7 @@ def _two_stage_workdir(tmp_path):
   return config
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: the fast tier stays under 3 minutes
 def test_checkpoints_are_listed_chosen_and_read(tmp_path):
   config = _two_stage_workdir(tmp_path)
   found = checkpoint.list_checkpoints(tmp_path)
@@ -56,6 +57,7 @@ def test_a_workdir_without_checkpoints_is_named(tmp_path):
     checkpoint.list_checkpoints(tmp_path / "nothing")
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: the fast tier stays under 3 minutes
 def test_init_from_of_other_shapes_is_named_as_init_from_by_analyze(tmp_path):
   config = default.get_config()
   other = config.copy_and_resolve_references()

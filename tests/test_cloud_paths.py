@@ -149,6 +149,7 @@ def test_checkpoints_of_a_url_workdir_are_listed_and_their_meta_read(gcs, digits
   _no_local_gs_folder()
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: the fast tier stays under 3 minutes
 def test_an_export_written_to_a_url_loads_back(gcs, digits_run, tmp_path):
   from bmd_jax import export, portable_export  # pylint: disable=g-import-not-at-top
 
@@ -172,6 +173,7 @@ def test_an_export_written_to_a_url_loads_back(gcs, digits_run, tmp_path):
   _no_local_gs_folder()
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: the fast tier stays under 3 minutes
 def test_analyze_writes_its_figures_and_table_to_a_url(gcs, digits_run):
   from bmd_jax import analyze  # pylint: disable=g-import-not-at-top
 

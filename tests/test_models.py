@@ -313,6 +313,7 @@ def test_same_variables_in_every_precision(case):
     assert abstract_variables(*build(case, precision="full")) == step2
 
 
+@pytest.mark.slow  # over 3.5 s on 2 cores: the fast tier stays under 3 minutes
 def test_step1_params_load_unchanged_into_step2():
   """The step-1 variables apply as they are in step 2; only the precision switch differs.
 

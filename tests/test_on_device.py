@@ -48,6 +48,7 @@ def test_crop_and_flip_equals_the_grain_recipe_for_the_same_draws():
   np.testing.assert_array_equal(np.asarray(out), expected)
 
 
+@pytest.mark.slow  # over 3.5 s on 2 cores: the fast tier stays under 3 minutes
 def test_offsets_uniform_half_flipped_as_on_the_grain_path():
   count = 20000
   images = coordinate_images(count)

@@ -58,6 +58,7 @@ def _student_setup(config):
   return model, state, batch, lr_fn
 
 
+@pytest.mark.slow  # over 3.5 s on 2 cores: the fast tier stays under 3 minutes
 def test_distillation_teacher_of_another_architecture_in_the_jitted_step(digits_config):
   digits_config.distill_teacher_model = {"name": "resnet34_torchvision", "precision": "full",
                                          **NARROW_TORCHVISION}

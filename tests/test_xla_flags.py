@@ -135,6 +135,7 @@ def _changed_by_import(*first):
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # over 3.5 s on 2 cores: the fast tier stays under 3 minutes
 def test_importing_bmd_jax_leaves_the_environment_as_it_was():
   # The notebook's pieces from a clean start; every module once the libraries are in (grain
   # and orbax set TF_CPP_MIN_LOG_LEVEL and TPU_SKIP_MDS_QUERY when they are imported).
