@@ -24,7 +24,9 @@
 # command's target, kept inside the device call's 600 s limit) after the checks and timings;
 # --epochs auto (the default) then picks the longest schedule that every run finishes in that
 # budget, from the measured BD-BNN step time (bench/gpu_train.py --epochs=0). A continued run
-# must be given the same --epochs N as its record's epochs_per_step.
+# must be given the same --epochs N as its record's epochs_per_step, and its runs_*.tar.gz must
+# be in bench/gpu_payload/ before the call that carries it starts (2026-11-27's second window
+# copied them as the call began, they did not travel, and both runs restarted from scratch).
 # Needs bench/gpu_payload/ (wheels and the packed CIFAR-10 JPEGs) from prepare_gpu_run.sh.
 set -uo pipefail
 cd "$(dirname "$0")/.."
