@@ -127,13 +127,17 @@ def two_stage_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("two_stages")
   lines = _Lines()
   log.addHandler(lines)
+  # setLevel, not a patched attribute: it also clears the logger's cached isEnabledFor answers,
+  # which an earlier test at WARNING leaves behind (the lines were then silently dropped).
+  level = log.level
+  log.setLevel(logging.INFO)
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(sys, "stderr", io.StringIO())
-    patch.setattr(log, "level", logging.INFO)
     try:
       train.train_and_evaluate(config, str(workdir))
     finally:
       log.removeHandler(lines)
+      log.setLevel(level)
   return config, workdir, lines.lines
 
 
