@@ -42,9 +42,9 @@ class BinaryNetwork(layers.BinaryFields):
     return BinarySpec(tuple(layers.binary_fields(self).items()))
 
 
-def batch_norm(train: bool, name: str | None = None, dtype: Any = None) -> nn.BatchNorm:
+def batch_norm(train: bool, name: str | None = None, dtype: Any = None) -> layers.BatchNorm:
   # PyTorch's defaults (its momentum 0.1 is Flax's 0.9), as the reference recipes use.
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+  return layers.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                       dtype=dtype, name=name)
 
 
