@@ -16,14 +16,13 @@ import bmd_jax  # noqa: E402
 
 bmd_jax.configure_cpu()
 
-# The subprocesses the tests start (`python -m bmd_jax.main`, launch/, bench/) share one XLA
-# compilation cache for the session: a run of a program that an earlier subprocess compiled
-# (the digits config's train and eval steps, most often) loads it instead of compiling it,
-# about 9 s less per run on 2 cores. It holds executables keyed by their program, compile
-# options and XLA flags, so what a test asserts is unchanged. jax is imported first, so the
-# test process itself reads no cache (it was never given one); a cache set by the caller
-# wins, and BMD_JAX_TEST_XLA_CACHE=0 turns it off.
-import jax  # noqa: E402,F401  (before the variables below: they are for subprocesses only)
+# The test process and the subprocesses it starts (`python -m bmd_jax.main`, launch/, bench/)
+# share one XLA compilation cache for the session: a program that an earlier test compiled
+# (the digits config's train and eval steps, most often: every train_and_evaluate builds its
+# step functions anew) is loaded instead of compiled, seconds less each time on 2 cores. It
+# holds executables keyed by their program, compile options and XLA flags, so what a test
+# asserts is unchanged. A cache set by the caller wins; BMD_JAX_TEST_XLA_CACHE=0 turns it off.
+import jax  # noqa: E402
 
 _XLA_CACHE = None
 if (os.environ.get("BMD_JAX_TEST_XLA_CACHE", "1") != "0"
@@ -32,6 +31,9 @@ if (os.environ.get("BMD_JAX_TEST_XLA_CACHE", "1") != "0"
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+  jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)  # jax read the variables already
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def pytest_unconfigure(config):

@@ -4,22 +4,39 @@ damaged newest checkpoint falls back to an older one (issue 15, item 2 and the u
 import glob
 import logging
 import os
+import shutil
 
 import pytest
 
 from bmd_jax import checkpoint, train
+from configs import default
 
-pytestmark = pytest.mark.slow  # each test trains a 10-step run first
+pytestmark = pytest.mark.slow  # the module trains a 10-step run first
+
+
+def _ten_step_config():
+  config = default.get_config()
+  config.num_train_steps = 10
+  config.log_every_steps = 5
+  config.checkpoint_every_steps = 5
+  config.eval_every_epochs = 100.0
+  return config
+
+
+@pytest.fixture(scope="module")
+def _trained_once(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("ten_steps"))
+  train.train_and_evaluate(_ten_step_config(), workdir)
+  return workdir
 
 
 @pytest.fixture
-def finished_run(digits_config, tmp_path):
-  """A 10-step digits run with checkpoints at steps 5 and 10."""
-  digits_config.num_train_steps = 10
-  digits_config.log_every_steps = 5
-  digits_config.checkpoint_every_steps = 5
-  train.train_and_evaluate(digits_config, str(tmp_path))
-  return digits_config, str(tmp_path)
+def finished_run(_trained_once, tmp_path):
+  """(config, workdir) of a 10-step digits run with checkpoints at steps 5 and 10: a copy of
+  one run per test, which the test may resume, damage or refuse."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(_trained_once, workdir)
+  return _ten_step_config(), workdir
 
 
 def test_a_field_on_the_allowed_list_may_change(finished_run, caplog):
