@@ -44,13 +44,8 @@ def pytest_unconfigure(config):
 @pytest.fixture
 def digits_config():
   """configs/default.py shrunk to a few steps, for end-to-end tests."""
-  from configs import default
-
-  config = default.get_config()
-  config.num_train_steps = 30
-  config.log_every_steps = 10
-  config.eval_every_epochs = 100.0
-  return config
+  from step_setup import short_digits_config
+  return short_digits_config(30, 10)
 
 
 @pytest.fixture(scope="session")
@@ -58,12 +53,9 @@ def digits_run(tmp_path_factory):
   """(config, workdir) of a 12-step digits run with its checkpoint, shared by the tests that
   read a trained run (export, analyze)."""
   from bmd_jax import train
-  from configs import default
+  from step_setup import short_digits_config
 
-  config = default.get_config()
-  config.num_train_steps = 12
-  config.log_every_steps = 6
-  config.eval_every_epochs = 100.0
+  config = short_digits_config(12, 6)
   workdir = str(tmp_path_factory.mktemp("digits_run"))
   train.train_and_evaluate(config, workdir)
   return config, workdir

@@ -1,10 +1,23 @@
-"""One train step's pieces on the digits config, shared by the tests that run a step."""
+"""The digits config shrunk, and one train step's pieces on it: shared by the tests."""
 
 import functools
 
 import jax
 
 from bmd_jax import input_pipeline, train
+
+
+def short_digits_config(steps: int, log_every: int, **fields):
+  """configs/default.py (the built-in digits) shrunk to `steps` steps, no evaluation before
+  the end; `fields` set other top-level fields (checkpoint_every_steps, ...)."""
+  from configs import default
+
+  config = default.get_config()
+  config.num_train_steps = steps
+  config.log_every_steps = log_every
+  config.eval_every_epochs = 100.0
+  config.update(fields)
+  return config
 
 
 def step_setup(config, precision=None, total_epochs=5.0):

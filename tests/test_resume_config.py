@@ -9,18 +9,13 @@ import shutil
 import pytest
 
 from bmd_jax import checkpoint, train
-from configs import default
+from step_setup import short_digits_config
 
 pytestmark = pytest.mark.slow  # the module trains a 10-step run first
 
 
 def _ten_step_config():
-  config = default.get_config()
-  config.num_train_steps = 10
-  config.log_every_steps = 5
-  config.checkpoint_every_steps = 5
-  config.eval_every_epochs = 100.0
-  return config
+  return short_digits_config(10, 5, checkpoint_every_steps=5)
 
 
 @pytest.fixture(scope="module")
