@@ -110,8 +110,8 @@ def binary_step(case):
               updates=updates, grads=grads, calls=calls, shape=shape)
 
 
-# The two largest compiles (seconds each on 2 cores) run in the slow tier only.
-HEAVY_CASES = ("reactnet_a", "resnet18_cifar")
+# The largest compiles (over 4 s each on 2 cores) run in the slow tier only.
+HEAVY_CASES = ("reactnet_a", "resnet18_cifar", "resnet18", "resnet34")
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in HEAVY_CASES
@@ -292,7 +292,8 @@ def test_counts_agree_with_the_papers():
   assert round(with_1000_classes(PAPER_SIZE["reactnet_a"][0], 1024), -5) == 29_300_000
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c == "reactnet_a"
+                                  else c for c in sorted(CASES)])
 def test_parameter_count_matches_architecture(case):
   """At the papers' widths (traced only) and at the test widths (the initialized model)."""
   name, kwargs, shape = CASES[case]
