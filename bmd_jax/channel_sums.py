@@ -8,9 +8,10 @@ docs/BENCHMARKS.md "ResNet-18 on this CPU"). So:
 
 - `channel_sum(x)` sums over the leading axes: a product with ones on CPU, a plain reduction on
   every other platform (chosen when the program is lowered, `jax.lax.platform_dependent`);
-- `per_channel(v, shape, dtype)` broadcasts a per-channel vector to an activation's shape; its gradient is a
-  `channel_sum`, so a layer that adds or multiplies by a parameter through it gets the fast sum
-  in its backward pass (autodiff of a plain broadcast would emit the slow reduction);
+- `per_channel(v, shape, dtype)` broadcasts a per-channel vector to an activation's shape;
+  its gradient is a `channel_sum`, so a layer that adds or multiplies by a parameter through
+  it gets the fast sum in its backward pass (autodiff of a plain broadcast would emit the slow
+  reduction);
 - `batch_norm_train(x, scale, bias, eps)` is batch norm over the batch with its gradient
   written out (two channel sums instead of the four or more autodiff would emit).
 

@@ -1,4 +1,5 @@
-"""Binarized Flax linen layers: BinaryConv, BinaryDense, LearnableBias, RPReLU; Conv.
+"""Binarized Flax linen layers: BinaryConv, BinaryDense, LearnableBias, RPReLU; Conv and
+BatchNorm (Flax's, with fast per-channel sums on CPU: channel_sums.py).
 
 A binary layer keeps a real-valued *latent* kernel, stored as the parameter
 ``latent_kernel`` (full-precision layers use Flax's ``kernel``): the losses find the

@@ -45,7 +45,7 @@ class BinaryNetwork(layers.BinaryFields):
 def batch_norm(train: bool, name: str | None = None, dtype: Any = None) -> layers.BatchNorm:
   # PyTorch's defaults (its momentum 0.1 is Flax's 0.9), as the reference recipes use.
   return layers.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      dtype=dtype, name=name)
+                          dtype=dtype, name=name)
 
 
 def hardtanh(x):
