@@ -1,0 +1,60 @@
+"""Max pool forward and backward: Flax's nn.max_pool against bmd_jax.pooling.max_pool.
+
+    python bench/max_pool_grad.py                      # ResNet-18's stem pool, batch 32
+    python bench/max_pool_grad.py --shape=8,112,112,64
+
+Both jitted as the gradient of sum(pool(x) * w); each is the median of --reps calls,
+alternating over --rounds rounds; the gradients are checked equal first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import bmd_jax
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--shape", default="32,112,112,64", help="N,H,W,C of the pooled input")
+  parser.add_argument("--reps", type=int, default=5)
+  parser.add_argument("--rounds", type=int, default=3)
+  args = parser.parse_args()
+  bmd_jax.configure_cpu()  # before any JAX computation
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from bmd_jax import pooling
+
+  shape = tuple(int(s) for s in args.shape.split(","))
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  pools = {"flax": lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))),
+           "slices": lambda x: pooling.max_pool(x, 3, 2, 1)}
+  w = jax.random.normal(jax.random.PRNGKey(1), jax.eval_shape(pools["flax"], x).shape)
+  grads = {name: jax.jit(jax.grad(lambda x, pool=pool: jnp.sum(pool(x) * w)))
+           for name, pool in pools.items()}
+  np.testing.assert_allclose(grads["slices"](x), grads["flax"](x), rtol=1e-6, atol=1e-6)
+  rows = {name: [] for name in grads}
+  for _ in range(args.rounds):
+    for name, fn in grads.items():
+      times = []
+      for _ in range(args.reps):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(x))
+        times.append(time.perf_counter() - start)
+      rows[name].append(1e3 * statistics.median(times))
+  print(f"shape {shape}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
+        f"load average {os.getloadavg()}")
+  for name, times in rows.items():
+    print(f"{name}: " + ", ".join(f"{t:.1f}" for t in times) + " ms per round")
+  ratios = [f / s for f, s in zip(rows["flax"], rows["slices"])]
+  print("flax / slices per round: " + ", ".join(f"{r:.1f}x" for r in ratios)
+        + f"; median {statistics.median(ratios):.1f}x")
+
+
+if __name__ == "__main__":
+  main()
