@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
+import sys
 
 import bmd_jax
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from alternating_rounds import compare  # noqa: E402
 
 
 def main():
@@ -38,22 +41,7 @@ def main():
   grads = {name: jax.jit(jax.grad(lambda x, pool=pool: jnp.sum(pool(x) * w)))
            for name, pool in pools.items()}
   np.testing.assert_allclose(grads["slices"](x), grads["flax"](x), rtol=1e-6, atol=1e-6)
-  rows = {name: [] for name in grads}
-  for _ in range(args.rounds):
-    for name, fn in grads.items():
-      times = []
-      for _ in range(args.reps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(x))
-        times.append(time.perf_counter() - start)
-      rows[name].append(1e3 * statistics.median(times))
-  print(f"shape {shape}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
-        f"load average {os.getloadavg()}")
-  for name, times in rows.items():
-    print(f"{name}: " + ", ".join(f"{t:.1f}" for t in times) + " ms per round")
-  ratios = [f / s for f, s in zip(rows["flax"], rows["slices"])]
-  print("flax / slices per round: " + ", ".join(f"{r:.1f}x" for r in ratios)
-        + f"; median {statistics.median(ratios):.1f}x")
+  compare(grads, x, args.reps, args.rounds, "flax", "slices", f"shape {shape}")
 
 
 if __name__ == "__main__":

@@ -15,20 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
+import sys
 
 import bmd_jax
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-def _median_ms(fn, x, reps):
-  import jax
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(x))
-    times.append(time.perf_counter() - start)
-  return 1e3 * statistics.median(times)
+from alternating_rounds import compare  # noqa: E402
 
 
 def main():
@@ -50,17 +43,7 @@ def main():
       "dot": jax.jit(lambda x: ones @ x.reshape(-1, shape[-1])),
   }
   np.testing.assert_allclose(paths["dot"](x), paths["reduce"](x), rtol=1e-4, atol=1e-2)
-  rows = {name: [] for name in paths}
-  for _ in range(args.rounds):
-    for name, fn in paths.items():
-      rows[name].append(_median_ms(fn, x, args.reps))
-  print(f"shape {shape}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
-        f"load average {os.getloadavg()}")
-  for name, times in rows.items():
-    print(f"{name}: " + ", ".join(f"{t:.1f}" for t in times) + " ms per round")
-  ratios = [r / d for r, d in zip(rows["reduce"], rows["dot"])]
-  print("reduce / dot per round: " + ", ".join(f"{r:.1f}x" for r in ratios)
-        + f"; median {statistics.median(ratios):.1f}x")
+  compare(paths, x, args.reps, args.rounds, "reduce", "dot", f"shape {shape}")
 
 
 if __name__ == "__main__":
