@@ -4,10 +4,10 @@ Flax's `nn.max_pool` is a `reduce_window`; its gradient is a select-and-scatter 
 runs as windowed loops over the padded input: ReActNet/Bi-Real ResNet-18's stem pool
 (3x3, stride 2, on 32x112x112x64) takes 3.8x the time, forward and backward, of the same
 pool written as the maximum of its nine strided slices with the gradient below
-(bench/max_pool_grad.py, docs/BENCHMARKS.md). Each window's gradient goes to its first largest element in row-major
-window order, the element XLA's select-and-scatter picks, so the gradient equals Flax's, ties
-included (tests/test_pooling.py). Other platforms keep Flax's pool
-(`jax.lax.platform_dependent`).
+(bench/max_pool_grad.py, docs/BENCHMARKS.md). Each window's gradient goes to its first
+largest element in row-major window order, the element XLA's select-and-scatter picks, so the
+gradient equals Flax's, ties included (tests/test_pooling.py: hardtanh and ReLU stems tie
+often). Other platforms keep Flax's pool (`jax.lax.platform_dependent`).
 """
 
 from __future__ import annotations
