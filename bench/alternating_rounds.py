@@ -4,9 +4,23 @@ times every way once, and the result is the ratio per round and its median."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import time
+
+
+def arguments(doc: str, default_shape: str, default_reps: int):
+  """(args, shape) from the command line (--shape N,H,W,C, --reps, --rounds), with bmd_jax's
+  XLA:CPU flags set: call it before any JAX computation."""
+  import bmd_jax
+  parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+  parser.add_argument("--shape", default=default_shape, help="N,H,W,C of the input")
+  parser.add_argument("--reps", type=int, default=default_reps)
+  parser.add_argument("--rounds", type=int, default=3)
+  args = parser.parse_args()
+  bmd_jax.configure_cpu()
+  return args, tuple(int(s) for s in args.shape.split(","))
 
 
 def median_ms(fn, x, reps: int) -> float:

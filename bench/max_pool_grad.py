@@ -9,31 +9,22 @@ alternating over --rounds rounds; the gradients are checked equal first.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-import bmd_jax
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from alternating_rounds import compare  # noqa: E402
+from alternating_rounds import arguments, compare  # noqa: E402
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--shape", default="32,112,112,64", help="N,H,W,C of the pooled input")
-  parser.add_argument("--reps", type=int, default=5)
-  parser.add_argument("--rounds", type=int, default=3)
-  args = parser.parse_args()
-  bmd_jax.configure_cpu()  # before any JAX computation
+  args, shape = arguments(__doc__, "32,112,112,64", 5)  # before any JAX computation
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
   import numpy as np
   from bmd_jax import pooling
 
-  shape = tuple(int(s) for s in args.shape.split(","))
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
   pools = {"flax": lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))),
            "slices": lambda x: pooling.max_pool(x, 3, 2, 1)}

@@ -13,29 +13,20 @@ median of --reps calls, alternating over --rounds rounds; results are checked eq
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-import bmd_jax
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from alternating_rounds import compare  # noqa: E402
+from alternating_rounds import arguments, compare  # noqa: E402
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--shape", default="32,56,56,64", help="N,H,W,C of the activation")
-  parser.add_argument("--reps", type=int, default=10)
-  parser.add_argument("--rounds", type=int, default=3)
-  args = parser.parse_args()
-  bmd_jax.configure_cpu()  # before any JAX computation
+  args, shape = arguments(__doc__, "32,56,56,64", 10)  # before any JAX computation
   import jax
   import jax.numpy as jnp
   import numpy as np
 
-  shape = tuple(int(s) for s in args.shape.split(","))
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
   ones = jnp.ones((int(np.prod(shape[:-1])),), jnp.float32)
   paths = {

@@ -47,12 +47,11 @@ def _max_pool_fwd(x, window, stride, padding):
   slices = [_window_slice(padded, i, j, out_hw, stride)
             for i in range(window) for j in range(window)]
   out = functools.reduce(jnp.maximum, slices)
-  return out, (x, out)
+  return out, (padded, out)
 
 
 def _max_pool_bwd(window, stride, padding, residual, g):
-  x, out = residual
-  padded = _pad(x, padding)
+  padded, out = residual
   out_hw = out.shape[1:3]
   taken = jnp.zeros(out.shape, bool)
   grad = jnp.zeros(padded.shape, g.dtype)
@@ -67,8 +66,7 @@ def _max_pool_bwd(window, stride, padding, residual, g):
                 (0, 0, 0))
       grad = grad + jax.lax.pad(jnp.where(hit, g, 0).astype(g.dtype),
                                 jnp.zeros((), g.dtype), spread)
-  h, w = x.shape[1:3]
-  return (grad[:, padding:padding + h, padding:padding + w, :],)
+  return (grad[:, padding:padded.shape[1] - padding, padding:padded.shape[2] - padding, :],)
 
 
 _max_pool_by_slices.defvjp(_max_pool_fwd, _max_pool_bwd)
