@@ -144,8 +144,10 @@ def main(argv):
   import jax
   metric_writers.console_logging()
   signal.signal(signal.SIGTERM, lambda *_: None)  # a late deadline signal between stages
-  # Seeds of a variant compile the same programs: compile once per window.
-  jax.config.update("jax_compilation_cache_dir", os.path.join(_RUNS.value, "jax_cache"))
+  # Seeds of a variant compile the same programs: compile once per window. A cache the caller
+  # set (bench/gpu_run.sh's, the test session's) wins: windows and runs then share it.
+  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", os.path.join(_RUNS.value, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   runs = [(v, int(s)) for s in _SEEDS.value for v in _VARIANTS.value]
   datasets = input_pipeline.create_datasets(run_config(runs[0][0], runs[0][1], 1.0))

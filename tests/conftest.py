@@ -22,7 +22,9 @@ bmd_jax.configure_cpu()
 # step functions anew) is loaded instead of compiled. A subprocess's run saved about 9 s on 2
 # cores; in the test process the fast tier showed no measurable change. It holds executables
 # keyed by their program, compile options and XLA flags, so what a test asserts is unchanged.
-# A cache set by the caller wins; BMD_JAX_TEST_XLA_CACHE=0 turns it off.
+# Under pytest-xdist the controlling process sets it before it starts the workers, which
+# inherit it: every worker and subprocess shares it. A cache set by the caller wins;
+# BMD_JAX_TEST_XLA_CACHE=0 turns it off.
 import jax  # noqa: E402
 
 _XLA_CACHE = None
