@@ -56,19 +56,18 @@ def variants(base):
 
   def set_terms(kurtosis: float, wdm: float, form: str = "softmax_kl"):
     def edit(config):
-      config.loss.kurtosis_weight = kurtosis
+      config.loss.kurtosis.weight = kurtosis
       for stage in config.stage_overrides.values():
         if "loss" not in stage:
           stage.loss = ml_collections.ConfigDict()
-        stage.loss.kurtosis_weight = kurtosis
+        stage.loss.kurtosis = {**stage.loss.get("kurtosis", {}), "weight": kurtosis}
         if stage.get("teacher"):
-          stage.loss.wdm_weight = wdm
-          stage.loss.wdm_form = form
+          stage.loss.wdm = {**stage.loss.get("wdm", {}), "weight": wdm, "form": form}
     return edit
 
   def full_precision(config):
     config.model.precision = "full"
-    config.loss.kurtosis_weight = 0.0
+    config.loss.kurtosis.weight = 0.0
     config.stages = "fp"
     config.stage_overrides.fp = {}
 

@@ -116,9 +116,9 @@ def jax_config(model_name, blocks_per_stage=0, dtype="float32"):
   config.model.precision = "binary"  # step 2: binary student, binary_activations teacher
   config.model.dtype = dtype
   config.teacher_precision = "binary_activations"
-  config.loss.kurtosis_weight = 1.0
-  config.loss.wdm_weight = 1.0
-  config.loss.kd_weight = 1.0
+  config.loss.kurtosis.weight = 1.0
+  config.loss.wdm.weight = 1.0
+  config.loss.kd.weight = 1.0
   return config
 
 
@@ -237,8 +237,8 @@ def run_torch(model_name, variants=VARIANTS, steps=20, warmup=3, image_size=None
   est = ref.default_estimator_args(0.0)
   ref.set_estimator_args(student, est)
   ref.set_estimator_args(teacher, est)
-  loss_kwargs = {"kurtosis_target": config.loss.kurtosis_target,
-                 "wdm_temperature": config.loss.wdm_temperature}
+  loss_kwargs = {"kurtosis_target": config.loss.kurtosis.target,
+                 "wdm_temperature": config.loss.wdm.temperature}
   results = {}
   for variant in variants:
     if variant in ("full", "ce_kurt", "ce"):

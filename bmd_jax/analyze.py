@@ -11,7 +11,7 @@ workdirs (comma-separated), every figure draws each run in its own colour, to co
   the start a dashed line; each subplot's title gives the layer's kurtosis at start and end and
   its configured target;
 - ``<out>/kurtosis.png``: per-layer kurtosis at start (hollow) and end (filled) of every stage,
-  a subplot per stage, with the configured kurtosis target (``config.loss.kurtosis_target``, a
+  a subplot per stage, with the configured kurtosis target (``config.loss.kurtosis.target``, a
   float or one value per layer) as a line; a bi-modal +-a distribution has kurtosis 1, a
   uniform one 1.8, a Gaussian 3;
 - ``<out>/analysis.json`` and ``<out>/analysis.md``: the table, one row per run, stage and layer:
@@ -52,13 +52,14 @@ def _latents(params) -> dict[str, np.ndarray]:
 def kurtosis_targets(config, regularized: list[str]) -> dict[str, float]:
   """{binary layer: kurtosis target} of a stage, paired as training pairs them: `regularized`
   is the model's list of the layers the term covers (models.kurtosis_layers, definition
-  order), the targets loss.kurtosis_targets or loss.kurtosis_target; {} when the term is off.
+  order), the targets loss.kurtosis.targets or loss.kurtosis.target; {} when the term is off.
   Real convs the term covers are not plotted, so they are left out here."""
-  loss = config.get("loss") or {}
-  if not loss.get("kurtosis_weight"):
+  kurtosis = (config.get("loss") or {}).get("kurtosis") or {}
+  if not kurtosis.get("weight"):
     return {}
-  target = np.broadcast_to(np.asarray(objective.kurtosis_targets(loss, regularized), np.float64),
-                           (len(regularized),))
+  target = np.broadcast_to(
+      np.asarray(objective.kurtosis_targets(kurtosis, regularized), np.float64),
+      (len(regularized),))
   suffix = "/" + layers.LATENT_KERNEL
   # 6 digits give back the config's decimals (1.8, not 1.79999).
   return {p.removesuffix(suffix): float(f"{v:.6g}") for p, v in zip(regularized, target)
@@ -83,7 +84,7 @@ def stage_weights(workdir: str, stage: str) -> dict:
   return {"config": config, "start": _latents(start_params), "end": _latents(end["params"]),
           "end_step": ckpt.step, "start_from": start_from, "start_label": start_label,
           "targets": kurtosis_targets(config, models.kurtosis_layers(
-              model, image_shape, config.loss.get("kurtosis_include_shortcuts", True)))}
+              model, image_shape, config.loss.kurtosis.get("include_shortcuts", True)))}
 
 
 def layer_row(start: np.ndarray, end: np.ndarray, scale_mode: str, near_zero: float) -> dict:

@@ -32,7 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from bmd_jax import paths
+from bmd_jax import config_files, paths
 
 log = logging.getLogger("bmd_jax")
 
@@ -201,7 +201,7 @@ def _saved_config(meta: dict) -> dict | None:
   stored = meta.get("config")
   if isinstance(stored, str):  # as written by train_stage: config.to_json()
     stored = json.loads(stored)
-  return stored if isinstance(stored, dict) else None
+  return config_files.upgraded(stored) if isinstance(stored, dict) else None
 
 
 def check_resume_config(meta: dict, config, where: str) -> list[str]:
@@ -333,7 +333,8 @@ def list_checkpoints(workdir: paths.PathLike) -> dict[str, list[Checkpoint]]:
 def read_meta(ckpt: Checkpoint) -> tuple[str, ml_collections.ConfigDict]:
   """(stage, config) recorded with a checkpoint."""
   meta = json.loads((epath.Path(ckpt.path) / "meta" / "metadata").read_text())
-  return meta["stage"], ml_collections.ConfigDict(json.loads(meta["config"]))
+  config = config_files.upgraded(json.loads(meta["config"]))
+  return meta["stage"], ml_collections.ConfigDict(config)
 
 
 def stage_order(workdir: paths.PathLike) -> list[str]:

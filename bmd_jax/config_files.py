@@ -8,6 +8,7 @@ that does not exist from the working directory is looked up in the checkout's ``
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import pathlib
 
@@ -63,12 +64,12 @@ def without_bd_bnn_terms(config: ml_collections.ConfigDict) -> ml_collections.Co
   Output distillation, where the recipe has it, stays, so a difference in accuracy is the
   two BD-BNN terms' doing.
   """
-  config.loss.kurtosis_weight = 0.0
-  config.loss.wdm_weight = 0.0
+  config.loss.kurtosis.weight = 0.0
+  config.loss.wdm.weight = 0.0
   for stage in config.stage_overrides.values():
     if "loss" in stage:
-      stage.loss.wdm_weight = 0.0
-      stage.loss.kurtosis_weight = 0.0
+      stage.loss.wdm = {**stage.loss.get("wdm", {}), "weight": 0.0}
+      stage.loss.kurtosis = {**stage.loss.get("kurtosis", {}), "weight": 0.0}
   return config
 
 
@@ -87,3 +88,39 @@ def use_two_steps(config: ml_collections.ConfigDict, step2_loss: dict,
                 "loss": step2_loss, **step2_fields},
   })
   return config
+
+
+def upgraded(stored: dict) -> dict:
+  """A stored config (a checkpoint's or an export's, as JSON) in today's loss layout, so that
+  old checkpoints stay readable and comparable: configs written before 2026-11-28 held flat
+  fields ``loss.<term>_<option>`` (``loss.kurtosis_weight``), today's hold one block per term
+  (``loss.kurtosis.weight``). Applies to the top-level loss and to each stage's overrides."""
+  stored = copy.deepcopy(stored)
+  sections = [stored] + [stored["stage_overrides"][name] for name in stored.get(
+      "stage_overrides") or {}]
+  for section in sections:
+    if isinstance(section.get("loss"), dict):
+      section["loss"] = _nested(section["loss"])
+  return stored
+
+
+def _nested(loss: dict) -> dict:
+  # Every old field was <term>_<option>, and no term name has an underscore.
+  blocks = {}
+  for key, value in loss.items():
+    if isinstance(value, dict):
+      blocks.setdefault(key, {}).update(value)
+    else:
+      term, _, option = key.partition("_")
+      blocks.setdefault(term, {})[option] = value
+  return blocks
+
+
+def renamed_loss_field(field: str) -> str | None:
+  """Today's name of an old flat loss field given on a command line (``loss.kd_weight`` ->
+  ``loss.kd.weight``, also under ``stage_overrides.<stage>.``), or None."""
+  head, dot, name = field.rpartition(".")
+  if not (head == "loss" or head.endswith(".loss")) or "_" not in name:
+    return None
+  term, _, option = name.partition("_")
+  return f"{head}{dot}{term}.{option}"

@@ -43,7 +43,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from bmd_jax import checkpoint, layers, models, packed, paths
+from bmd_jax import checkpoint, config_files, layers, models, packed, paths
 
 FORMAT = "bmd_jax.packed/1"
 BIT_CONVENTION = ("bit 1 = -1, bit 0 = +1 (sign(0) = +1); little-endian in uint32 words along "
@@ -305,7 +305,7 @@ def load(path: str) -> Exported:
     packed_layers.setdefault(name, {})[field] = value
   variables = {c: flax.traverse_util.unflatten_dict(grouped[c], sep="/")
                for c in ("params", "batch_stats")}
-  config = ml_collections.ConfigDict(json.loads(manifest["config"]))
+  config = ml_collections.ConfigDict(config_files.upgraded(json.loads(manifest["config"])))
   model = models.create_model(config, manifest["num_classes"])
   return Exported(manifest, model, packed_layers, variables)
 

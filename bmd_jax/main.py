@@ -104,8 +104,12 @@ def parse_flags(argv):
     field = str(e).strip("\"'")
     given = [a for a in argv[1:] if a.startswith("--config.") and field in a]
     where = given[0] if given else f"--config...{field}"
-    print(f"{where}: the config has no field {field!r}. Check its spelling against the config "
-          "file (configs/default.py lists every field)", file=sys.stderr)
+    path = where.removeprefix("--config.").partition("=")[0]
+    renamed = config_files.renamed_loss_field(path)
+    fix = (f"loss options are one block per term since 2026-11-28: --config.{renamed}"
+           if renamed else "Check its spelling against the config file (configs/default.py "
+           "lists every field)")
+    print(f"{where}: the config has no field {field!r}. {fix}", file=sys.stderr)
     sys.exit(EXIT_USAGE)
 
 

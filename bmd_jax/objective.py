@@ -1,13 +1,13 @@
 """The training objective, composed from the loss config: a weighted sum of named terms.
 
-    L = sum over terms of  loss.<term>_weight * term   (docs/METHOD.md section 5)
+    L = sum over terms of  loss.<term>.weight * term   (docs/METHOD.md section 5)
 
-Each term is one entry of `TERMS`: a pure function of the step's inputs (`Inputs`) and the
-loss config, returning its value and any extra metrics (the kurtosis of each layer), or None
-where it does not apply (no teacher). `objective` returns the total and every term by name,
-which the train step logs as ``train/<term>``; it adds nothing of its own. A new term is one
-function here (on a pure loss in losses.py) plus ``loss.<term>_weight`` and its options in
-the config.
+Each term is one entry of `TERMS`: a pure function of the step's inputs (`Inputs`) and its own
+config block ``loss.<term>`` (its weight and options), returning its value and any extra
+metrics (the kurtosis of each layer), or None where it does not apply (no teacher).
+`objective` returns the total and every term by name, which the train step logs as
+``train/<term>``; it adds nothing of its own. A new term is one function here (on a pure loss
+in losses.py) plus its block ``loss.<term> = {"weight": ..., <options>}`` in the config.
 """
 
 from __future__ import annotations
@@ -41,68 +41,64 @@ class Inputs:
 TermResult = tuple[Array, dict[str, Array]] | None
 
 
-def kurtosis_targets(loss_cfg: Mapping, layers: Sequence[str] | None):
-  """loss.kurtosis_targets (one per layer, in the order of `layers`) if given, else the
-  scalar loss.kurtosis_target for every layer; a wrong count names the expected one."""
-  targets = tuple(loss_cfg.get("kurtosis_targets") or ())
+def kurtosis_targets(kurtosis_cfg: Mapping, layers: Sequence[str] | None):
+  """loss.kurtosis.targets (one per layer, in the order of `layers`) if given, else the
+  scalar loss.kurtosis.target for every layer; a wrong count names the expected one."""
+  targets = tuple(kurtosis_cfg.get("targets") or ())
   if not targets:
-    return loss_cfg.get("kurtosis_target", 1.8)
+    return kurtosis_cfg.get("target", 1.8)
   if layers is not None and len(targets) != len(layers):
     raise ValueError(
-        f"loss.kurtosis_targets has {len(targets)} entries but the model regularizes "
+        f"loss.kurtosis.targets has {len(targets)} entries but the model regularizes "
         f"{len(layers)} layers: give {len(layers)} targets, in this order: {list(layers)} "
-        "(loss.kurtosis_include_shortcuts changes the list), or () to use "
-        "loss.kurtosis_target for every layer")
+        "(loss.kurtosis.include_shortcuts changes the list), or () to use "
+        "loss.kurtosis.target for every layer")
   return targets
 
 
-def _cross_entropy(loss_cfg, inputs: Inputs) -> TermResult:
+def _cross_entropy(cfg, inputs: Inputs) -> TermResult:
   return losses.cross_entropy(inputs.logits, inputs.labels), {}
 
 
-def _kurtosis(loss_cfg, inputs: Inputs) -> TermResult:
+def _kurtosis(cfg, inputs: Inputs) -> TermResult:
   value, per_layer = losses.kurtosis_loss(
-      inputs.params, kurtosis_targets(loss_cfg, inputs.kurtosis_layers),
-      loss_cfg.get("kurtosis_mode", "avg"), loss_cfg.get("kurtosis_include_shortcuts", True),
-      layers=inputs.kurtosis_layers)
+      inputs.params, kurtosis_targets(cfg, inputs.kurtosis_layers), cfg.get("mode", "avg"),
+      cfg.get("include_shortcuts", True), layers=inputs.kurtosis_layers)
   return value, {f"kurtosis/{k}": v for k, v in per_layer.items()}
 
 
-def _kurtosis_active(loss_cfg, inputs: Inputs) -> Array:
-  # The term joins the total from loss.kurtosis_start_epoch on (the release's --kurtepoch).
-  return (jnp.asarray(inputs.epoch) >= loss_cfg.get("kurtosis_start_epoch", 0)).astype(
-      jnp.float32)
+def _kurtosis_active(cfg, inputs: Inputs) -> Array:
+  # The term joins the total from loss.kurtosis.start_epoch on (the release's --kurtepoch).
+  return (jnp.asarray(inputs.epoch) >= cfg.get("start_epoch", 0)).astype(jnp.float32)
 
 
-def wdm_options(loss_cfg) -> dict:
-  """The options of the configured WDM form, from loss.wdm_<option> fields."""
-  form = loss_cfg.get("wdm_form", "softmax_kl")
+def wdm_options(wdm_cfg) -> dict:
+  """The options of the configured WDM form, from the loss.wdm block."""
+  form = wdm_cfg.get("form", "softmax_kl")
   if form == "softmax_kl":
-    return {"temperature": loss_cfg.get("wdm_temperature", 4.0)}
+    return {"temperature": wdm_cfg.get("temperature", 4.0)}
   if form == "histogram":
-    bandwidth = loss_cfg.get("wdm_bandwidth", 0.0)
-    return {"bins": loss_cfg.get("wdm_bins", 64), "bandwidth": bandwidth or None}
+    return {"bins": wdm_cfg.get("bins", 64), "bandwidth": wdm_cfg.get("bandwidth", 0.0) or None}
   return {}
 
 
-def _wdm(loss_cfg, inputs: Inputs) -> TermResult:
+def _wdm(cfg, inputs: Inputs) -> TermResult:
   if inputs.teacher_params is None:
     return None
   value = losses.wdm_loss(
-      jax.lax.stop_gradient(inputs.teacher_params), inputs.params,
-      loss_cfg.get("wdm_form", "softmax_kl"),
-      include_shortcuts=loss_cfg.get("wdm_include_shortcuts", False), layers=inputs.wdm_layers,
-      **wdm_options(loss_cfg))
+      jax.lax.stop_gradient(inputs.teacher_params), inputs.params, cfg.get("form", "softmax_kl"),
+      include_shortcuts=cfg.get("include_shortcuts", False), layers=inputs.wdm_layers,
+      **wdm_options(cfg))
   return value, {}
 
 
-def _distillation(loss_cfg, inputs: Inputs) -> TermResult:
+def _distillation(cfg, inputs: Inputs) -> TermResult:
   if inputs.teacher_logits is None:
     return None
   return losses.distillation_loss(inputs.logits, inputs.teacher_logits), {}
 
 
-def _always(loss_cfg, inputs: Inputs) -> float:
+def _always(cfg, inputs: Inputs) -> float:
   return 1.0
 
 
@@ -112,7 +108,7 @@ class Term:
   active: Callable[[Mapping, Inputs], Any] = _always  # multiplies the weight
 
 
-# Term name -> its entry; the weight is loss.<name>_weight (0 when the config has none).
+# Term name -> its entry; its config block is loss.<name>, whose weight is 0 when absent.
 TERMS: dict[str, Term] = {
     "ce": Term(_cross_entropy),
     "kurtosis": Term(_kurtosis, _kurtosis_active),
@@ -125,17 +121,29 @@ def objective(loss_cfg: Mapping, inputs: Inputs) -> tuple[Array, dict[str, Array
                                                            dict[str, Array]]:
   """(total, {term: value}, extra metrics). A term that does not apply is 0 in the parts and
   absent from the total; every applicable term is computed (and logged) even at weight 0."""
+  check_blocks(loss_cfg)
   total = jnp.zeros((), jnp.float32)
   parts, extras = {}, {}
   for name, term in TERMS.items():
-    result = term.value(loss_cfg, inputs)
+    cfg = loss_cfg.get(name) or {}
+    result = term.value(cfg, inputs)
     if result is None:
       parts[name] = jnp.zeros((), jnp.float32)
       continue
     value, more = result
     parts[name] = value
     extras.update(more)
-    weight = loss_cfg.get(f"{name}_weight", 0.0)
+    weight = cfg.get("weight", 0.0)
     if weight:
-      total = total + weight * term.active(loss_cfg, inputs) * value
+      total = total + weight * term.active(cfg, inputs) * value
   return total, parts, extras
+
+
+def check_blocks(loss_cfg: Mapping) -> None:
+  """Every entry of the loss config is the block of a term in TERMS: a misspelt or old-style
+  field (loss.kurtosis_weight, before 2026-11-28) is an error, not a term silently left out."""
+  for name, block in loss_cfg.items():
+    if name not in TERMS or not hasattr(block, "get"):  # a dict or a ConfigDict
+      raise ValueError(
+          f"loss.{name}: the loss config holds one block per term, loss.<term>.<option> "
+          f"with a term of {sorted(TERMS)} (e.g. loss.kurtosis.weight, loss.wdm.form)")

@@ -31,8 +31,8 @@ What counts as binary (the same text closes the table):
 - Memory: 1-bit parameters at 1/8 byte, the others at 4 bytes; against every parameter at 4.
 
 After the assumptions comes the list of layers the kurtosis term regularizes (every conv but the
-first, real downsample convs included unless the config's ``loss.kurtosis_include_shortcuts``
-is false), in the original's definition order: the order of ``loss.kurtosis_targets``.
+first, real downsample convs included unless the config's ``loss.kurtosis.include_shortcuts``
+is false), in the original's definition order: the order of ``loss.kurtosis.targets``.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ class ModelSummary:
             for a in ASSUMPTIONS]
     if self.kurtosis_layers:
       out += [rule, f"Kurtosis term: {len(self.kurtosis_layers)} layers, in definition order "
-              "(the order of loss.kurtosis_targets):"]
+              "(the order of loss.kurtosis.targets):"]
       targets = self.kurtosis_targets or ("",) * len(self.kurtosis_layers)
       out += [f"  {i:3d}  {path}" + (f"  target {t}" if t != "" else "")
               for i, (path, t) in enumerate(zip(self.kurtosis_layers, targets))]
@@ -299,10 +299,10 @@ def summarize_config(config, num_classes: int | None = None) -> ModelSummary:
                      f"(dataset={config.get('dataset')!r}); pass num_classes (--num_classes=N)")
   model = models.from_config(config.model, num_classes=num_classes)
   shape = (1, config.image_size, config.image_size, config.channels)
-  loss = config.get("loss", {})
+  kurtosis = config.get("loss", {}).get("kurtosis") or {}
   result = summarize(model, shape, name=config.model.name,
-                     kurtosis_include_shortcuts=loss.get("kurtosis_include_shortcuts", True))
-  result.kurtosis_targets = tuple(loss.get("kurtosis_targets", ()))
+                     kurtosis_include_shortcuts=kurtosis.get("include_shortcuts", True))
+  result.kurtosis_targets = tuple(kurtosis.get("targets", ()))
   return result
 
 

@@ -2,7 +2,7 @@
 
 The step combines, as docs/METHOD.md section 5 writes it,
 
-    L = ce_weight * CE + kd_weight * L_DL + wdm_weight * L_WDM + kurtosis_weight * L_K
+    L = w_CE * CE + w_KD * L_DL + beta * L_WDM + lambda_K * L_K   (loss.<term>.weight)
 
 where L_DL (output distillation) and L_WDM (weight distribution mimicking) need a frozen
 teacher, whose forward pass runs inside the same jitted step; its variables are an argument
@@ -360,13 +360,15 @@ def _distill_teacher(config, stage, workdir, num_classes, image_shape):
 
 def _check_teachers(config, stage):
   """A loss term that needs a teacher has one: an error, not a silently zero term."""
-  if config.loss.wdm_weight and not config.get("teacher"):
+  objective.check_blocks(config.loss)
+  wdm_weight, kd_weight = config.loss.wdm.weight, config.loss.kd.weight
+  if wdm_weight and not config.get("teacher"):
     hint = (" (config.distill_teacher serves output distillation only)"
             if config.get("distill_teacher") else "")
-    raise ValueError(f"stage {stage!r}: loss.wdm_weight={config.loss.wdm_weight} needs a WDM "
-                     "teacher of the student's architecture in config.teacher" + hint)
-  if config.loss.kd_weight and not (config.get("teacher") or config.get("distill_teacher")):
-    raise ValueError(f"stage {stage!r}: loss.kd_weight={config.loss.kd_weight} needs a teacher: "
+    raise ValueError(f"stage {stage!r}: loss.wdm.weight={wdm_weight} needs a WDM teacher of the "
+                     "student's architecture in config.teacher" + hint)
+  if kd_weight and not (config.get("teacher") or config.get("distill_teacher")):
+    raise ValueError(f"stage {stage!r}: loss.kd.weight={kd_weight} needs a teacher: "
                      "config.distill_teacher or config.teacher")
 
 
@@ -401,12 +403,12 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
       or (None, None))
   # The layers L_K covers, in the original's definition order (checked against the targets).
   kurtosis_layers = models.kurtosis_layers(model, info.image_shape,
-                                           config.loss.kurtosis_include_shortcuts)
-  objective.kurtosis_targets(config.loss, kurtosis_layers)  # a wrong count fails here, once
+                                           config.loss.kurtosis.include_shortcuts)
+  objective.kurtosis_targets(config.loss.kurtosis, kurtosis_layers)  # a wrong count fails here
   log.info("stage %s: kurtosis term covers %d layers: %s", stage, len(kurtosis_layers),
            ", ".join(kurtosis_layers))
   wdm_layers = None if teacher is None else tuple(models.wdm_layers(
-      model, info.image_shape, config.loss.wdm_include_shortcuts))
+      model, info.image_shape, config.loss.wdm.include_shortcuts))
 
   # Sharding: batches split over the data axis; the state replicated, or split with
   # config.fsdp; the teachers replicated.

@@ -51,4 +51,5 @@ def get_config():
   # BD-BNN's two steps, each on the schedule above. CE kept (IR-Net lineage) next to the
   # release's L_DL weight; WDM's softmax_kl weight is untuned (the release's 200 was for its
   # degenerate 'released' form).
-  return use_two_steps(config, {"ce_weight": 1.0, "kd_weight": 0.9, "wdm_weight": 1.0})
+  return use_two_steps(config, {"ce": {"weight": 1.0}, "kd": {"weight": 0.9},
+                                "wdm": {"weight": 1.0}})

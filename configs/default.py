@@ -58,25 +58,30 @@ def get_config() -> ml_collections.ConfigDict:
   # EDE's t advances at each epoch start (IR-Net) or every step ('step': short runs).
   config.estimators.schedule_per = "epoch"
 
-  # Loss: L = ce_weight*CE + kd_weight*L_DL + wdm_weight*L_WDM + kurtosis_weight*L_K: each term
-  # is loss.<term>_weight times a term of bmd_jax/objective.py (TERMS), with its options here.
+  # Loss: L = sum over terms of loss.<term>.weight * term (docs/METHOD.md section 5). Each
+  # block is one term of bmd_jax/objective.py (TERMS): its weight and its options.
   config.loss = ml_collections.ConfigDict()
-  config.loss.ce_weight = 1.0
-  config.loss.kurtosis_weight = 1.0
+  config.loss.ce = {"weight": 1.0}  # cross-entropy with the labels
   # L_K covers every conv but the first, real shortcut/downsample convs included (the release's
   # selection), in the original's definition order: `python -m bmd_jax.summary` lists them.
-  config.loss.kurtosis_target = 1.8  # the target of every layer...
-  config.loss.kurtosis_targets = ()  # ...unless one per layer is given here, in that order
-  config.loss.kurtosis_mode = "avg"  # 'avg' | 'sum' | 'max'
-  config.loss.kurtosis_start_epoch = 0
-  config.loss.kurtosis_include_shortcuts = True  # False: leave shortcut/downsample convs out
-  config.loss.wdm_weight = 0.0  # needs a teacher of the student's architecture (teacher)
-  config.loss.wdm_form = "softmax_kl"  # 'softmax_kl' | 'histogram' | 'released'
-  config.loss.wdm_temperature = 4.0  # softmax_kl's option
-  config.loss.wdm_bins = 64  # histogram's options: bins, and the kernel width in weight
-  config.loss.wdm_bandwidth = 0.0  # units (0: the bin width)
-  config.loss.wdm_include_shortcuts = False
-  config.loss.kd_weight = 0.0  # output distillation; needs a teacher or distill_teacher
+  config.loss.kurtosis = {
+      "weight": 1.0,
+      "target": 1.8,  # the target of every layer...
+      "targets": (),  # ...unless one per layer is given here, in that order
+      "mode": "avg",  # 'avg' | 'sum' | 'max'
+      "start_epoch": 0,
+      "include_shortcuts": True,  # False: leave shortcut/downsample convs out
+  }
+  # WDM needs a teacher of the student's architecture (config.teacher).
+  config.loss.wdm = {
+      "weight": 0.0,
+      "form": "softmax_kl",  # 'softmax_kl' | 'histogram' | 'released'
+      "temperature": 4.0,  # softmax_kl's option
+      "bins": 64,  # histogram's options: bins, and the kernel width in weight units
+      "bandwidth": 0.0,  # (0: the bin width)
+      "include_shortcuts": False,
+  }
+  config.loss.kd = {"weight": 0.0}  # output distillation; needs a teacher or distill_teacher
 
   # Optimization.
   config.optimizer = "adam"  # 'sgd' (with momentum) | 'adam'

@@ -54,6 +54,7 @@ def get_config():
   config.eval_every_epochs = 1.0
 
   # ReActNet: distillation only (no CE) in step 2, no weight decay. The release weighs L_DL by
-  # 0.9 and its WDM by 200, a weight tuned for wdm_form='released'; softmax_kl's is untuned.
-  return use_two_steps(config, {"ce_weight": 0.0, "kd_weight": 0.9, "wdm_weight": 1.0},
+  # 0.9 and its WDM by 200, a weight tuned for loss.wdm.form='released'; softmax_kl's is untuned.
+  return use_two_steps(config, {"ce": {"weight": 0.0}, "kd": {"weight": 0.9},
+                                "wdm": {"weight": 1.0}},
                        weight_decay=0.0)

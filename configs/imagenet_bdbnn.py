@@ -13,7 +13,7 @@ Follows the release (BlueAnon/BD-BNN, train.py, utils/KD_loss.py, kurtosis.py):
   ``:diffkurt`` gives the release's per-layer targets (``--diffkurt``): its ``train()`` list in
   step 1 and its ``train_teacher_student()`` list in step 2;
 - step 2: distributional loss weighted 0.9 (``--alpha``) and the release's WDM form
-  (``wdm_form='released'``: KLDivLoss on the raw weights, summed over every conv but the first
+  (``loss.wdm.form='released'``: KLDivLoss on the raw weights, summed over every conv but the first
   and the downsample convs) weighted 200 (``--beta``).
 
 Ours, where the release is ambiguous or cannot run as written:
@@ -28,7 +28,7 @@ Ours, where the release is ambiguous or cannot run as written:
   (its step 2 runs only with ``--react``, which sets it to 0, and also sets the WDM weight to 0).
 
 The released WDM's gradient does not depend on the student (docs/METHOD.md section 4);
-``--config.stage_overrides.step2.loss.wdm_form=softmax_kl`` with ``...wdm_weight=1.0`` gives
+``--config.stage_overrides.step2.loss.wdm.form=softmax_kl`` with ``...wdm.weight=1.0`` gives
 imagenet.py's form.
 """
 
@@ -51,11 +51,12 @@ def get_config(variant: str = ""):
   if variant not in ("", "diffkurt"):
     raise ValueError(f"unknown variant {variant!r} of imagenet_bdbnn.py; known: 'diffkurt'")
   config = load_sibling(__file__, "imagenet.py")
-  config.loss.kurtosis_include_shortcuts = True
+  config.loss.kurtosis.include_shortcuts = True
   config.stage_overrides.step1.loss = {}
-  config.stage_overrides.step2.loss = {"ce_weight": 0.0, "kd_weight": 0.9, "wdm_weight": 200.0,
-                                       "wdm_form": "released", "wdm_include_shortcuts": False}
+  config.stage_overrides.step2.loss = {
+      "ce": {"weight": 0.0}, "kd": {"weight": 0.9},
+      "wdm": {"weight": 200.0, "form": "released", "include_shortcuts": False}}
   if variant == "diffkurt":
-    config.stage_overrides.step1.loss.kurtosis_targets = RELEASE_TARGETS_STEP1
-    config.stage_overrides.step2.loss.kurtosis_targets = RELEASE_TARGETS_STEP2
+    config.stage_overrides.step1.loss.kurtosis = {"targets": RELEASE_TARGETS_STEP1}
+    config.stage_overrides.step2.loss.kurtosis = {"targets": RELEASE_TARGETS_STEP2}
   return config

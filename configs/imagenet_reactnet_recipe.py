@@ -26,10 +26,10 @@ from bmd_jax.config_files import load_sibling
 
 def get_config():
   config = load_sibling(__file__, "imagenet.py")
-  config.loss.ce_weight = 0.0
-  config.loss.kd_weight = 1.0
-  config.loss.kurtosis_weight = 0.0
-  config.loss.wdm_weight = 0.0
+  config.loss.ce.weight = 0.0
+  config.loss.kd.weight = 1.0
+  config.loss.kurtosis.weight = 0.0
+  config.loss.wdm.weight = 0.0
   config.teacher = ""  # no WDM teacher
   config.distill_teacher = ""  # required: the ResNet-34 checkpoint folder
   config.distill_teacher_model.name = "resnet34_torchvision"

@@ -22,7 +22,7 @@ def get_config():
   config.log_every_steps = 2
   config.eval_every_epochs = 100.0
   config.checkpoint_every_steps = 2
-  return use_two_steps(config, {"kd_weight": 1.0, "wdm_weight": 1.0})
+  return use_two_steps(config, {"kd": {"weight": 1.0}, "wdm": {"weight": 1.0}})
 """
 
 
@@ -53,4 +53,4 @@ def test_ablation_shares_step1_between_variants_alike(tmp_path):
   _, config = checkpoint.read_meta(checkpoint.list_checkpoints(workdir / "wdm_histogram_seed0")["step2"][-1])
   step1_folder = os.path.dirname(shared.path)
   assert config.init_from == step1_folder and config.teacher == step1_folder
-  assert config.loss.wdm_form == "histogram" and config.loss.kurtosis_weight == 0.0
+  assert config.loss.wdm.form == "histogram" and config.loss.kurtosis.weight == 0.0

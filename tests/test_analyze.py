@@ -106,9 +106,9 @@ def made_up_run(label, seed, target=1.8, weight=1.0, include_shortcuts=True):
   per_layer = isinstance(target, (list, tuple))
   config = ml_collections.ConfigDict({
       "model": {"precision": "binary", "scale_mode": "irnet"},
-      "loss": {"kurtosis_weight": weight, "kurtosis_target": 1.8 if per_layer else target,
-               "kurtosis_targets": tuple(target) if per_layer else (),
-               "kurtosis_include_shortcuts": include_shortcuts}})
+      "loss": {"kurtosis": {"weight": weight, "target": 1.8 if per_layer else target,
+                            "targets": tuple(target) if per_layer else (),
+                            "include_shortcuts": include_shortcuts}}})
   # What models.kurtosis_layers would give: definition order, shortcuts kept when asked.
   regularized = [f"{name}/latent_kernel" for name in LAYERS
                  if include_shortcuts or not name.startswith("shortcut")]

@@ -16,14 +16,17 @@ def _env():
 
 
 @pytest.mark.slow
-def test_unknown_config_key_is_one_line_without_a_traceback(tmp_path):
+@pytest.mark.parametrize("given, fix", [
+    ("--config.not_a_key=1", "Check its spelling"),
+    ("--config.loss.kurtosis_weight=0", "--config.loss.kurtosis.weight")])  # the old layout
+def test_unknown_config_key_is_one_line_without_a_traceback(tmp_path, given, fix):
   result = subprocess.run(
       [sys.executable, "-m", "bmd_jax.main", "--config=configs/default.py",
-       f"--workdir={tmp_path}", "--config.not_a_key=1"],
+       f"--workdir={tmp_path}", given],
       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
   assert result.returncode == 2, result.stderr[-2000:]
   assert "Traceback" not in result.stderr, result.stderr[-2000:]
-  assert "--config.not_a_key=1" in result.stderr and "no field" in result.stderr
+  assert given in result.stderr and "no field" in result.stderr and fix in result.stderr
 
 
 @pytest.mark.parametrize("field, value", [("batch_size", 0), ("batch_size", -8),

@@ -28,10 +28,10 @@ def test_baselines_drop_kurtosis_and_wdm_only(name):
   base = load_sibling(os.path.join(CONFIGS, "x.py"), name.replace("_baseline", ""))
   baseline = load_sibling(os.path.join(CONFIGS, "x.py"), name)
   for full, ablated in zip(stages.stage_list(base), stages.stage_list(baseline)):
-    assert ablated.config.loss.kurtosis_weight == ablated.config.loss.wdm_weight == 0.0
-    assert ablated.config.loss.kd_weight == full.config.loss.kd_weight
+    assert ablated.config.loss.kurtosis.weight == ablated.config.loss.wdm.weight == 0.0
+    assert ablated.config.loss.kd.weight == full.config.loss.kd.weight
     assert ablated.config.num_epochs == full.config.num_epochs
-  assert any(s.config.loss.kurtosis_weight > 0 for s in stages.stage_list(base))
+  assert any(s.config.loss.kurtosis.weight > 0 for s in stages.stage_list(base))
 
 
 def test_vgg_small_config_has_irnets_schedule_in_every_stage():

@@ -19,8 +19,8 @@ def test_reactnet_recipe_distils_from_a_real_resnet34_in_both_steps():
   config = load("imagenet_reactnet_recipe.py")
   for stage in stages.stage_list(config):
     c = stage.config
-    assert c.loss.ce_weight == c.loss.kurtosis_weight == c.loss.wdm_weight == 0.0
-    assert c.loss.kd_weight == 1.0 and not c.teacher
+    assert c.loss.ce.weight == c.loss.kurtosis.weight == c.loss.wdm.weight == 0.0
+    assert c.loss.kd.weight == 1.0 and not c.teacher
     assert c.distill_teacher_model.name == "resnet34_torchvision"
     assert c.model.name == "resnet18" and c.model.react
   step1, step2 = stages.stage_list(config)
@@ -39,10 +39,10 @@ def test_bdbnn_recipe(variant):
   config = imagenet_bdbnn.get_config(variant)
   step1, step2 = stages.stage_list(config)
   assert step2.config.teacher == "step1" and not step2.config.distill_teacher
-  assert (step2.config.loss.wdm_form, step2.config.loss.wdm_weight) == ("released", 200.0)
-  assert (step2.config.loss.kd_weight, step2.config.loss.ce_weight) == (0.9, 0.0)
+  assert (step2.config.loss.wdm.form, step2.config.loss.wdm.weight) == ("released", 200.0)
+  assert (step2.config.loss.kd.weight, step2.config.loss.ce.weight) == (0.9, 0.0)
   model = models.get_model("resnet18", num_classes=10, widths=(8, 16, 32, 64), react=True)
   layers = models.kurtosis_layers(model, (64, 64, 3))
   for stage in (step1, step2):
-    target = objective.kurtosis_targets(stage.config.loss, layers)
+    target = objective.kurtosis_targets(stage.config.loss.kurtosis, layers)
     assert len(target) == 19 if variant else target == 1.8

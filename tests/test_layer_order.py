@@ -149,10 +149,10 @@ def test_19_per_layer_targets_on_resnet18_pair_with_the_layers_in_order(digits_c
   model, shape = narrow_model("resnet18")
   layers = models.kurtosis_layers(model, shape)
   targets = tuple(np.linspace(1.0, 2.8, 19).round(2))
-  digits_config.loss.kurtosis_targets = targets
-  assert objective.kurtosis_targets(digits_config.loss, layers) == targets
+  digits_config.loss.kurtosis.targets = targets
+  assert objective.kurtosis_targets(digits_config.loss.kurtosis, layers) == targets
   params = _random_params(model, shape)
-  target = objective.kurtosis_targets(digits_config.loss, layers)
+  target = objective.kurtosis_targets(digits_config.loss.kurtosis, layers)
   loss, per_layer = jax.jit(lambda p: losses.kurtosis_loss(p, target, layers=layers))(params)
   assert layers == RESNET18 and sorted(per_layer) == sorted(RESNET18)
   flat = {"/".join(k.key for k in p): v
@@ -171,20 +171,20 @@ def _np_kurtosis(w):
 def test_wrong_number_of_targets_names_the_expected_count(digits_config, count):
   model, shape = narrow_model("resnet18")
   layers = models.kurtosis_layers(model, shape)
-  digits_config.loss.kurtosis_targets = (1.8,) * count
+  digits_config.loss.kurtosis.targets = (1.8,) * count
   with pytest.raises(ValueError, match=r"has %d entries .* regularizes 19 layers" % count):
-    objective.kurtosis_targets(digits_config.loss, layers)
+    objective.kurtosis_targets(digits_config.loss.kurtosis, layers)
   with pytest.raises(ValueError, match="for 19 regularized layers"):
     losses.kurtosis_loss(_random_params(model, shape), (1.8,) * count, layers=layers)
 
 
 def test_a_list_of_targets_has_its_own_config_field(digits_config):
-  digits_config.loss.kurtosis_targets = [1.4] * 19  # a list is stored (as a tuple)
-  assert len(digits_config.loss.kurtosis_targets) == 19
+  digits_config.loss.kurtosis.targets = [1.4] * 19  # a list is stored (as a tuple)
+  assert len(digits_config.loss.kurtosis.targets) == 19
   with pytest.raises(TypeError):
-    digits_config.loss.kurtosis_target = [1.4] * 19  # ml_collections: a float field
-  digits_config.loss.kurtosis_targets = ()
-  assert objective.kurtosis_targets(digits_config.loss, RESNET18) == 1.8
+    digits_config.loss.kurtosis.target = [1.4] * 19  # ml_collections: a float field
+  digits_config.loss.kurtosis.targets = ()
+  assert objective.kurtosis_targets(digits_config.loss.kurtosis, RESNET18) == 1.8
 
 
 def test_summary_lists_the_kurtosis_layers_in_order(digits_config):

@@ -123,7 +123,8 @@ class _Lines(logging.Handler):
 @pytest.fixture(scope="module")
 def two_stage_run(tmp_path_factory):
   """(config, workdir, log lines) of two 4-step stages, logged as into a file."""
-  config = config_files.use_two_steps(_digits_config(4), {"wdm_weight": 1.0, "kd_weight": 1.0})
+  config = config_files.use_two_steps(_digits_config(4), {"wdm": {"weight": 1.0},
+                                                          "kd": {"weight": 1.0}})
   workdir = tmp_path_factory.mktemp("two_stages")
   lines = _Lines()
   log.addHandler(lines)

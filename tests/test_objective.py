@@ -1,6 +1,6 @@
 """The objective seam: the total is the weighted sum of the named terms, computed from the loss
 config alone (independently here), every term's options reach it, and a made-up term is one
-registry entry plus its config weight."""
+registry entry plus its config block."""
 
 import jax
 import jax.numpy as jnp
@@ -24,11 +24,12 @@ def _inputs(seed=0, teacher=True):
       teacher_logits=jnp.asarray(rng.standard_normal((6, 5)), jnp.float32) if teacher else None)
 
 
-def _loss_config(**fields):
+def _loss_config(**blocks):
+  """configs/default.py's loss config with some of each term's fields changed."""
   from configs import default
 
   config = default.get_config().loss
-  config.update(fields)
+  config.update(blocks)  # merges each block's fields
   return config
 
 
@@ -39,8 +40,8 @@ def _reference_kurtosis(w):
 
 
 def test_total_is_the_weighted_sum_of_independently_computed_terms():
-  cfg = _loss_config(ce_weight=0.7, kurtosis_weight=0.3, kurtosis_target=1.5, wdm_weight=2.0,
-                     kd_weight=0.9, wdm_form="released")
+  cfg = _loss_config(ce={"weight": 0.7}, kurtosis={"weight": 0.3, "target": 1.5},
+                     wdm={"weight": 2.0, "form": "released"}, kd={"weight": 0.9})
   inputs = _inputs()
   total, parts, extras = objective.objective(cfg, inputs)
   ce = float(optax.softmax_cross_entropy_with_integer_labels(inputs.logits, inputs.labels).mean())
@@ -56,22 +57,22 @@ def test_total_is_the_weighted_sum_of_independently_computed_terms():
 
 
 def test_terms_without_a_teacher_are_zero_and_out_of_the_total():
-  cfg = _loss_config(wdm_weight=5.0, kd_weight=5.0)
+  cfg = _loss_config(wdm={"weight": 5.0}, kd={"weight": 5.0})
   total, parts, _ = objective.objective(cfg, _inputs(teacher=False))
   assert float(parts["wdm"]) == 0.0 and float(parts["kd"]) == 0.0
   np.testing.assert_allclose(total, parts["ce"] + parts["kurtosis"], rtol=1e-6)
 
 
 def test_kurtosis_joins_the_total_at_its_start_epoch():
-  cfg = _loss_config(kurtosis_start_epoch=4)
+  cfg = _loss_config(kurtosis={"start_epoch": 4})
   total, parts, _ = objective.objective(cfg, _inputs())  # epoch 3
   np.testing.assert_allclose(total, parts["ce"], rtol=1e-6)
 
 
 @pytest.mark.parametrize("bins, bandwidth", [(16, 0.0), (64, 0.05)])
 def test_histogram_wdm_options_reach_the_form(bins, bandwidth):
-  cfg = _loss_config(wdm_weight=1.0, wdm_form="histogram", wdm_bins=bins,
-                     wdm_bandwidth=bandwidth)
+  cfg = _loss_config(wdm={"weight": 1.0, "form": "histogram", "bins": bins,
+                          "bandwidth": bandwidth})
   inputs = _inputs()
   _, parts, _ = objective.objective(cfg, inputs)
   teacher = losses.binarized_kernels(inputs.teacher_params, include_shortcuts=False)
@@ -80,13 +81,13 @@ def test_histogram_wdm_options_reach_the_form(bins, bandwidth):
   np.testing.assert_allclose(parts["wdm"], expected, rtol=1e-6)
 
 
-def test_a_made_up_term_is_one_entry_and_a_weight(monkeypatch):
-  def logit_norm(loss_cfg, inputs):
-    return jnp.mean(inputs.logits ** 2) * loss_cfg.get("logit_norm_scale", 1.0), {}
+def test_a_made_up_term_is_one_entry_and_a_block(monkeypatch):
+  def logit_norm(cfg, inputs):
+    return jnp.mean(inputs.logits ** 2) * cfg.get("scale", 1.0), {}
 
   monkeypatch.setitem(objective.TERMS, "logit_norm", objective.Term(logit_norm))
-  cfg = ml_collections.ConfigDict({"ce_weight": 1.0, "logit_norm_weight": 0.5,
-                                   "logit_norm_scale": 2.0})
+  cfg = ml_collections.ConfigDict({"ce": {"weight": 1.0},
+                                   "logit_norm": {"weight": 0.5, "scale": 2.0}})
   inputs = _inputs(teacher=False)
   total, parts, _ = objective.objective(cfg, inputs)
   expected_norm = 2.0 * float(jnp.mean(inputs.logits ** 2))

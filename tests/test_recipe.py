@@ -25,7 +25,7 @@ def _two_stage(config):
       "step1": {"model": {"precision": "binary_activations"}},
       "step2": {"model": {"precision": "binary"}, "init_from": "step1", "teacher": "step1",
                 "learning_rate": 0.0,
-                "loss": {"wdm_weight": 1.0, "kd_weight": 1.0, "ce_weight": 0.0}},
+                "loss": {"wdm": {"weight": 1.0}, "kd": {"weight": 1.0}, "ce": {"weight": 0.0}}},
   })
   return config
 

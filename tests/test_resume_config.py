@@ -2,6 +2,7 @@
 damaged newest checkpoint falls back to an older one (issue 15, item 2 and the unclear list)."""
 
 import glob
+import json
 import logging
 import os
 import shutil
@@ -113,3 +114,25 @@ def test_no_readable_checkpoint_is_refused_naming_the_folders(finished_run):
   with pytest.raises(checkpoint.CheckpointDamagedError) as error:
     train.train_and_evaluate(config, workdir)
   assert os.path.join(folder, "5") in str(error.value) and "Move" in str(error.value)
+
+
+def test_a_checkpoint_with_the_old_flat_loss_fields_resumes(finished_run, caplog):
+  """Configs stored before 2026-11-28 held loss.kurtosis_weight and the like, not blocks."""
+  config, workdir = finished_run
+  metadata = glob.glob(os.path.join(workdir, "checkpoints", "*", "*", "meta", "metadata"))
+  assert metadata
+  for path in metadata:
+    with open(path) as f:
+      meta = json.load(f)
+    stored = json.loads(meta["config"])
+    stored["loss"] = {f"{term}_{option}": value for term, block in stored["loss"].items()
+                      for option, value in block.items()}
+    meta["config"] = json.dumps(stored)
+    with open(path, "w") as f:
+      json.dump(meta, f)
+  with caplog.at_level(logging.INFO, "bmd_jax"):
+    train.train_and_evaluate(config, workdir)
+  assert "already complete" in caplog.text
+  config.loss.kurtosis.weight = 0.25
+  with pytest.raises(checkpoint.ConfigChangedError, match=r"loss\.kurtosis\.weight"):
+    train.train_and_evaluate(config, workdir)

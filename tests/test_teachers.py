@@ -45,9 +45,9 @@ def test_resnet34_torchvision_has_torchvisions_parameter_count():
 
 
 def _student_setup(config):
-  config.loss.ce_weight = 0.0
-  config.loss.kd_weight = 1.0
-  config.loss.kurtosis_weight = 0.0
+  config.loss.ce.weight = 0.0
+  config.loss.kd.weight = 1.0
+  config.loss.kurtosis.weight = 0.0
   model = train.create_model(config, 10)
   lr_fn = train.create_learning_rate_fn(config, 20)
   state = train.create_train_state(jax.random.PRNGKey(0), config, model, (8, 8, 1), lr_fn,
@@ -101,7 +101,7 @@ def test_distillation_teacher_of_another_architecture_in_the_jitted_step(digits_
 
 
 def test_wdm_teacher_of_another_architecture_in_the_step_is_an_error(digits_config):
-  digits_config.loss.wdm_weight = 1.0
+  digits_config.loss.wdm.weight = 1.0
   digits_config.model.width = 64
   model, state, batch, lr_fn = _student_setup(digits_config)
   other = train.create_model(digits_config, 10, "binary_activations").clone(width=32)
@@ -148,14 +148,14 @@ def test_teacher_settings_are_checked_before_training(digits_config):
   with pytest.raises(ValueError, match="distill_teacher gives no checkpoint"):
     train._distill_teacher(digits_config, "step1", "/nonexistent", 10, (8, 8, 1))
   digits_config.distill_teacher = "some/folder"
-  digits_config.loss.wdm_weight = 1.0
-  with pytest.raises(ValueError, match=r"wdm_weight=1.0 needs a WDM teacher of the student's "
+  digits_config.loss.wdm.weight = 1.0
+  with pytest.raises(ValueError, match=r"wdm.weight=1.0 needs a WDM teacher of the student's "
                                        r"architecture in config.teacher.*distillation only"):
     train._check_teachers(digits_config, "step1")
-  digits_config.loss.wdm_weight = 0.0
+  digits_config.loss.wdm.weight = 0.0
   digits_config.distill_teacher = ""
-  digits_config.loss.kd_weight = 0.9
-  with pytest.raises(ValueError, match="kd_weight=0.9 needs a teacher"):
+  digits_config.loss.kd.weight = 0.9
+  with pytest.raises(ValueError, match="kd.weight=0.9 needs a teacher"):
     train._check_teachers(digits_config, "step1")
 
 
@@ -163,7 +163,7 @@ def test_teacher_settings_are_checked_before_training(digits_config):
 def test_a_run_distils_from_a_checkpoint_of_another_architecture(digits_config, tmp_path):
   digits_config.num_train_steps = 4
   digits_config.log_every_steps = 2
-  digits_config.loss.kd_weight = 1.0
+  digits_config.loss.kd.weight = 1.0
   digits_config.distill_teacher_model = {"name": "resnet34_torchvision", "precision": "full",
                                          **NARROW_TORCHVISION}
   teacher_model = train.create_distill_teacher_model(digits_config, 10)

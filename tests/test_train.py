@@ -47,8 +47,8 @@ def test_binarized_layers_exclude_first_conv_and_classifier(digits_config):
 
 @pytest.mark.slow
 def test_teacher_terms_and_teacher_untouched(digits_config):
-  digits_config.loss.wdm_weight = 1.0
-  digits_config.loss.kd_weight = 1.0
+  digits_config.loss.wdm.weight = 1.0
+  digits_config.loss.kd.weight = 1.0
   model, state, batch, step = _setup(digits_config)
   # A random perturbation: softmax_kl is blind to a constant shift of a channel's weights.
   noisy = jax.tree_util.tree_map(
@@ -70,7 +70,7 @@ def test_teacher_terms_and_teacher_untouched(digits_config):
 
 @pytest.mark.slow
 def test_kurtosis_start_epoch_gates_the_term(digits_config):
-  digits_config.loss.kurtosis_start_epoch = 1000
+  digits_config.loss.kurtosis.start_epoch = 1000
   _, state, batch, step = _setup(digits_config)
   _, metrics = step(state, batch, None)
   np.testing.assert_allclose(metrics["train/loss"], metrics["train/ce"], rtol=1e-6)

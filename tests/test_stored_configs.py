@@ -1,0 +1,85 @@
+"""Configs stored before 2026-11-28 held the loss options as flat fields (loss.kurtosis_weight);
+today's hold one block per term (loss.kurtosis.weight). Old checkpoints and exports stay readable:
+config_files.upgraded nests them, checked here against a flattening written independently."""
+
+import importlib.util
+import json
+
+import pytest
+
+from bmd_jax import checkpoint, config_files, objective
+
+
+def _flat_loss(loss: dict) -> dict:
+  """The old layout of a loss block, written out: {term: {option: v}} -> {term_option: v}."""
+  return {f"{term}_{option}": value for term, block in loss.items()
+          for option, value in block.items()}
+
+
+def _as_stored_before(config) -> dict:
+  """config.to_json() as a checkpoint written before the change holds it."""
+  stored = json.loads(config.to_json())
+  stored["loss"] = _flat_loss(stored["loss"])
+  for stage in (stored.get("stage_overrides") or {}).values():
+    if "loss" in stage:
+      stage["loss"] = _flat_loss(stage["loss"])
+  return stored
+
+
+def _recipe(name: str):
+  """configs/<file>'s get_config(variant), for NAME = file[:variant]."""
+  path, _, variant = name.partition(":")
+  spec = importlib.util.spec_from_file_location("recipe", config_files.CONFIG_DIR / path)
+  recipe = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(recipe)
+  return recipe.get_config(variant) if variant else recipe.get_config()
+
+
+@pytest.mark.parametrize("name", ["default.py", "cifar10.py", "imagenet_bdbnn.py:diffkurt"])
+def test_an_old_stored_config_is_upgraded_to_todays(name):
+  config = _recipe(name)
+  old = _as_stored_before(config)
+  assert "kurtosis_weight" in old["loss"]  # the flattening did flatten
+  assert config_files.upgraded(old) == json.loads(config.to_json())
+  assert config_files.upgraded(json.loads(config.to_json())) == json.loads(config.to_json())
+
+
+def test_upgrading_leaves_the_stored_dict_as_it_was():
+  old = {"loss": {"kd_weight": 0.9}, "stage_overrides": {"s": {"loss": {"wdm_form": "x"}}}}
+  copy = json.loads(json.dumps(old))
+  assert config_files.upgraded(old)["stage_overrides"]["s"]["loss"] == {"wdm": {"form": "x"}}
+  assert old == copy
+
+
+def test_an_old_checkpoint_is_compared_and_read_in_todays_layout(tmp_path):
+  config = config_files.load("configs/cifar10.py")
+  meta = {"stage": "step2", "config": json.dumps(_as_stored_before(config))}
+  assert checkpoint.check_resume_config(meta, config, "old") == []
+  config.loss.kurtosis.weight = 0.5
+  with pytest.raises(checkpoint.ConfigChangedError, match=r"loss\.kurtosis\.weight: 1\.0 in the "
+                                                          r"checkpoint, 0\.5 now"):
+    checkpoint.check_resume_config(meta, config, "old")
+
+  (tmp_path / "meta").mkdir()
+  (tmp_path / "meta" / "metadata").write_text(json.dumps(meta))
+  stage, read = checkpoint.read_meta(checkpoint.Checkpoint("step2", 1, str(tmp_path)))
+  assert stage == "step2" and read.loss.kurtosis.weight == 1.0
+  assert read.stage_overrides.step2.loss.wdm.weight == 1.0
+
+
+def test_an_old_field_in_a_loss_config_is_refused_with_the_layout():
+  config = config_files.load("configs/default.py")
+  objective.check_blocks(config.loss)
+  config.loss.unlock()
+  config.loss.kurtosis_weight = 0.0
+  with pytest.raises(ValueError, match=r"loss\.kurtosis_weight: .*loss\.kurtosis\.weight"):
+    objective.check_blocks(config.loss)
+
+
+@pytest.mark.parametrize("field, new", [("loss.kd_weight", "loss.kd.weight"),
+                                        ("stage_overrides.step2.loss.wdm_include_shortcuts",
+                                         "stage_overrides.step2.loss.wdm.include_shortcuts"),
+                                        ("model.kernel_quantizer", None),
+                                        ("loss.kurtosis.weight", None)])
+def test_the_new_name_of_an_old_command_line_field(field, new):
+  assert config_files.renamed_loss_field(field) == new
