@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bmd_jax import channel_sums, quantizers
+from bmd_jax import channel_sums, conv_grads, quantizers
 
 PRECISIONS = ("full", "binary_activations", "binary")
 # The parameter name of every binary layer's real-valued latent weight: losses and tools find
@@ -143,7 +143,7 @@ class BinaryConv(_BinaryBase):
     kernel_shape = (*self.kernel_size, x.shape[-1], self.features)
     x, kernel, dtype = self.operands(x, kernel_shape, estimator_args)
     strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
-    y = jax.lax.conv_general_dilated(
+    y = conv_grads.conv_general_dilated(
         x, kernel, window_strides=strides, padding=self.padding,
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return self.add_bias(y, dtype)
@@ -151,9 +151,11 @@ class BinaryConv(_BinaryBase):
 
 class Conv(nn.Conv):
   """Flax's full-precision ``nn.Conv`` (same params, same automatic names) with the
-  ``shortcut`` mark: first convs, real downsample / projection convs."""
+  ``shortcut`` mark: first convs, real downsample / projection convs. Its weight gradient is
+  conv_grads' (chunked over the batch on CPU where that is faster)."""
 
   shortcut: bool = keyword(False)
+  conv_general_dilated: Any = conv_grads.conv_general_dilated
 
 
 class BinaryDense(_BinaryBase):
