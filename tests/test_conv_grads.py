@@ -12,6 +12,12 @@ from bmd_jax import conv_grads, layers
 LAYOUT = ("NHWC", "HWIO", "NHWC")
 
 
+@pytest.fixture
+def small_shapes_chunked(monkeypatch):
+  """The chunked gradient at the small shapes of these tests (the rule leaves them XLA's)."""
+  monkeypatch.setattr(conv_grads, "MIN_POSITIONS", 1)
+
+
 def _loss(conv, strides, padding):
   def loss(x, w, g):
     y = conv(x, w, strides, padding, dimension_numbers=LAYOUT)
@@ -35,7 +41,8 @@ def _operands(x_shape, w_shape, strides, padding, dtype, seed=0):
     ((12, 8, 8, 4), (1, 1, 4, 8), (1, 1), "VALID"),  # batch not divisible: XLA's
 ])
 @pytest.mark.parametrize("dtype, rtol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
-def test_value_and_gradients_equal_xla(x_shape, w_shape, strides, padding, dtype, rtol):
+def test_value_and_gradients_equal_xla(x_shape, w_shape, strides, padding, dtype, rtol,
+                                       small_shapes_chunked):
   operands = _operands(x_shape, w_shape, strides, padding, dtype)
   ours = jax.jit(jax.value_and_grad(_loss(conv_grads.conv_general_dilated, strides, padding),
                                     (0, 1)))(*operands)
@@ -55,16 +62,20 @@ def _weight_grad_convolutions(x_shape, w_shape, strides, platform):
 
 
 def test_the_cpu_program_sums_chunks_only_where_it_pays():
-  chunkable = ((16, 8, 8, 4), (3, 3, 4, 8), (1, 1))
+  positions = conv_grads.MIN_POSITIONS
+  chunkable = ((16, positions // 16, 1, 4), (3, 3, 4, 8), (1, 1))
   assert _weight_grad_convolutions(*chunkable, "cpu") == conv_grads.CHUNKS
   assert _weight_grad_convolutions(*chunkable, "cuda") == 1
   assert _weight_grad_convolutions(*chunkable, "tpu") == 1
+  too_few = ((16, positions // 16 - 1, 1, 4), (3, 3, 4, 8), (1, 1))
+  assert _weight_grad_convolutions(*too_few, "cpu") == 1
   big = conv_grads.MAX_KERNEL_SIZE // 9 + 1  # a 3x3xCx1 kernel over the limit
-  assert _weight_grad_convolutions((16, 8, 8, big), (3, 3, big, 1), (1, 1), "cpu") == 1
-  assert _weight_grad_convolutions((16, 8, 8, 4), (3, 3, 4, 8), (2, 2), "cpu") == 1
+  assert _weight_grad_convolutions((16, positions // 16, 1, big), (3, 3, big, 1), (1, 1),
+                                   "cpu") == 1
+  assert _weight_grad_convolutions((16, positions // 8, 2, 4), (3, 3, 4, 8), (2, 2), "cpu") == 1
 
 
-def test_the_full_precision_conv_layer_uses_it():
+def test_the_full_precision_conv_layer_uses_it(small_shapes_chunked):
   x = jnp.ones((8, 6, 6, 3))
   conv = layers.Conv(4, (3, 3), use_bias=False)
   variables = conv.init(jax.random.PRNGKey(0), x)
