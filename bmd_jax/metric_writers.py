@@ -26,7 +26,7 @@ import numpy as np
 import tqdm
 from tqdm.contrib import logging as tqdm_logging
 
-from bmd_jax import paths
+from bmd_jax import objective, paths
 
 log = logging.getLogger("bmd_jax")
 
@@ -43,10 +43,13 @@ def console_logging() -> None:
   log.propagate = False
 
 
-# The console shows these, in this order; every metric goes to the files.
-CONSOLE_KEYS = ("train/loss", "train/ce", "train/kurtosis", "train/wdm", "train/kd",
-                "train/accuracy", "train/learning_rate", "binary/flip_ratio",
-                "train/images_per_second", "eval/loss", "eval/accuracy")
+def console_keys() -> tuple[str, ...]:
+  """The metrics the console shows, in this order (every metric goes to the files): the loss,
+  each term of the objective (objective.TERMS, so a new term shows without an edit here), and
+  the rest."""
+  return ("train/loss", *(f"train/{name}" for name in objective.TERMS), "train/accuracy",
+          "train/learning_rate", "binary/flip_ratio", "train/images_per_second", "eval/loss",
+          "eval/accuracy")
 
 
 def interactive() -> bool:
@@ -103,7 +106,7 @@ class StageProgress:
 def _console_line(step: int, epoch: float, metrics: Mapping[str, float],
                   progress: StageProgress | None = None) -> str:
   parts = [f"{k.split('/')[-1] if k.startswith('train/') else k}={metrics[k]:.4g}"
-           for k in CONSOLE_KEYS if k in metrics]
+           for k in console_keys() if k in metrics]
   where = f"step {step} (" if progress is None else progress.describe(step) + " "
   where += f"epoch {epoch:.2f})"
   return f"{where}: " + " ".join(parts)

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from bmd_jax import losses, objective
+from bmd_jax import losses, metric_writers, objective
 
 
 def _inputs(seed=0, teacher=True):
@@ -93,3 +93,5 @@ def test_a_made_up_term_is_one_entry_and_a_block(monkeypatch):
   expected_norm = 2.0 * float(jnp.mean(inputs.logits ** 2))
   np.testing.assert_allclose(parts["logit_norm"], expected_norm, rtol=1e-6)
   np.testing.assert_allclose(total, parts["ce"] + 0.5 * expected_norm, rtol=1e-6)
+  line = metric_writers._console_line(3, 0.5, {"train/loss": 1.0, "train/logit_norm": 0.25})
+  assert line.endswith("loss=1 logit_norm=0.25"), line  # the console shows it too
