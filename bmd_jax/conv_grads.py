@@ -14,7 +14,8 @@ gradient are XLA's own, unchanged.
 (plain 2-D convolutions, NHWC/HWIO, stride 1, batch divisible by `CHUNKS`, kernel of at
 most `MAX_KERNEL_SIZE` elements, at least `MIN_POSITIONS` input positions); anything else,
 and every platform but the CPU, gets XLA's gradient. Small convolutions (the digits model,
-tests) keep XLA's: there the chunks only add compile time. Values differ from XLA's only by float rounding in the order of summation.
+tests) keep XLA's: there the chunks only add compile time. Values differ from XLA's only by
+float rounding in the order of summation.
 """
 
 from __future__ import annotations
