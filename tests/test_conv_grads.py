@@ -55,9 +55,12 @@ def test_value_and_gradients_equal_xla(x_shape, w_shape, strides, padding, dtype
 
 
 def _weight_grad_convolutions(x_shape, w_shape, strides, platform):
-  operands = _operands(x_shape, w_shape, strides, "SAME", jnp.float32)
+  """Convolutions in the weight-gradient program exported for `platform` (shapes only)."""
+  x, w = (jax.ShapeDtypeStruct(shape, jnp.float32) for shape in (x_shape, w_shape))
+  y = jax.eval_shape(lambda x, w: jax.lax.conv_general_dilated(
+      x, w, strides, "SAME", dimension_numbers=LAYOUT), x, w)
   grad = jax.jit(jax.grad(_loss(conv_grads.conv_general_dilated, strides, "SAME"), 1))
-  return jax.export.export(grad, platforms=[platform])(*operands).mlir_module().count(
+  return jax.export.export(grad, platforms=[platform])(x, w, y).mlir_module().count(
       "stablehlo.convolution")
 
 
