@@ -38,9 +38,10 @@ def resolve(path: str | pathlib.Path) -> pathlib.Path:
       f"bmd_jax's configs are in {CONFIG_DIR}: {', '.join(available()) or 'none found'}")
 
 
-def load(path: str | pathlib.Path) -> ml_collections.ConfigDict:
-  """get_config() of the config file at `path` (see `resolve`)."""
-  return _get_config(resolve(path))
+def load(path: str | pathlib.Path, *variant: str) -> ml_collections.ConfigDict:
+  """get_config(*variant) of the config file at `path` (see `resolve`); a variant is what
+  ``--config=PATH:VARIANT`` passes."""
+  return _get_config(resolve(path), *variant)
 
 
 def load_sibling(this_file: str, name: str) -> ml_collections.ConfigDict:
@@ -51,11 +52,11 @@ def load_sibling(this_file: str, name: str) -> ml_collections.ConfigDict:
   return _get_config(path)
 
 
-def _get_config(path: pathlib.Path) -> ml_collections.ConfigDict:
+def _get_config(path: pathlib.Path, *variant: str) -> ml_collections.ConfigDict:
   spec = importlib.util.spec_from_file_location(f"bmd_jax_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(*variant)
 
 
 def without_bd_bnn_terms(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

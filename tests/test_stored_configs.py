@@ -2,7 +2,6 @@
 today's hold one block per term (loss.kurtosis.weight). Old checkpoints and exports stay readable:
 config_files.upgraded nests them, checked here against a flattening written independently."""
 
-import importlib.util
 import json
 
 import pytest
@@ -26,18 +25,10 @@ def _as_stored_before(config) -> dict:
   return stored
 
 
-def _recipe(name: str):
-  """configs/<file>'s get_config(variant), for NAME = file[:variant]."""
-  path, _, variant = name.partition(":")
-  spec = importlib.util.spec_from_file_location("recipe", config_files.CONFIG_DIR / path)
-  recipe = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(recipe)
-  return recipe.get_config(variant) if variant else recipe.get_config()
-
-
 @pytest.mark.parametrize("name", ["default.py", "cifar10.py", "imagenet_bdbnn.py:diffkurt"])
 def test_an_old_stored_config_is_upgraded_to_todays(name):
-  config = _recipe(name)
+  path, _, variant = name.partition(":")
+  config = config_files.load(path, *filter(None, [variant]))
   old = _as_stored_before(config)
   assert "kurtosis_weight" in old["loss"]  # the flattening did flatten
   assert config_files.upgraded(old) == json.loads(config.to_json())
