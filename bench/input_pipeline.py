@@ -8,7 +8,10 @@ Cases:
 - imagenet-size: JPEGs of 500x375 that the benchmark writes into a temporary folder, ImageNet
   augmentation (random-resized crop to 224, flip, lighting), batch 32; and the eval transform.
 
-    python bench/input_pipeline.py [--workers=0,1,2] [--seconds=8] [--cases=...]
+    python bench/input_pipeline.py [--workers=0,1,2] [--seconds=8] [--cases=...] [--rounds=3]
+
+Every round measures every case and worker count once; the table gives each row's medians
+over the rounds (a NaN CPU time, see measure, makes its median NaN).
 
 The train step it has to keep fed: a binary ResNet-20 on this 2-core CPU takes about 300-450
 images/s at batch 128 (docs/BENCHMARKS.md, "Input pipeline"), so the goal is >= 10x that.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -39,6 +43,7 @@ CASES = ("cifar10_folder", "cifar10_cached", "imagenet_train", "imagenet_eval",
 
 _WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "worker process counts to measure")
 _SECONDS = flags.DEFINE_float("seconds", 8.0, "measuring time per row, after the first batch")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "alternating rounds over all cases")
 _CASES = flags.DEFINE_list("cases", list(CASES[:4]), f"cases among {CASES}")
 _CIFAR_DIR = flags.DEFINE_string(
     "cifar10_dir", os.environ.get("BMD_CIFAR10_DIR",
@@ -124,45 +129,60 @@ def measure(batches, seconds: float) -> tuple[float, float, float]:
   return first, rate, cpu / images * 1e6
 
 
+def measure_case(case: str, tmp: str, rows: dict) -> None:
+  """Appends one round's (set-up, first batch, images/s, CPU us/image) to rows[(case, workers)]
+  for every worker count."""
+  if case.startswith("cifar10"):
+    config = cifar_config(_CIFAR_DIR.value, cached=case == "cifar10_cached")
+  else:
+    if not os.path.isdir(os.path.join(tmp, "imagenet")):
+      write_imagenet_like(os.path.join(tmp, "imagenet"), _IMAGENET_IMAGES.value)
+    config = imagenet_config(os.path.join(tmp, "imagenet"))
+  start = time.perf_counter()
+  datasets = input_pipeline.create_datasets(config)
+  setup = time.perf_counter() - start
+  read_options = input_pipeline._read_options  # pylint: disable=protected-access
+  if case.endswith("grain_default_read"):
+    input_pipeline._read_options = lambda source: None  # grain's default ReadOptions
+  try:
+    for workers in map(int, _WORKERS.value):
+      config.num_workers = workers
+      if case == "imagenet_eval":
+        batches = input_pipeline.eval_batches(config, datasets.eval)  # one pass
+      else:
+        batches = iter(input_pipeline.create_train_loader(config, datasets.train, seed=0))
+      first, rate, cpu_us = measure(batches, _SECONDS.value)
+      rows.setdefault((case, workers), []).append((setup, first, rate, cpu_us))
+      print(f"{case:34s} workers={workers}  set-up {setup:5.1f} s  first batch "
+            f"{first:5.1f} s  {rate:7.0f} images/s  {cpu_us:6.0f} CPU us/image", flush=True)
+      del batches
+      wait_for_workers_to_exit()
+  finally:
+    input_pipeline._read_options = read_options
+
+
 def main(argv):
   del argv
-  rows = []
+  for case in _CASES.value:
+    if case not in CASES:
+      raise app.UsageError(f"unknown case {case}; choose among {CASES}")
+  rows = {}
+  load_before = os.getloadavg()
   with tempfile.TemporaryDirectory() as tmp:
-    for case in _CASES.value:
-      if case not in CASES:
-        raise app.UsageError(f"unknown case {case}; choose among {CASES}")
-      if case.startswith("cifar10"):
-        config = cifar_config(_CIFAR_DIR.value, cached=case == "cifar10_cached")
-      else:
-        if not os.path.isdir(os.path.join(tmp, "imagenet")):
-          write_imagenet_like(os.path.join(tmp, "imagenet"), _IMAGENET_IMAGES.value)
-        config = imagenet_config(os.path.join(tmp, "imagenet"))
-      start = time.perf_counter()
-      datasets = input_pipeline.create_datasets(config)
-      setup = time.perf_counter() - start
-      read_options = input_pipeline._read_options  # pylint: disable=protected-access
-      if case.endswith("grain_default_read"):
-        input_pipeline._read_options = lambda source: None  # grain's default ReadOptions
-      try:
-        for workers in map(int, _WORKERS.value):
-          config.num_workers = workers
-          if case == "imagenet_eval":
-            batches = input_pipeline.eval_batches(config, datasets.eval)  # one pass
-          else:
-            batches = iter(input_pipeline.create_train_loader(config, datasets.train, seed=0))
-          first, rate, cpu_us = measure(batches, _SECONDS.value)
-          rows.append((case, workers, setup, first, rate, cpu_us))
-          print(f"{case:34s} workers={workers}  set-up {setup:5.1f} s  first batch "
-                f"{first:5.1f} s  {rate:7.0f} images/s  {cpu_us:6.0f} CPU us/image", flush=True)
-          del batches
-          wait_for_workers_to_exit()
-      finally:
-        input_pipeline._read_options = read_options
-  print(f"\nload average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
-  print("| case | workers | set-up (s) | first batch (s) | images/s | CPU us/image |")
-  print("|---|---|---|---|---|---|")
-  for case, workers, setup, first, rate, cpu_us in rows:
-    print(f"| {case} | {workers} | {setup:.1f} | {first:.1f} | {rate:.0f} | {cpu_us:.0f} |")
+    for round_index in range(_ROUNDS.value):  # the cases alternate within every round
+      print(f"round {round_index + 1}, load average {os.getloadavg()[0]:.1f}", flush=True)
+      for case in _CASES.value:
+        measure_case(case, tmp, rows)
+  print(f"\nload average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after, on "
+        f"{os.cpu_count()} CPUs; medians of {_ROUNDS.value} rounds\n")
+  print("| case | workers | set-up (s) | first batch (s) | images/s | images/s per round "
+        "| CPU us/image |")
+  print("|---|---|---|---|---|---|---|")
+  for (case, workers), rounds in rows.items():
+    setup, first, rate, cpu_us = (statistics.median(column) for column in zip(*rounds))
+    per_round = ", ".join(f"{r[2]:.0f}" for r in rounds)
+    print(f"| {case} | {workers} | {setup:.1f} | {first:.1f} | {rate:.0f} | {per_round} "
+          f"| {cpu_us:.0f} |")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ paths start from the same float input and end with the same float output:
     packed  sign(x) packed into uint32 words, patches of words, XOR + population_count against
             the packed kernel, alpha * count (packed.binary_conv_counts; input packing included)
 
-Each is jitted and timed as the median of --reps runs after one warm-up; outputs are checked
-equal (to float32 rounding) before timing. Sizes: the layer's kernel as float32 and packed
+Each is jitted; outputs are checked equal (to float32 rounding) before timing. The two paths
+alternate over --rounds rounds, each the median of its --reps runs in a round (4x at batch 1,
+fewer where a round would pass --max_round_s); the speed-up is the median of the per-round
+ratios float / packed. Sizes: the layer's kernel as float32 and packed
 (packed words; per-channel scales not counted, they are float32 in both).
 
     python bench/packed_inference.py --whole_model --out=packed_whole.json
@@ -80,7 +82,8 @@ def _time(fn, *args, reps: int, warm: bool = True) -> float:
   return statistics.median(times)
 
 
-def bench_layer(shape: dict, cout: int, batch: int, reps: int, rng) -> dict:
+def bench_layer(shape: dict, cout: int, batch: int, reps: int, rounds: int,
+                max_round_s: float, rng) -> dict:
   h, w, cin = shape["input_shape"]
   kh, kw = shape["kernel_size"]
   strides, padding = _pair(shape["strides"]), shape["padding"]
@@ -104,14 +107,22 @@ def bench_layer(shape: dict, cout: int, batch: int, reps: int, rng) -> dict:
   expected = float_path(x, float_kernel)  # float32 sums of fan-in terms: relative 1e-6 rounding
   np.testing.assert_allclose(packed_path(x, layer["words"], layer["scale"]), expected,
                              rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(expected))))
-  t_float = _time(float_path, x, float_kernel, reps=reps)
-  t_packed = _time(packed_path, x, layer["words"], layer["scale"], reps=reps)
-  return {"batch": batch, "float_ms": 1e3 * t_float, "packed_ms": 1e3 * t_packed,
-          "speedup": t_float / t_packed, "float32_bytes": int(latent.size * 4),
-          "packed_bytes": int(layer["words"].size * 4)}
+  paths = {"float": lambda x: float_path(x, float_kernel),
+           "packed": lambda x: packed_path(x, layer["words"], layer["scale"])}
+  timing = timed_rounds(paths, x, reps, rounds, max_round_s)
+  seconds = timing["seconds"]
+  ratios = [f / p for f, p in zip(seconds["float"], seconds["packed"])]
+  return {"batch": batch, "rounds": rounds, "reps_per_round": timing["reps"],
+          "float_ms_per_round": [1e3 * t for t in seconds["float"]],
+          "packed_ms_per_round": [1e3 * t for t in seconds["packed"]],
+          "float_ms": 1e3 * statistics.median(seconds["float"]),
+          "packed_ms": 1e3 * statistics.median(seconds["packed"]),
+          "speedup_per_round": ratios, "speedup": statistics.median(ratios),
+          "float32_bytes": int(latent.size * 4), "packed_bytes": int(layer["words"].size * 4)}
 
 
-def layer_rows(name: str, batches, reps: int, rng) -> list[dict]:
+def layer_rows(name: str, batches, reps: int, rounds: int, max_round_s: float,
+               rng) -> list[dict]:
   """One row per distinct binary conv shape of the model and batch size."""
   model = models.get_model(name, num_classes=10)
   info = packed.binary_modules(model, (1, *INPUTS[name]))
@@ -125,12 +136,15 @@ def layer_rows(name: str, batches, reps: int, rng) -> list[dict]:
     for batch in batches:
       row = {"model": name, "input_shape": f["input_shape"], "kernel_size": f["kernel_size"],
              "strides": f["strides"], "cout": cout, "layers": paths,
-             **bench_layer(f, cout, batch, reps * 4 if batch == 1 else reps, rng)}
+             **bench_layer(f, cout, batch, reps * 4 if batch == 1 else reps, rounds,
+                           max_round_s, rng)}
       rows.append(row)
       h, w, c = row["input_shape"]
       print(f"| {name} | {h}x{w}x{c} | {row['kernel_size'][0]}x{row['kernel_size'][1]}, "
             f"{row['strides']} | {cout} | {len(paths)} | {batch} | {row['float_ms']:.2f} | "
-            f"{row['packed_ms']:.2f} | {row['speedup']:.1f}x | {row['float32_bytes']:,} | "
+            f"{row['packed_ms']:.2f} | "
+            f"{', '.join(f'{r:.1f}' for r in row['speedup_per_round'])} | "
+            f"{row['speedup']:.1f}x | {row['float32_bytes']:,} | "
             f"{row['packed_bytes']:,} | {row['float32_bytes'] / row['packed_bytes']:.0f}x |",
             flush=True)
   return rows
@@ -293,9 +307,9 @@ def main(argv=None):
   parser.add_argument("--out", default="", help="write the results as JSON here")
   parser.add_argument("--whole_model", action="store_true",
                       help="time whole models (packed predict against the float forward)")
-  parser.add_argument("--rounds", type=int, default=3, help="--whole_model: alternating rounds")
+  parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
   parser.add_argument("--max_round_s", type=float, default=20.0,
-                      help="--whole_model: fewer reps where one path's round would take longer")
+                      help="fewer reps where one path's round would take longer")
   parser.add_argument("--model_kwargs", default="{}",
                       help="--whole_model: JSON of model fields, e.g. '{\"react\": true}'")
   args = parser.parse_args(argv)
@@ -314,9 +328,11 @@ def main(argv=None):
                                        rng, json.loads(args.model_kwargs))
   else:
     print("| model | input HxWxCin | kernel, stride | Cout | layers | batch | float ms | "
-          "packed ms | speedup | kernel f32 B | packed B | smaller |")
-    print("|" + "---|" * 12)
-    results["rows"] = [row for name in names for row in layer_rows(name, batches, args.reps, rng)]
+          "packed ms | speedup per round | median | kernel f32 B | packed B | smaller |")
+    print("|" + "---|" * 13)
+    results["rows"] = [row for name in names
+                       for row in layer_rows(name, batches, args.reps, args.rounds,
+                                             args.max_round_s, rng)]
   results["load_average_after"] = list(os.getloadavg())
   print(f"load average before {results['load_average_before']}, after "
         f"{results['load_average_after']}")

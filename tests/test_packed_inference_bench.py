@@ -44,3 +44,18 @@ def test_whole_model_outputs_checked_equal_and_json_written(tmp_path):
   for path in ("float", "float_folded"):
     assert len(row[f"{path}_over_packed_per_round"]) == 2
     assert row[f"{path}_over_packed_median"] > 0 and row[f"{path}_over_packed_best"] > 0
+
+
+def test_one_layer_alternates_rounds_and_takes_the_median_ratio():
+  shape = {"input_shape": [8, 8, 16], "kernel_size": [3, 3], "strides": 1, "padding": "SAME"}
+  row = bench.bench_layer(shape, 32, batch=2, reps=1, rounds=3, max_round_s=20.0,
+                          rng=np.random.default_rng(0))  # raises if the paths differ
+  assert row["rounds"] == 3
+  floats, packs = row["float_ms_per_round"], row["packed_ms_per_round"]
+  assert len(floats) == len(packs) == 3
+  ratios = [f / p for f, p in zip(floats, packs)]
+  np.testing.assert_allclose(row["speedup_per_round"], ratios)
+  assert row["speedup"] == pytest.approx(sorted(ratios)[1])
+  assert row["float_ms"] == pytest.approx(sorted(floats)[1])
+  assert row["float32_bytes"] == 3 * 3 * 16 * 32 * 4
+  assert row["packed_bytes"] == 32 * 9 * 4  # 16 channels: one (half-full) word a position
