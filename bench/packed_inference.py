@@ -91,6 +91,7 @@ def bench_layer(shape: dict, cout: int, batch: int, reps: int, rounds: int,
   x = jnp.asarray(rng.normal(size=(batch, h, w, cin)), jnp.float32)
   latent = jnp.asarray(rng.normal(size=(kh, kw, cin, cout)), jnp.float32)
   layer = packed.pack_layer(latent, "mean_abs")
+  columns = packed.kernel_columns(layer["words"])
   negative, alpha = packed.kernel_signs_and_scale(latent, "mean_abs")
   float_kernel = jnp.where(negative, -1.0, 1.0) * alpha
 
@@ -100,15 +101,15 @@ def bench_layer(shape: dict, cout: int, batch: int, reps: int, rounds: int,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
   @jax.jit
-  def packed_path(x, words, scale):
-    counts = packed.binary_conv_counts(x, words, (kh, kw), strides, padding)
+  def packed_path(x, columns, scale):
+    counts = packed.binary_conv_counts(x, columns, (kh, kw), strides, padding)
     return counts.astype(jnp.float32) * scale
 
   expected = float_path(x, float_kernel)  # float32 sums of fan-in terms: relative 1e-6 rounding
-  np.testing.assert_allclose(packed_path(x, layer["words"], layer["scale"]), expected,
+  np.testing.assert_allclose(packed_path(x, columns, layer["scale"]), expected,
                              rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(expected))))
   paths = {"float": lambda x: float_path(x, float_kernel),
-           "packed": lambda x: packed_path(x, layer["words"], layer["scale"])}
+           "packed": lambda x: packed_path(x, columns, layer["scale"])}
   timing = timed_rounds(paths, x, reps, rounds, max_round_s)
   seconds = timing["seconds"]
   ratios = [f / p for f, p in zip(seconds["float"], seconds["packed"])]

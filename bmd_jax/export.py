@@ -212,7 +212,7 @@ class Exported:
   def _device_arrays(self):
     # Put once: numpy arguments of a jitted function are copied to the device on every call
     # (0.2 ms of ResNet-20's 1.8 ms at batch 1 on CPU, bench/packed_inference.py).
-    return jax.device_put((self.variables, self.packed_layers))
+    return jax.device_put((self.variables, packed.inference_layers(self.packed_layers)))
 
   def predict(self, images) -> jax.Array:
     """Logits of NHWC images (normalized as in training) by XNOR-popcount inference."""

@@ -106,28 +106,39 @@ def kernel_signs_and_scale(latent: jax.Array, scale_mode: str):
 
 # --- XNOR-popcount ---------------------------------------------------------------------------
 
-def _mismatches(a: jax.Array, b: jax.Array, chunk: int = 128) -> jax.Array:
-  """popcount(a XOR b) summed over words: a (..., K), b (O, K) -> (..., O) int32.
+def kernel_columns(words) -> np.ndarray:
+  """pack_kernel's (cout, K) words as the (K, cout) array the XOR-popcount loop reads, made on
+  the host: one row per word position, contiguous along the output channels."""
+  return np.ascontiguousarray(np.asarray(words, np.uint32).T)
+
+
+def _mismatches(a: jax.Array, columns: jax.Array, chunk: int = 128) -> jax.Array:
+  """popcount(a XOR b) summed over words: a (..., K), columns = b.T (K, O) -> (..., O) int32.
 
   Written as a sum of K elementwise terms over (..., O), one per word, rather than as a
   reduction over K: XLA fuses the terms into one loop vectorized along O, about 8x faster on
   CPU (AVX2) than its reduction over the minor axis (measured in bench/packed_inference.py's
   development). Chunks of `chunk` words bound the size of one fused expression.
+
+  `columns` must come in as an array (kernel_columns), not as a transpose traced in the same
+  program: XLA:CPU fuses such a transpose into the loop, which then reads every word with a
+  stride of K, and the loop runs 2-3x slower (bench/popcount_loop.py).
   """
-  bt = b.T  # (K, O): each word's row is contiguous along O
   total = None
   for lo in range(0, a.shape[-1], chunk):
     part = None
     for k in range(lo, min(lo + chunk, a.shape[-1])):
-      term = jax.lax.population_count(jnp.bitwise_xor(a[..., k, None], bt[k])).astype(jnp.int32)
+      term = jax.lax.population_count(jnp.bitwise_xor(a[..., k, None], columns[k]))
+      term = term.astype(jnp.int32)
       part = term if part is None else part + term
     total = part if total is None else total + part
   return total
 
 
-def binary_dense_counts(x: jax.Array, kernel_words: jax.Array, fan_in: int) -> jax.Array:
-  """sign(x) @ sign(W) as int32 from packed words: fan_in - 2 * popcount(xor)."""
-  return fan_in - 2 * _mismatches(jax.lax.optimization_barrier(pack_signs(x)), kernel_words)
+def binary_dense_counts(x: jax.Array, columns: jax.Array, fan_in: int) -> jax.Array:
+  """sign(x) @ sign(W) as int32 from the kernel's columns (kernel_columns): fan_in - 2 *
+  popcount(xor)."""
+  return fan_in - 2 * _mismatches(jax.lax.optimization_barrier(pack_signs(x)), columns)
 
 
 def _pads(padding, spatial, window, strides):
@@ -136,11 +147,12 @@ def _pads(padding, spatial, window, strides):
   return [tuple(p) for p in padding]
 
 
-def binary_conv_counts(x: jax.Array, kernel_words: jax.Array, kernel_size, strides=1,
+def binary_conv_counts(x: jax.Array, columns: jax.Array, kernel_size, strides=1,
                        padding="SAME") -> jax.Array:
   """conv(sign(x), sign(W)) as int32 from packed words (NHWC input, zero padding exact).
 
-  x: (N, H, W, cin) floats; kernel_words: pack_kernel's (cout, kh*kw*words(cin)).
+  x: (N, H, W, cin) floats; columns: kernel_columns of pack_kernel's words,
+  (kh*kw*words(cin), cout).
   """
   n, h, w, cin = x.shape
   kh, kw = kernel_size
@@ -149,7 +161,7 @@ def binary_conv_counts(x: jax.Array, kernel_words: jax.Array, kernel_size, strid
   ho = (h + pt + pb - kh) // sh + 1
   wo = (w + pl + pr - kw) // sw + 1
   wc = num_words(cin)
-  cout = kernel_words.shape[0]
+  cout = columns.shape[1]
 
   words = jnp.pad(pack_signs(x), ((0, 0), (pt, pb), (pl, pr), (0, 0)))  # pad: bit 0 = +1
   inside = jnp.pad(jnp.ones((h, w), jnp.int32), ((pt, pb), (pl, pr)))
@@ -162,16 +174,16 @@ def binary_conv_counts(x: jax.Array, kernel_words: jax.Array, kernel_size, strid
   # Materialize the packed patches: fused into the popcount loop, XLA would repack the input's
   # 32 floats of a word once per output channel.
   patches = jax.lax.optimization_barrier(patches)
-  counts = kh * kw * cin - 2 * _mismatches(patches, kernel_words)  # (n, ho, wo, cout)
+  counts = kh * kw * cin - 2 * _mismatches(patches, columns)  # (n, ho, wo, cout)
 
   # Padded positions held +1: subtract the weight signs that landed on them.
   on_padding = jnp.stack([1 - window(inside[..., None], i, j)[..., 0] for i, j in offsets],
                          axis=-1)  # (ho, wo, kh*kw)
   if (pt, pb, pl, pr) != (0, 0, 0, 0):
-    per_position = kernel_words.reshape(cout, kh * kw, wc)
-    negatives = jnp.sum(jax.lax.population_count(per_position), axis=-1, dtype=jnp.int32)
-    sign_sums = cin - 2 * negatives  # (cout, kh*kw): sum over cin of sign(W)
-    counts = counts - jnp.einsum("hwk,ok->hwo", on_padding, sign_sums)
+    per_position = columns.reshape(kh * kw, wc, cout)
+    negatives = jnp.sum(jax.lax.population_count(per_position), axis=1, dtype=jnp.int32)
+    sign_sums = cin - 2 * negatives  # (kh*kw, cout): sum over cin of sign(W)
+    counts = counts - jnp.einsum("hwk,ko->hwo", on_padding, sign_sums)
   return counts
 
 
@@ -185,16 +197,25 @@ def pack_layer(latent: jax.Array, scale_mode: str, bias: jax.Array | None = None
   return {"words": pack_kernel(negative), "scale": alpha, "shift": shift}
 
 
+def inference_layers(packed_layers: Mapping[str, Mapping[str, Any]]) -> dict:
+  """{path: {'columns', 'scale', 'shift'}}: what packed_apply reads, from pack_layer's (or an
+  export file's) layers, the kernels' columns made on the host (kernel_columns says why)."""
+  return {name: {"columns": kernel_columns(layer["words"]),
+                 "scale": np.asarray(layer["scale"], np.float32),
+                 "shift": np.asarray(layer["shift"], np.float32)}
+          for name, layer in packed_layers.items()}
+
+
 def packed_layer_forward(module: nn.Module, x: jax.Array, layer: Mapping[str, jax.Array]):
-  """A BinaryConv/BinaryDense's output computed from its packed layer."""
+  """A BinaryConv/BinaryDense's output computed from its packed layer (inference_layers)."""
   if module.precision != "binary":
     raise ValueError(f"packed inference needs precision 'binary', layer {module.path} has "
                      f"{module.precision!r}")
   if isinstance(module, layers.BinaryConv):
-    counts = binary_conv_counts(x, layer["words"], module.kernel_size, module.strides,
+    counts = binary_conv_counts(x, layer["columns"], module.kernel_size, module.strides,
                                 module.padding)
   else:
-    counts = binary_dense_counts(x, layer["words"], x.shape[-1])
+    counts = binary_dense_counts(x, layer["columns"], x.shape[-1])
   y = counts.astype(jnp.float32) * layer["scale"] + layer["shift"]
   return y.astype(module.dtype or x.dtype)
 
@@ -209,8 +230,8 @@ def packed_apply(model: nn.Module, variables: Mapping[str, Any],
                  layer_forward=packed_layer_forward) -> jax.Array:
   """The model's logits (train=False) with its binary layers computed by XNOR-popcount.
 
-  packed_layers: ``{module path: pack_layer(...)}`` for every binary layer; their latent
-  kernels need not be in `variables`. folded_batch_norms: ``{batch norm path: binary layer
+  packed_layers: ``inference_layers({module path: pack_layer(...)})`` for every binary layer;
+  their latent kernels need not be in `variables`. folded_batch_norms: ``{batch norm path: binary layer
   path}`` for batch norms already folded into that layer's scale and shift: each must take
   that layer's output as it is, and then passes it through. layer_forward(module, x, layer)
   computes a binary layer from its entry of packed_layers: another one (a float conv of the

@@ -36,7 +36,8 @@ def serialize(exported) -> bytes:
   """The serialized `jax.export` program of a loaded packed export (`export.Exported`)."""
   manifest = exported.manifest
   folded = manifest["folded_batch_norms"]
-  variables, packed_layers, model = exported.variables, exported.packed_layers, exported.model
+  variables, model = exported.variables, exported.model
+  packed_layers = packed.inference_layers(exported.packed_layers)
   forward = jax.jit(lambda images: packed.packed_apply(model, variables, packed_layers, images,
                                                        folded))
   batch, = jax.export.symbolic_shape("batch")

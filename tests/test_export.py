@@ -58,8 +58,8 @@ def test_packed_conv_is_integer_exact(cin, k, stride, padding, scale_mode):
   x = jnp.asarray(rng.normal(size=(2, 9, 8, cin)), jnp.float32)
   x = x.at[0, 0, 0, 0].set(0.0)  # sign(0) = +1
   latent = jnp.asarray(rng.normal(size=(k, k, cin, 7)) + 0.1, jnp.float32)
-  layer = packed.pack_layer(latent, scale_mode)
-  counts = packed.binary_conv_counts(x, layer["words"], (k, k), stride, padding)
+  layer = packed.inference_layers({"conv": packed.pack_layer(latent, scale_mode)})["conv"]
+  counts = packed.binary_conv_counts(x, layer["columns"], (k, k), stride, padding)
   negative, _ = packed.kernel_signs_and_scale(latent, scale_mode)
   signs = lambda b: jnp.where(b, -1.0, 1.0)
   expected = jax.lax.conv_general_dilated(
@@ -80,8 +80,8 @@ def test_packed_dense_is_integer_exact(fan_in):
   rng = np.random.default_rng(fan_in)
   x = jnp.asarray(rng.normal(size=(4, fan_in)), jnp.float32)
   latent = jnp.asarray(rng.normal(size=(fan_in, 6)), jnp.float32)
-  layer = packed.pack_layer(latent, "mean_abs")
-  counts = packed.binary_dense_counts(x, layer["words"], fan_in)
+  layer = packed.inference_layers({"dense": packed.pack_layer(latent, "mean_abs")})["dense"]
+  counts = packed.binary_dense_counts(x, layer["columns"], fan_in)
   expected = jnp.where(x < 0, -1.0, 1.0) @ jnp.where(latent < 0, -1.0, 1.0)
   np.testing.assert_array_equal(counts, expected.astype(np.int32))
   dense = layers.BinaryDense(6)
@@ -89,6 +89,22 @@ def test_packed_dense_is_integer_exact(fan_in):
   np.testing.assert_allclose(
       packed.packed_layer_forward(dense.bind(variables), x, layer),
       dense.apply(variables, x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_popcount_loop_reads_the_kernel_columns_as_given():
+  """No transpose of packed words in the program: the kernel arrives as (words, cout) columns.
+  A transpose traced in would be fused into the XOR-popcount loop, which then reads each word
+  with a stride and runs 2-3x slower on CPU (bench/popcount_loop.py)."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 32)), jnp.float32)
+  latent = jnp.asarray(rng.normal(size=(3, 3, 32, 64)), jnp.float32)
+  layer = packed.inference_layers({"conv": packed.pack_layer(latent, "mean_abs")})["conv"]
+  assert layer["columns"].shape == (9, 64) and layer["columns"].flags.c_contiguous
+  module = layers.BinaryConv(64, (3, 3)).bind({"params": {"latent_kernel": latent}})
+  program = jax.jit(lambda x, layer: packed.packed_layer_forward(module, x, layer)).lower(
+      x, layer).as_text()
+  assert "stablehlo.popcnt" in program
+  assert not [line for line in program.splitlines() if "transpose" in line and "ui32" in line]
 
 
 def _random_batch_stats(stats, rng):
@@ -117,7 +133,7 @@ def test_packed_forward_equals_float_forward_on_every_model(name):
       remaining))
   got = jax.jit(lambda v, p, x: packed.packed_apply(model, v, p, x, folded),
                 compiler_options=FAST_COMPILE)(
-      remaining, layers_packed, x)
+      remaining, packed.inference_layers(layers_packed), x)
   scale = float(jnp.max(jnp.abs(expected)))
   np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * (1 + scale))
   np.testing.assert_array_equal(jnp.argmax(got, -1), jnp.argmax(expected, -1))
