@@ -152,9 +152,10 @@ def jax_setup(model_name, image_size, batch_size, num_classes, seed=0, blocks_pe
           jax.device_put(batch), lr_fn)
 
 
-def run_jax(model_name, variants=VARIANTS, steps=20, warmup=3, image_size=None, batch_size=None,
-            blocks_per_stage=0, dtype="float32"):
-  """{variant: {median_s, min_s, max_s, compile_s, xla_temp_mib}} of the bmd_jax steps."""
+def jax_runners(model_name, variants=VARIANTS, image_size=None, batch_size=None,
+                blocks_per_stage=0, dtype="float32"):
+  """{variant: (run, compile seconds, compiled)}: `run()` takes one synchronized step of the
+  bmd_jax variant, compiled beforehand from scratch."""
   import jax
   import jax.numpy as jnp
   from bmd_jax import train
@@ -167,7 +168,7 @@ def run_jax(model_name, variants=VARIANTS, steps=20, warmup=3, image_size=None, 
                            steps_per_epoch=1000, total_epochs=config.num_epochs,
                            teacher_apply=teacher_model.apply)
   est = train.estimator_args(config, 0.0)
-  results = {}
+  runners = {}
   for variant in variants:
     jax.clear_caches()  # every variant traced and compiled from scratch
     fresh = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), state)
@@ -192,15 +193,22 @@ def run_jax(model_name, variants=VARIANTS, steps=20, warmup=3, image_size=None, 
       run = lambda compiled=compiled, fresh=fresh: jax.block_until_ready(compiled(fresh, batch))
     else:
       raise ValueError(f"unknown variant {variant!r}; choose among {VARIANTS}")
-    compile_s = time.perf_counter() - start
+    runners[variant] = (run, time.perf_counter() - start, compiled)
+  return runners
+
+
+def run_jax(model_name, variants=VARIANTS, steps=20, warmup=3, image_size=None, batch_size=None,
+            blocks_per_stage=0, dtype="float32"):
+  """{variant: {median_s, min_s, max_s, compile_s, xla_temp_mib}} of the bmd_jax steps."""
+  results = {}
+  runners = jax_runners(model_name, variants, image_size, batch_size, blocks_per_stage, dtype)
+  for variant, (run, compile_s, compiled) in runners.items():
     results[variant] = {**_time_steps(run, steps, warmup), "compile_s": compile_s}
     memory = compiled.memory_analysis()
     if memory is not None:
       results[variant]["xla_temp_mib"] = memory.temp_size_in_bytes / 2**20
   return results
 
-
-# --- PyTorch -------------------------------------------------------------------------
 
 def torch_models(model_name, num_classes, blocks_per_stage=0):
   """(student, teacher, config) twins of jax_config's models, PyTorch's default init."""
