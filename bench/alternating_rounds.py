@@ -33,9 +33,10 @@ def median_ms(fn, x, reps: int) -> float:
   return 1e3 * statistics.median(times)
 
 
-def compare(ways: dict, x, reps: int, rounds: int, slow: str, fast: str, label: str) -> None:
-  """Times every way of `ways` (name -> jitted function of x) over `rounds` alternating rounds
-  and prints each round's median and the ratio slow / fast per round."""
+def compare(ways: dict, x, reps: int, rounds: int, slow: str, fast: str, label: str) -> dict:
+  """Times every way of `ways` (name -> jitted function of x) over `rounds` alternating rounds,
+  prints each round's median and the ratio slow / fast per round, and returns
+  {way: [ms per round]}."""
   rows = {name: [] for name in ways}
   for _ in range(rounds):
     for name, fn in ways.items():
@@ -47,3 +48,4 @@ def compare(ways: dict, x, reps: int, rounds: int, slow: str, fast: str, label: 
   ratios = [s / f for s, f in zip(rows[slow], rows[fast])]
   print(f"{slow} / {fast} per round: " + ", ".join(f"{r:.1f}x" for r in ratios)
         + f"; median {statistics.median(ratios):.1f}x")
+  return rows

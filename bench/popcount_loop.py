@@ -1,15 +1,22 @@
-"""The XOR-popcount loop of the packed layers alone: how many word pairs a second it runs, and
-a carry-save (Harley-Seal) variant that was tried against it.
+"""The XOR-popcount loop of the packed layers alone: how many word pairs a second it runs, how
+the kernel's layout changes that, and a carry-save (Harley-Seal) variant tried against it.
 
     python bench/popcount_loop.py                          # ResNet-18's 28x28x128 layer, batch 32
-    python bench/popcount_loop.py --positions=4096 --words=18 --outputs=64
+    python bench/popcount_loop.py --positions=401408 --words=18 --outputs=64
 
-`packed._mismatches(a, b)` sums popcount(a XOR b) over K words for P patches against O kernel
-rows: P x O x K word pairs, no packing or patch gathering (bench/packed_inference.py times
-those too). The carry-save variant adds the XORed words bit-wise in groups of 8 (full adders
-on whole words: ones, twos, fours, eights) and takes one popcount per group plus four at the
-end, fewer popcounts for more bitwise operations; it is exact (checked equal before timing).
-The two alternate over --rounds rounds, each the median of --reps calls.
+`packed._mismatches(a, columns)` sums popcount(a XOR b) over K words for P patches against O
+kernel rows: P x O x K word pairs, no packing or patch gathering (bench/packed_inference.py
+times those too). Three ways, all exact (checked equal before timing):
+
+    columns        the kernel as (K, O) columns, an argument (packed.kernel_columns): what
+                   packed inference runs
+    transposed     the kernel as pack_kernel's (O, K) words, transposed inside the program
+                   (what packed inference did until 2026-11-28)
+    carry_save     columns, the XORed words added bit-wise in groups of 8 (full adders on whole
+                   words: ones, twos, fours, eights), one popcount per group plus four at the
+                   end: fewer popcounts for more bitwise operations
+
+They alternate over --rounds rounds, each the median of --reps calls.
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def carry_save_mismatches(a, b):
-  """popcount(a XOR b) summed over words, like packed._mismatches, through full adders."""
+def carry_save_mismatches(a, columns):
+  """popcount(a XOR b) summed over words, like packed._mismatches(a, columns = b.T), through
+  full adders."""
   import jax
   import jax.numpy as jnp
 
@@ -34,8 +42,7 @@ def carry_save_mismatches(a, b):
   def count(x):
     return jax.lax.population_count(x).astype(jnp.int32)
 
-  bt = b.T
-  words = [jnp.bitwise_xor(a[..., k, None], bt[k]) for k in range(a.shape[-1])]
+  words = [jnp.bitwise_xor(a[..., k, None], columns[k]) for k in range(a.shape[-1])]
   total = None
   groups = len(words) // 8
   if groups:
@@ -76,18 +83,27 @@ def main():
   rng = np.random.default_rng(0)
   a = jnp.asarray(rng.integers(0, 2**32, (args.positions, args.words), dtype=np.uint32))
   b = jnp.asarray(rng.integers(0, 2**32, (args.outputs, args.words), dtype=np.uint32))
-  # The kernel words are an argument, as in a packed layer (a constant lets XLA specialize).
-  popcount = jax.jit(packed._mismatches)  # pylint: disable=protected-access
+  # The kernel is an argument, as in a packed layer: as a constant, XLA would fold the transpose.
+  columns = jnp.asarray(packed.kernel_columns(b))
+  mismatches = jax.jit(packed._mismatches)  # pylint: disable=protected-access
+  transposed = jax.jit(lambda a, b: packed._mismatches(a, b.T))  # pylint: disable=protected-access
   carry_save = jax.jit(carry_save_mismatches)
-  ways = {"popcount": lambda a: popcount(a, b), "carry_save": lambda a: carry_save(a, b)}
-  np.testing.assert_array_equal(ways["popcount"](a), ways["carry_save"](a))
+  ways = {"columns": lambda a: mismatches(a, columns),
+          "transposed": lambda a: transposed(a, b),
+          "carry_save": lambda a: carry_save(a, columns)}
+  for name in ("transposed", "carry_save"):
+    np.testing.assert_array_equal(ways["columns"](a), ways[name](a))
   label = f"P={args.positions} K={args.words} O={args.outputs}"
-  alternating_rounds.compare(ways, a, args.reps, args.rounds, "carry_save", "popcount", label)
+  rows = alternating_rounds.compare(ways, a, args.reps, args.rounds, "transposed", "columns",
+                                    label)
+  ratios = [c / p for c, p in zip(rows["carry_save"], rows["columns"])]
+  print("carry_save / columns per round: " + ", ".join(f"{r:.2f}x" for r in ratios)
+        + f"; median {statistics.median(ratios):.2f}x")
   pairs = args.positions * args.words * args.outputs
-  ms = statistics.median(alternating_rounds.median_ms(ways["popcount"], a, args.reps)
-                         for _ in range(args.rounds))
-  print(f"popcount loop: {pairs / 1e6:.1f} M word pairs in {ms:.1f} ms, "
-        f"{pairs / ms / 1e6:.2f} G word pairs/s")
+  for name in ("columns", "transposed"):
+    ms = statistics.median(rows[name])
+    print(f"{name}: {pairs / 1e6:.1f} M word pairs in {ms:.1f} ms, "
+          f"{pairs / ms / 1e6:.2f} G word pairs/s")
 
 
 if __name__ == "__main__":
