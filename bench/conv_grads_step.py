@@ -1,14 +1,13 @@
-"""ResNet-20's train step with and without one of bmd_jax's CPU convolution changes, in one
-process: --change=chunked_weight_grads (bmd_jax.conv_grads' chunked weight gradients against
-XLA's: conv_grads.MAX_KERNEL_SIZE = 0 while tracing) or --change=packed_forward (binary convs'
-forward on packed bits against the float conv: packed_conv.ENABLED = False while tracing).
+"""ResNet-20's (or --model's) step with bmd_jax.conv_grads' chunked weight gradients against the
+same step with XLA's (conv_grads.MAX_KERNEL_SIZE = 0 while tracing), in one process.
 
     python bench/conv_grads_step.py                      # CE and full steps, batch 128
-    python bench/conv_grads_step.py --variants=ce --rounds=6 --change=packed_forward
+    python bench/conv_grads_step.py --variants=ce --rounds=6
 
 The variants are bench/train_step.py's (`ce`: cross-entropy alone; `full`: the BD-BNN step
-with its teacher; `eval`: the eval step). Each round times both builds of a variant (median of --steps calls after
-2 warm-up calls); the losses of the two builds are printed first (equal up to rounding).
+with its teacher; `eval`: the eval step). Each round times both builds of a variant (median of
+--steps calls after 2 warm-up calls); the losses of the two builds are printed first (equal up
+to rounding).
 """
 
 from __future__ import annotations
@@ -25,30 +24,21 @@ from unittest import mock
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def switched_off(change: str):
-  """A context in which the change is not traced in."""
-  from bmd_jax import conv_grads, packed_conv
-  if change == "chunked_weight_grads":
-    return mock.patch.object(conv_grads, "MAX_KERNEL_SIZE", 0)
-  if change == "packed_forward":
-    return mock.patch.object(packed_conv, "ENABLED", False)
-  raise ValueError(f"unknown --change {change!r}")
-
-
-def build(variant: str, on: bool, batch_size: int, change: str):
+def build(variant: str, chunked: bool, batch_size: int, model: str = "resnet20"):
   """(a function that runs one step, the step's loss); `eval`: train.eval_step."""
   import jax
   import train_step
-  from bmd_jax import train
+  from bmd_jax import conv_grads, train
+  image_size, _, classes = train_step.SIZES[model]
   config, _, teacher_model, state, teacher, batch, lr_fn = train_step.jax_setup(
-      "resnet20", 32, batch_size, 10)
+      model, image_size, batch_size, classes)
   step = functools.partial(train.train_step, config=config, learning_rate_fn=lr_fn,
                            steps_per_epoch=1000, total_epochs=config.num_epochs,
                            teacher_apply=teacher_model.apply)
   t = teacher if variant == "full" else None
   with contextlib.ExitStack() as stack:
-    if not on:
-      stack.enter_context(switched_off(change))
+    if not chunked:
+      stack.enter_context(mock.patch.object(conv_grads, "MAX_KERNEL_SIZE", 0))
     if variant == "eval":
       compiled = jax.jit(functools.partial(train.eval_step, config=config)).lower(
           state, batch).compile()
@@ -77,25 +67,24 @@ def main():
   parser.add_argument("--variants", default="ce,full", help="among ce, full, eval")
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--steps", type=int, default=8, help="timed calls per build and round")
+  parser.add_argument("--model", default="resnet20", help="resnet20 or resnet18 (224 pixels)")
   parser.add_argument("--batch", type=int, default=128)
-  parser.add_argument("--change", default="chunked_weight_grads",
-                      help="chunked_weight_grads or packed_forward")
   args = parser.parse_args()
   import bmd_jax
   bmd_jax.configure_cpu()  # before any JAX computation
   for variant in args.variants.split(","):
     runs = {}
-    for on in (False, True):
-      runs[on], loss = build(variant, on, args.batch, args.change)
-      print(f"{variant} {args.change} {'on' if on else 'off'}: loss {loss:.6f}")
+    for chunked in (False, True):
+      runs[chunked], loss = build(variant, chunked, args.batch, args.model)
+      print(f"{variant} {'chunked' if chunked else 'xla'}: loss {loss:.6f}")
     rows = {False: [], True: []}
     for _ in range(args.rounds):
-      for on, run in runs.items():
-        rows[on].append(median_ms(run, args.steps))
+      for chunked, run in runs.items():
+        rows[chunked].append(median_ms(run, args.steps))
     ratios = [a / b for a, b in zip(rows[False], rows[True])]
-    print(f"{variant}, batch {args.batch}, {args.change}: off "
-          + ", ".join(f"{t:.0f}" for t in rows[False]) + " ms; on "
-          + ", ".join(f"{t:.0f}" for t in rows[True]) + " ms; off / on per round "
+    print(f"{args.model} {variant}, batch {args.batch}: XLA's weight gradients "
+          + ", ".join(f"{t:.0f}" for t in rows[False]) + " ms; chunked "
+          + ", ".join(f"{t:.0f}" for t in rows[True]) + " ms; xla / chunked per round "
           + ", ".join(f"{r:.2f}" for r in ratios) + f"; median {statistics.median(ratios):.2f}x; "
           f"load average {os.getloadavg()}")
 

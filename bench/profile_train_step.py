@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step as bench  # noqa: E402  (the benchmark's setup: same config, model, batch)
 
 _MODEL = flags.DEFINE_enum("model", "resnet20", sorted(bench.SIZES), "model to profile")
-_VARIANT = flags.DEFINE_enum("variant", "full", ["full", "ce"],
+_VARIANT = flags.DEFINE_enum("variant", "full", ["full", "ce", "eval"],
                              "full BD-BNN step (teacher inside) or cross-entropy alone")
 _PROFILED_STEPS = flags.DEFINE_integer("profiled_steps", 3, "steps inside the trace")
 _TOP = flags.DEFINE_integer("top", 20, "operations listed")
@@ -81,10 +81,15 @@ def main(argv):
                            steps_per_epoch=1000, total_epochs=config.num_epochs,
                            teacher_apply=teacher_model.apply)
   full = _VARIANT.value == "full"
-  with contextlib.nullcontext() if full else bench._without_kurtosis():
-    compiled = jax.jit(lambda s, b, t: step(s, b, t)).lower(
-        state, batch, teacher if full else None).compile()
-  run = lambda: jax.block_until_ready(compiled(state, batch, teacher if full else None))
+  if _VARIANT.value == "eval":
+    compiled = jax.jit(functools.partial(train.eval_step, config=config)).lower(
+        state, batch).compile()
+    run = lambda: jax.block_until_ready(compiled(state, batch))
+  else:
+    with contextlib.nullcontext() if full else bench._without_kurtosis():
+      compiled = jax.jit(lambda s, b, t: step(s, b, t)).lower(
+          state, batch, teacher if full else None).compile()
+    run = lambda: jax.block_until_ready(compiled(state, batch, teacher if full else None))
   for _ in range(2):
     run()
   start = time.perf_counter()

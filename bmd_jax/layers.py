@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bmd_jax import channel_sums, conv_grads, packed_conv, quantizers
+from bmd_jax import channel_sums, conv_grads, quantizers
 
 PRECISIONS = ("full", "binary_activations", "binary")
 # The parameter name of every binary layer's real-valued latent weight: losses and tools find
@@ -143,12 +143,9 @@ class BinaryConv(_BinaryBase):
     kernel_shape = (*self.kernel_size, x.shape[-1], self.features)
     x, kernel, dtype = self.operands(x, kernel_shape, estimator_args)
     strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
-    if self.precision == "binary":  # +-1 input, +-alpha kernel: a packed forward on CPU
-      y = packed_conv.binary_conv(x, kernel, strides, self.padding)
-    else:
-      y = conv_grads.conv_general_dilated(
-          x, kernel, window_strides=strides, padding=self.padding,
-          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = conv_grads.conv_general_dilated(
+        x, kernel, window_strides=strides, padding=self.padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return self.add_bias(y, dtype)
 
 
