@@ -2,9 +2,11 @@
 
 jaxlib 0.10 hands every CPU convolution to a YNNPACK fusion. For the weight-gradient
 convolutions of a small-channel CNN (ResNet-20's 16- and 32-channel layers, batch 128) that
-fusion runs at about 2 GFLOP/s: on the 2-core workplace CPU it made a binary ResNet-20 train
-step 3x slower and its eval 1.6x slower than with Eigen's convolutions (docs/BENCHMARKS.md,
-"Where the time went"). `configure_cpu()` therefore appends
+fusion ran at about 2 GFLOP/s: on 2026-11-26 it made a binary ResNet-20 train step 3x slower
+and its eval 1.6x slower than with Eigen's convolutions, on the 2-core workplace CPU. The step
+has changed since (conv_grads' chunked weight gradients, channel_sums), and on 2026-11-28 the
+two were within the rounds' spread of each other (docs/BENCHMARKS.md, "Eigen or YNNPACK");
+the flag stays the measured default. `configure_cpu()` appends
 
     --xla_cpu_experimental_ynn_fusion_type=individual_dot
 
@@ -109,6 +111,6 @@ def configure_cpu() -> bool:
   added = set_cpu_flags()
   if added and started:
     log.warning("JAX's backend started before bmd_jax.configure_cpu() was called, so %s has "
-                "no effect; CPU training can be up to 3x slower. Call it before the first JAX "
+                "no effect on this process's CPU convolutions. Call it before the first JAX "
                 "computation, or set it in XLA_FLAGS yourself.", os.environ["XLA_FLAGS"])
   return added
