@@ -122,7 +122,7 @@ def _mismatches(a: jax.Array, columns: jax.Array, chunk: int = 128) -> jax.Array
 
   `columns` must come in as an array (kernel_columns), not as a transpose traced in the same
   program: XLA:CPU fuses such a transpose into the loop, which then reads every word with a
-  stride of K, and the loop runs 2-3x slower (bench/popcount_loop.py).
+  stride of K, and the loop runs 2-5x slower (bench/popcount_loop.py).
   """
   total = None
   for lo in range(0, a.shape[-1], chunk):
@@ -231,11 +231,12 @@ def packed_apply(model: nn.Module, variables: Mapping[str, Any],
   """The model's logits (train=False) with its binary layers computed by XNOR-popcount.
 
   packed_layers: ``inference_layers({module path: pack_layer(...)})`` for every binary layer;
-  their latent kernels need not be in `variables`. folded_batch_norms: ``{batch norm path: binary layer
-  path}`` for batch norms already folded into that layer's scale and shift: each must take
-  that layer's output as it is, and then passes it through. layer_forward(module, x, layer)
-  computes a binary layer from its entry of packed_layers: another one (a float conv of the
-  same folded layer, bench/packed_inference.py) runs the same model around other arithmetic.
+  their latent kernels need not be in `variables`. folded_batch_norms: ``{batch norm path:
+  binary layer path}`` for batch norms already folded into that layer's scale and shift: each
+  must take that layer's output as it is, and then passes it through.
+  layer_forward(module, x, layer) computes a binary layer from its entry of packed_layers:
+  another one (a float conv of the same folded layer, bench/packed_inference.py) runs the
+  same model around other arithmetic.
   """
   folded = dict(folded_batch_norms or {})
   outputs = {}
@@ -264,8 +265,9 @@ def packed_apply(model: nn.Module, variables: Mapping[str, Any],
 
 def foldable_batch_norms(model: nn.Module, variables: Mapping[str, Any],
                          input_shape) -> dict[str, tuple[str, float]]:
-  """{batch norm path: (binary layer path, its epsilon)} of the batch norms (in inference mode, on the last
-  axis) whose input is a binary layer's output as it is; found by tracing the model once.
+  """{batch norm path: (binary layer path, its epsilon)} of the batch norms (in inference mode,
+  on the last axis) whose input is a binary layer's output as it is; found by tracing the model
+  once.
 
   A batch norm after a pool (VGG-Small pools between conv and BN) is not foldable: max pooling
   does not commute with a negative scale. The folding assumes the binary layer's output has no

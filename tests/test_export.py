@@ -94,7 +94,7 @@ def test_packed_dense_is_integer_exact(fan_in):
 def test_the_popcount_loop_reads_the_kernel_columns_as_given():
   """No transpose of packed words in the program: the kernel arrives as (words, cout) columns.
   A transpose traced in would be fused into the XOR-popcount loop, which then reads each word
-  with a stride and runs 2-3x slower on CPU (bench/popcount_loop.py)."""
+  with a stride and runs 2-5x slower on CPU (bench/popcount_loop.py)."""
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(2, 8, 8, 32)), jnp.float32)
   latent = jnp.asarray(rng.normal(size=(3, 3, 32, 64)), jnp.float32)
