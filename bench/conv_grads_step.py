@@ -5,9 +5,8 @@ same step with XLA's (conv_grads.MAX_KERNEL_SIZE = 0 while tracing), in one proc
     python bench/conv_grads_step.py --variants=ce --rounds=6
 
 The variants are bench/train_step.py's (`ce`: cross-entropy alone; `full`: the BD-BNN step
-with its teacher; `eval`: the eval step). Each round times both builds of a variant (median of
---steps calls after 2 warm-up calls); the losses of the two builds are printed first (equal up
-to rounding).
+with its teacher). Each round times both builds of a variant (median of --steps calls after
+2 warm-up calls); the losses of the two builds are printed first (equal up to rounding).
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def build(variant: str, chunked: bool, batch_size: int, model: str = "resnet20"):
-  """(a function that runs one step, the step's loss); `eval`: train.eval_step."""
+  """(a function that runs one step, the step's loss)."""
   import jax
   import train_step
   from bmd_jax import conv_grads, train
@@ -39,11 +38,6 @@ def build(variant: str, chunked: bool, batch_size: int, model: str = "resnet20")
   with contextlib.ExitStack() as stack:
     if not chunked:
       stack.enter_context(mock.patch.object(conv_grads, "MAX_KERNEL_SIZE", 0))
-    if variant == "eval":
-      compiled = jax.jit(functools.partial(train.eval_step, config=config)).lower(
-          state, batch).compile()
-      metrics = compiled(state, batch)
-      return (lambda: jax.block_until_ready(compiled(state, batch))), float(metrics["loss"])
     if variant == "ce":
       stack.enter_context(train_step._without_kurtosis())  # pylint: disable=protected-access
     compiled = jax.jit(lambda s, b, t: step(s, b, t)).lower(state, batch, t).compile()
@@ -64,7 +58,7 @@ def median_ms(run, steps: int) -> float:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--variants", default="ce,full", help="among ce, full, eval")
+  parser.add_argument("--variants", default="ce,full", help="ce and/or full")
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--steps", type=int, default=8, help="timed calls per build and round")
   parser.add_argument("--model", default="resnet20", help="resnet20 or resnet18 (224 pixels)")

@@ -11,9 +11,9 @@ Cases:
     python bench/input_pipeline.py [--workers=0,1,2] [--seconds=8] [--cases=...] [--rounds=3]
 
 Every round measures every case and worker count once; the table gives each row's medians
-over the rounds (a NaN CPU time, see measure, makes its median NaN).
+over the rounds (a CPU time that could not be read in some round, NaN in measure, is NaN).
 
-The train step it has to keep fed: a binary ResNet-20 on this 2-core CPU takes about 300-450
+The train step it has to keep fed: a binary ResNet-20 on this 2-core CPU takes about 200-300
 images/s at batch 128 (docs/BENCHMARKS.md, "Input pipeline"), so the goal is >= 10x that.
 """
 
@@ -179,7 +179,10 @@ def main(argv):
         "| CPU us/image |")
   print("|---|---|---|---|---|---|---|")
   for (case, workers), rounds in rows.items():
-    setup, first, rate, cpu_us = (statistics.median(column) for column in zip(*rounds))
+    # A NaN would sort arbitrarily inside a median: any round without a CPU time makes it NaN.
+    setup, first, rate, cpu_us = (
+        float("nan") if any(v != v for v in column) else statistics.median(column)
+        for column in zip(*rounds))
     per_round = ", ".join(f"{r[2]:.0f}" for r in rounds)
     print(f"| {case} | {workers} | {setup:.1f} | {first:.1f} | {rate:.0f} | {per_round} "
           f"| {cpu_us:.0f} |")

@@ -33,7 +33,8 @@ import train_step as bench  # noqa: E402  (the benchmark's setup: same config, m
 
 _MODEL = flags.DEFINE_enum("model", "resnet20", sorted(bench.SIZES), "model to profile")
 _VARIANT = flags.DEFINE_enum("variant", "full", ["full", "ce", "eval"],
-                             "full BD-BNN step (teacher inside) or cross-entropy alone")
+                             "full BD-BNN step (teacher inside), cross-entropy alone, or the "
+                             "eval step")
 _PROFILED_STEPS = flags.DEFINE_integer("profiled_steps", 3, "steps inside the trace")
 _TOP = flags.DEFINE_integer("top", 20, "operations listed")
 _TRACE_DIR = flags.DEFINE_string("trace_dir", "/tmp/bmd_jax_profile", "where the trace goes")
