@@ -91,7 +91,8 @@ def bench_layer(shape: dict, cout: int, batch: int, reps: int, rounds: int,
   x = jnp.asarray(rng.normal(size=(batch, h, w, cin)), jnp.float32)
   latent = jnp.asarray(rng.normal(size=(kh, kw, cin, cout)), jnp.float32)
   layer = packed.pack_layer(latent, "mean_abs")
-  columns = packed.kernel_columns(layer["words"])
+  # As Exported.predict reads it: shared words where the kernel's shape allows.
+  columns = packed.inference_layers({"layer": layer}, {"layer": latent.shape})["layer"]["columns"]
   negative, alpha = packed.kernel_signs_and_scale(latent, "mean_abs")
   float_kernel = jnp.where(negative, -1.0, 1.0) * alpha
 

@@ -74,7 +74,7 @@ def main(argv):
   del argv
   bmd_jax.configure_cpu()  # before any JAX computation; BMD_JAX_CPU_FLAGS=off skips it
   import jax
-  from bmd_jax import train
+  from bmd_jax import cpu_barriers, train
   image_size, batch_size, classes = bench._sizes(_MODEL.value)
   config, _, teacher_model, state, teacher, batch, lr_fn = bench.jax_setup(
       _MODEL.value, image_size, batch_size, classes, blocks_per_stage=bench._BLOCKS.value)
@@ -88,8 +88,9 @@ def main(argv):
     run = lambda: jax.block_until_ready(compiled(state, batch))
   else:
     with contextlib.nullcontext() if full else bench._without_kurtosis():
-      compiled = jax.jit(lambda s, b, t: step(s, b, t)).lower(
-          state, batch, teacher if full else None).compile()
+      lowered = jax.jit(lambda s, b, t: step(s, b, t)).lower(
+          state, batch, teacher if full else None)
+    compiled = lowered.compile(cpu_barriers.compile_options(lowered))  # as train.py does
     run = lambda: jax.block_until_ready(compiled(state, batch, teacher if full else None))
   for _ in range(2):
     run()

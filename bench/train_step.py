@@ -158,7 +158,7 @@ def jax_runners(model_name, variants=VARIANTS, image_size=None, batch_size=None,
   bmd_jax variant, compiled beforehand from scratch."""
   import jax
   import jax.numpy as jnp
-  from bmd_jax import train
+  from bmd_jax import cpu_barriers, train
   default_size, default_batch, classes = SIZES[model_name]
   image_size, batch_size = image_size or default_size, batch_size or default_batch
   config, _, teacher_model, state, teacher, batch, lr_fn = jax_setup(
@@ -176,8 +176,9 @@ def jax_runners(model_name, variants=VARIANTS, image_size=None, batch_size=None,
     if variant in ("full", "ce_kurt", "ce"):
       t = teacher if variant == "full" else None
       with _without_kurtosis() if variant == "ce" else contextlib.nullcontext():
-        compiled = jax.jit(lambda s, b, t: step(s, b, t), donate_argnums=(0,)).lower(
-            fresh, batch, t).compile()
+        lowered = jax.jit(lambda s, b, t: step(s, b, t), donate_argnums=(0,)).lower(
+            fresh, batch, t)
+      compiled = lowered.compile(cpu_barriers.compile_options(lowered))  # as train.py does
       box = [fresh]
 
       def run(compiled=compiled, t=t, box=box):

@@ -69,10 +69,10 @@ class BinaryFields(nn.Module):
   """The fields every binary layer and every binary network takes, declared once here.
 
   A network (models/common.py) passes its own to each layer it builds. ``store_binary_input``
-  puts an optimization barrier on a binary conv's binarized input: the weight gradient then
-  reads that stored input instead of recomputing batch norm, residual, hardtanh and sign
-  inside its transpose (10-16% faster on XLA:CPU, but only with the pass that strips barriers
-  disabled: BMD_JAX_CPU_FLAGS=barriers, xla_flags.py). Values are unchanged.
+  puts an optimization barrier on a binary layer's binarized input in programs for the CPU
+  (none elsewhere): where XLA:CPU keeps it (cpu_barriers.py; the train step's program), the
+  weight gradient reads that stored input instead of recomputing batch norm, residual, hardtanh
+  and sign inside its transpose; where XLA strips it, nothing changes. Values are unchanged.
   """
 
   precision: str = keyword("binary")
@@ -118,7 +118,7 @@ class _BinaryBase(BinaryFields):
     dtype = self.dtype or x.dtype
     x, kernel = self.binary_operands(x.astype(dtype), latent, estimator_args)
     if self.store_binary_input:
-      x = jax.lax.optimization_barrier(x)
+      x = jax.lax.platform_dependent(x, cpu=jax.lax.optimization_barrier, default=lambda x: x)
     return x, kernel.astype(dtype), dtype
 
   def add_bias(self, y, dtype):

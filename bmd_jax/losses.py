@@ -331,8 +331,12 @@ def _soft_histogram(values: Array, centers: Array, bandwidth: Array, eps: float)
   # One bin at a time, rematerialized in the backward pass: the n x bins matrix of kernel
   # values is never stored (a broadcast version needs ~600 MB of temporaries for the gradient
   # of one 3x3x256x256 kernel on CPU; this needs O(n), and ran 12x faster there).
+  # prevent_cse=False: inside a loop CSE cannot merge the recomputation away (JAX's advice for
+  # checkpoint under scan/map), and the barrier it would add there can abort XLA:CPU when the
+  # train step keeps barriers (cpu_barriers.py).
   bump_mass = jax.checkpoint(
-      lambda center: jnp.sum(jnp.exp(-0.5 * ((values - center) / bandwidth) ** 2)))
+      lambda center: jnp.sum(jnp.exp(-0.5 * ((values - center) / bandwidth) ** 2)),
+      prevent_cse=False)
   density = jax.lax.map(bump_mass, centers)
   p = density / jnp.sum(density)
   # eps keeps log p finite in empty bins; renormalize so p stays a distribution.

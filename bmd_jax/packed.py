@@ -40,6 +40,7 @@ import numpy as np
 from bmd_jax import layers, quantizers
 
 WORD_BITS = 32
+HALF_BITS = 16  # a conv with at most this many input channels shares words between positions
 
 
 # --- packing ---------------------------------------------------------------------------------
@@ -48,14 +49,16 @@ def num_words(n: int) -> int:
   return -(-n // WORD_BITS)
 
 
-def pack_bits(negative: jax.Array) -> jax.Array:
-  """Packs booleans (True = -1) along the last axis into uint32 words, zero-padded."""
+def pack_bits(negative: jax.Array, word_bits: int = WORD_BITS) -> jax.Array:
+  """Packs booleans (True = -1) along the last axis into words of word_bits (32: uint32, 16:
+  uint16), zero-padded."""
+  dtype = {WORD_BITS: jnp.uint32, HALF_BITS: jnp.uint16}[word_bits]
   n = negative.shape[-1]
-  pad = num_words(n) * WORD_BITS - n
-  bits = jnp.pad(negative.astype(jnp.uint32), [(0, 0)] * (negative.ndim - 1) + [(0, pad)])
-  bits = bits.reshape(*negative.shape[:-1], -1, WORD_BITS)
-  weights = jnp.left_shift(jnp.uint32(1), jnp.arange(WORD_BITS, dtype=jnp.uint32))
-  return jnp.sum(bits * weights, axis=-1, dtype=jnp.uint32)  # distinct bits: sum == or
+  pad = -(-n // word_bits) * word_bits - n
+  bits = jnp.pad(negative.astype(dtype), [(0, 0)] * (negative.ndim - 1) + [(0, pad)])
+  bits = bits.reshape(*negative.shape[:-1], -1, word_bits)
+  weights = jnp.left_shift(dtype(1), jnp.arange(word_bits, dtype=dtype))
+  return jnp.sum(bits * weights, axis=-1, dtype=dtype)  # distinct bits: sum == or
 
 
 def unpack_bits(words: jax.Array, n: int) -> jax.Array:
@@ -112,6 +115,22 @@ def kernel_columns(words) -> np.ndarray:
   return np.ascontiguousarray(np.asarray(words, np.uint32).T)
 
 
+def shares_words(kernel_shape) -> bool:
+  """Whether inference puts two kernel positions in each word of a conv kernel (HWIO): its
+  input channels fit in half a word, and it has more than one position."""
+  return len(kernel_shape) == 4 and kernel_shape[2] <= HALF_BITS and (
+      kernel_shape[0] * kernel_shape[1] > 1)
+
+
+def paired_columns(columns: np.ndarray, positions: int) -> np.ndarray:
+  """Columns (positions, cout) of a kernel whose positions use only the low half of their word,
+  as (ceil(positions / 2), cout): position 2m in the low half of word m, 2m + 1 in the high."""
+  columns = np.asarray(columns, np.uint32)
+  if positions % 2:
+    columns = np.concatenate([columns, np.zeros_like(columns[:1])])
+  return np.ascontiguousarray(columns[0::2] | (columns[1::2] << np.uint32(HALF_BITS)))
+
+
 def _mismatches(a: jax.Array, columns: jax.Array, chunk: int = 128) -> jax.Array:
   """popcount(a XOR b) summed over words: a (..., K), columns = b.T (K, O) -> (..., O) int32.
 
@@ -162,8 +181,14 @@ def binary_conv_counts(x: jax.Array, columns: jax.Array, kernel_size, strides=1,
   wo = (w + pl + pr - kw) // sw + 1
   wc = num_words(cin)
   cout = columns.shape[1]
+  positions = kh * kw
+  paired = shares_words((kh, kw, cin, cout)) and columns.shape[0] == -(-positions // 2)
+  if not paired and columns.shape[0] != positions * wc:
+    raise ValueError(f"kernel columns of {columns.shape[0]} words do not fit a {kh}x{kw} conv "
+                     f"of {cin} input channels")
 
-  words = jnp.pad(pack_signs(x), ((0, 0), (pt, pb), (pl, pr), (0, 0)))  # pad: bit 0 = +1
+  signs = pack_bits(x < 0, HALF_BITS if paired else WORD_BITS)
+  words = jnp.pad(signs, ((0, 0), (pt, pb), (pl, pr), (0, 0)))  # pad: bit 0 = +1
   inside = jnp.pad(jnp.ones((h, w), jnp.int32), ((pt, pb), (pl, pr)))
 
   def window(a, i, j):  # the (ho, wo) grid of kernel position (i, j)
@@ -171,6 +196,10 @@ def binary_conv_counts(x: jax.Array, columns: jax.Array, kernel_size, strides=1,
 
   offsets = [(i, j) for i in range(kh) for j in range(kw)]
   patches = jnp.concatenate([window(words, i, j) for i, j in offsets], axis=-1)
+  if paired:  # half-words of consecutive positions, read as one word (little-endian)
+    patches = jnp.pad(patches, ((0, 0),) * 3 + ((0, positions % 2),))
+    patches = jax.lax.bitcast_convert_type(
+        patches.reshape(*patches.shape[:-1], -1, 2), jnp.uint32)
   # Materialize the packed patches: fused into the popcount loop, XLA would repack the input's
   # 32 floats of a word once per output channel.
   patches = jax.lax.optimization_barrier(patches)
@@ -180,7 +209,11 @@ def binary_conv_counts(x: jax.Array, columns: jax.Array, kernel_size, strides=1,
   on_padding = jnp.stack([1 - window(inside[..., None], i, j)[..., 0] for i, j in offsets],
                          axis=-1)  # (ho, wo, kh*kw)
   if (pt, pb, pl, pr) != (0, 0, 0, 0):
-    per_position = columns.reshape(kh * kw, wc, cout)
+    if paired:
+      halves = jnp.stack([columns & 0xFFFF, columns >> HALF_BITS], axis=1)
+      per_position = halves.reshape(-1, 1, cout)[:positions]
+    else:
+      per_position = columns.reshape(positions, wc, cout)
     negatives = jnp.sum(jax.lax.population_count(per_position), axis=1, dtype=jnp.int32)
     sign_sums = cin - 2 * negatives  # (kh*kw, cout): sum over cin of sign(W)
     counts = counts - jnp.einsum("hwk,ko->hwo", on_padding, sign_sums)
@@ -197,13 +230,24 @@ def pack_layer(latent: jax.Array, scale_mode: str, bias: jax.Array | None = None
   return {"words": pack_kernel(negative), "scale": alpha, "shift": shift}
 
 
-def inference_layers(packed_layers: Mapping[str, Mapping[str, Any]]) -> dict:
+def inference_layers(packed_layers: Mapping[str, Mapping[str, Any]],
+                     kernel_shapes: Mapping[str, Any] | None = None) -> dict:
   """{path: {'columns', 'scale', 'shift'}}: what packed_apply reads, from pack_layer's (or an
-  export file's) layers, the kernels' columns made on the host (kernel_columns says why)."""
-  return {name: {"columns": kernel_columns(layer["words"]),
-                 "scale": np.asarray(layer["scale"], np.float32),
-                 "shift": np.asarray(layer["shift"], np.float32)}
-          for name, layer in packed_layers.items()}
+  export file's) layers, the kernels' columns made on the host (kernel_columns says why).
+
+  kernel_shapes ({path: latent kernel shape}, optional) lets the convs with at most 16 input
+  channels share words, two kernel positions to a word (`shares_words`): ResNet-20's first
+  stage then reads 5 words a patch instead of 9. The words stored (export files) stay one
+  position to a word either way."""
+  layers_out = {}
+  for name, layer in packed_layers.items():
+    columns = kernel_columns(layer["words"])
+    shape = (kernel_shapes or {}).get(name)
+    if shape is not None and shares_words(shape):
+      columns = paired_columns(columns, shape[0] * shape[1])
+    layers_out[name] = {"columns": columns, "scale": np.asarray(layer["scale"], np.float32),
+                        "shift": np.asarray(layer["shift"], np.float32)}
+  return layers_out
 
 
 def packed_layer_forward(module: nn.Module, x: jax.Array, layer: Mapping[str, jax.Array]):

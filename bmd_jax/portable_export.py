@@ -37,7 +37,7 @@ def serialize(exported) -> bytes:
   manifest = exported.manifest
   folded = manifest["folded_batch_norms"]
   variables, model = exported.variables, exported.model
-  packed_layers = packed.inference_layers(exported.packed_layers)
+  packed_layers = exported.inference_layers()
   forward = jax.jit(lambda images: packed.packed_apply(model, variables, packed_layers, images,
                                                        folded))
   batch, = jax.export.symbolic_shape("batch")

@@ -32,7 +32,7 @@ import optax
 from flax.training import train_state
 
 from bmd_jax import checkpoint, input_pipeline, losses, models, objective, quantizers, sharding
-from bmd_jax import config_checks, metric_writers, run_record, workdir_lock
+from bmd_jax import config_checks, cpu_barriers, metric_writers, run_record, workdir_lock
 from bmd_jax import stages as stages_lib
 # Building a model and its variables is the models' knowledge; the loop uses it.
 from bmd_jax.models import create_model, initialized, variable_shapes
@@ -429,7 +429,8 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
   # Update and eval steps, jitted over the mesh; the state is donated.
   replicated = sharding.replicated_sharding(mesh)
   batch_sharding = sharding.batch_sharding(mesh)
-  p_train_step = jax.jit(
+  # On CPU the step keeps its binary inputs' barriers where that is safe (cpu_barriers.py).
+  p_train_step = cpu_barriers.jit(
       functools.partial(train_step, config=config, learning_rate_fn=learning_rate_fn,
                         steps_per_epoch=steps_per_epoch, total_epochs=total_epochs,
                         teacher_apply=teacher_model.apply,
@@ -437,7 +438,8 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
                         kurtosis_layers=tuple(kurtosis_layers),
                         wdm_layers=wdm_layers),
       in_shardings=(state_shardings, batch_sharding, replicated, replicated),
-      out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+      out_shardings=(state_shardings, replicated), donate_argnums=(0,),
+      platform=mesh.devices.flat[0].platform)
   p_eval_step = jax.jit(functools.partial(eval_step, config=config),
                         in_shardings=(state_shardings, batch_sharding),
                         out_shardings=replicated)

@@ -14,25 +14,17 @@ to XLA_FLAGS (YNNPACK keeps the matrix products, convolutions go back to Eigen).
 bmd_jax changes nothing: the entry points (bmd_jax.main, bench/, hence launch/) call it first
 thing, and a notebook calls ``bmd_jax.configure_cpu()`` before its first JAX computation.
 
-BMD_JAX_CPU_FLAGS picks what is set: 'on' (the default: the flag above), 'off' (nothing,
-jaxlib's defaults) or 'barriers' (experimental: also
-
-    --xla_disable_hlo_passes=cse_barrier_expander
-
-which keeps the optimization barriers that a `layers.BinaryConv` with
-``store_binary_input=True`` (config: ``model.store_binary_input``) puts on its binary input;
-see `cpu_barriers_active`). Without them XLA:CPU fuses each weight-gradient
-convolution's input transpose with a recomputation of the batch norm, residual, hardtanh and
-sign that made that input; with them the ResNet-20 step was 10-16% faster. It is not the
-default because XLA:CPU 0.10 then aborts the process (`Check failed: buffer != nullptr` in
-HandleOptimizationBarrier) on some programs with barriers of JAX's own inside a nested
-computation, e.g. one that uses `losses.wdm_histogram` (tests/test_losses.py).
+BMD_JAX_CPU_FLAGS picks what is set: 'on' (the default: the flag above) or 'off' (nothing,
+jaxlib's defaults; also no per-program options, see cpu_barriers.py). 'barriers' is accepted as
+'on', with a warning: it used to add ``--xla_disable_hlo_passes=cse_barrier_expander`` to
+XLA_FLAGS for the whole process, which could abort XLA:CPU 0.10 on some programs; the train
+step now keeps its barriers as a per-program option where that is safe (cpu_barriers.py).
 
 bmd_jax does not set a flag when
 
-- XLA_FLAGS already names it (your choice wins; each flag is checked on its own), or
-- the installed jaxlib is not a version it was measured on (both are experimental or debug
-  options: XLA aborts on a flag it does not know, so they never reach an untested jaxlib).
+- XLA_FLAGS already names it (your choice wins), or
+- the installed jaxlib is not a version it was measured on (it is an experimental option: XLA
+  aborts on a flag it does not know, so it never reaches an untested jaxlib).
 
 XLA reads XLA_FLAGS once, when JAX creates its first backend: call `configure_cpu()` before
 running anything on JAX (importing JAX is fine; computing is not).
@@ -48,17 +40,17 @@ from typing import MutableMapping
 
 FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 VALUE = "individual_dot"
-BARRIER_FLAG = "--xla_disable_hlo_passes"
-BARRIER_VALUE = "cse_barrier_expander"
 CHOICE_VARIABLE = "BMD_JAX_CPU_FLAGS"
-CHOICES = ("on", "off", "barriers")
-# jaxlib versions (major.minor) on which the flags exist and were measured to help.
+CHOICES = ("on", "off")
+RETIRED_CHOICE = "barriers"  # now the per-program option of cpu_barriers.py
+# jaxlib versions (major.minor) on which the flag (and cpu_barriers' option) exist and were
+# measured to help.
 MEASURED_JAXLIB = ("0.10",)
 
 log = logging.getLogger("bmd_jax")
 
 
-def _jaxlib_version() -> str:
+def installed_jaxlib() -> str:
   try:
     return importlib.metadata.version("jaxlib")
   except importlib.metadata.PackageNotFoundError:
@@ -66,32 +58,29 @@ def _jaxlib_version() -> str:
 
 
 def measured(jaxlib_version: str) -> bool:
-  """Whether the flags exist in, and were measured on, this jaxlib version."""
+  """Whether the flag and cpu_barriers' option exist in, and were measured on, this jaxlib."""
   return jaxlib_version.startswith(tuple(v + "." for v in MEASURED_JAXLIB))
 
 
 def set_cpu_flags(environ: MutableMapping[str, str] = os.environ,
                   jaxlib_version: str | None = None) -> bool:
-  """Appends the flags to environ['XLA_FLAGS'] when they apply; True if it added any."""
+  """Appends the flag to environ['XLA_FLAGS'] when it applies; True if it did."""
   choice = environ.get(CHOICE_VARIABLE, "on").strip().lower()
+  if choice == RETIRED_CHOICE:
+    log.warning("%s=barriers is retired and now means 'on': the train step keeps its "
+                "optimization barriers per program, where that is safe (bmd_jax/cpu_barriers.py)",
+                CHOICE_VARIABLE)
+    choice = "on"
   if choice not in CHOICES:
     raise ValueError(f"{CHOICE_VARIABLE}={environ[CHOICE_VARIABLE]!r} is not one of {CHOICES}: "
-                     "'on' (bmd_jax's default, faster CPU convolutions), 'off' (jaxlib's "
-                     "flags) or 'barriers' (also keep optimization barriers; experimental)")
+                     "'on' (bmd_jax's default, faster CPU convolutions) or 'off' (jaxlib's "
+                     "flags)")
   flags = environ.get("XLA_FLAGS", "")
-  version = _jaxlib_version() if jaxlib_version is None else jaxlib_version
-  if choice == "off" or not measured(version):
+  version = installed_jaxlib() if jaxlib_version is None else jaxlib_version
+  if choice == "off" or not measured(version) or FLAG in flags:
     return False
-  wanted = [(FLAG, VALUE)] + ([(BARRIER_FLAG, BARRIER_VALUE)] if choice == "barriers" else [])
-  added = [f"{name}={value}" for name, value in wanted if name not in flags]
-  environ["XLA_FLAGS"] = " ".join([flags, *added]).strip()
-  return bool(added)
-
-
-def cpu_barriers_active(environ: MutableMapping[str, str] = os.environ) -> bool:
-  """Whether XLA keeps optimization barriers (the pass that strips them is disabled)."""
-  return any(BARRIER_VALUE in flag.split("=", 1)[-1].split(",")
-             for flag in environ.get("XLA_FLAGS", "").split() if flag.startswith(BARRIER_FLAG))
+  environ["XLA_FLAGS"] = " ".join([flags, f"{FLAG}={VALUE}"]).strip()
+  return True
 
 
 def _backends_started() -> bool:

@@ -41,9 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.input_quantizer = "ste"
   config.model.kernel_quantizer = "ste"
   config.model.scale_mode = "mean_abs"  # 'none' | 'mean_abs' | 'irnet'
-  # An optimization barrier on each binary conv's binarized input: faster on XLA:CPU, and only
-  # there, with BMD_JAX_CPU_FLAGS=barriers (bmd_jax/xla_flags.py); experimental.
-  config.model.store_binary_input = False
+  # An optimization barrier on each binary layer's binarized input, in CPU programs only: the
+  # train step keeps it where that is safe, and its weight gradients then read the stored input
+  # instead of recomputing it (bmd_jax/cpu_barriers.py). Values are the same either way.
+  config.model.store_binary_input = True
   # Compute dtype of activations and convolutions: 'bfloat16' is mixed precision (+-1 operands
   # are exact in it); latent weights, optimizer state, batch-norm statistics and losses stay
   # float32 whatever it is.

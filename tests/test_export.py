@@ -53,12 +53,17 @@ CONV_CASES = [  # (cin, kernel, stride, padding)
 
 @pytest.mark.parametrize("cin,k,stride,padding", CONV_CASES)
 @pytest.mark.parametrize("scale_mode", ["mean_abs", "irnet", "none"])
-def test_packed_conv_is_integer_exact(cin, k, stride, padding, scale_mode):
+@pytest.mark.parametrize("paired", [False, True])  # with the kernel's shape: shared words
+def test_packed_conv_is_integer_exact(cin, k, stride, padding, scale_mode, paired):
   rng = np.random.default_rng(cin * k + stride)
   x = jnp.asarray(rng.normal(size=(2, 9, 8, cin)), jnp.float32)
   x = x.at[0, 0, 0, 0].set(0.0)  # sign(0) = +1
   latent = jnp.asarray(rng.normal(size=(k, k, cin, 7)) + 0.1, jnp.float32)
-  layer = packed.inference_layers({"conv": packed.pack_layer(latent, scale_mode)})["conv"]
+  shapes = {"conv": latent.shape} if paired else None
+  layer = packed.inference_layers({"conv": packed.pack_layer(latent, scale_mode)}, shapes)["conv"]
+  # Shared words where the shape allows them: two positions a word at up to 16 channels.
+  assert layer["columns"].shape[0] == (
+      -(-k * k // 2) if paired and cin <= 16 and k > 1 else k * k * packed.num_words(cin))
   counts = packed.binary_conv_counts(x, layer["columns"], (k, k), stride, padding)
   negative, _ = packed.kernel_signs_and_scale(latent, scale_mode)
   signs = lambda b: jnp.where(b, -1.0, 1.0)

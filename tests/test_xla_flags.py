@@ -13,35 +13,32 @@ from bmd_jax import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTING = f"{xla_flags.FLAG}={xla_flags.VALUE}"
-BARRIERS = f"{xla_flags.BARRIER_FLAG}={xla_flags.BARRIER_VALUE}"
 
 
 def test_convolution_flag_appended_to_existing_flags():
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   assert xla_flags.set_cpu_flags(env, jaxlib_version="0.10.2")
   assert env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=8 {SETTING}"
-  assert not xla_flags.cpu_barriers_active(env)  # barriers are opt-in
   assert not xla_flags.set_cpu_flags(env, jaxlib_version="0.10.2")  # once only
 
 
-def test_barriers_opt_in():
-  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-         xla_flags.CHOICE_VARIABLE: "barriers"}
-  assert not xla_flags.cpu_barriers_active(env)
+def test_the_retired_barriers_choice_warns_and_means_on(caplog):
+  # It used to disable a pass for the whole process; cpu_barriers now does it per program.
+  env = {xla_flags.CHOICE_VARIABLE: "barriers"}
   assert xla_flags.set_cpu_flags(env, jaxlib_version="0.10.2")
-  assert env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=8 {SETTING} {BARRIERS}"
-  assert xla_flags.cpu_barriers_active(env)
+  assert env["XLA_FLAGS"] == SETTING
+  assert "retired" in caplog.text
 
 
-@pytest.mark.parametrize("users, added", [
-    (f"{xla_flags.FLAG}=individual_dot,individual_convolution", BARRIERS),
-    (f"{xla_flags.BARRIER_FLAG}=some_pass", SETTING),  # barriers then stay off
-])
-def test_users_own_flag_wins(users, added):
-  env = {"XLA_FLAGS": users, xla_flags.CHOICE_VARIABLE: "barriers"}
-  assert xla_flags.set_cpu_flags(env, jaxlib_version="0.10.2")
-  assert env["XLA_FLAGS"] == f"{users} {added}"
-  assert xla_flags.cpu_barriers_active(env) == (added == BARRIERS)
+def test_users_own_flag_wins():
+  env = {"XLA_FLAGS": f"{xla_flags.FLAG}=individual_dot,individual_convolution"}
+  assert not xla_flags.set_cpu_flags(env, jaxlib_version="0.10.2")
+  assert env["XLA_FLAGS"] == f"{xla_flags.FLAG}=individual_dot,individual_convolution"
+
+
+def test_an_unknown_choice_is_an_error():
+  with pytest.raises(ValueError, match="'on'.*'off'"):
+    xla_flags.set_cpu_flags({xla_flags.CHOICE_VARIABLE: "fast"}, jaxlib_version="0.10.2")
 
 
 def test_off_keeps_jaxlibs_flags():
@@ -90,14 +87,14 @@ def _run(choice):  # "on" or "off"
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-MEASURED = xla_flags.measured(xla_flags._jaxlib_version())
+MEASURED = xla_flags.measured(xla_flags.installed_jaxlib())
 
 
 @pytest.mark.skipif(not MEASURED, reason="flag not used on this jaxlib")
 def test_configure_cpu_sets_flag_and_convolutions_agree():
   on, off = _run("on"), _run("off")
-  assert SETTING in on["flags"] and BARRIERS not in on["flags"]
-  assert xla_flags.FLAG not in off["flags"] and xla_flags.BARRIER_FLAG not in off["flags"]
+  assert SETTING in on["flags"]
+  assert xla_flags.FLAG not in off["flags"]
   np.testing.assert_allclose(on["value"], off["value"], rtol=1e-5)
   for grad in ("dx", "dw"):
     scale = np.max(np.abs(off[grad]))
@@ -142,27 +139,3 @@ def test_importing_bmd_jax_leaves_the_environment_as_it_was():
   assert _changed_by_import()["pure"] == []
   assert _changed_by_import("jax", "grain", "orbax.checkpoint", "tensorflow_datasets") == {
       "pure": [], "all": []}
-
-
-@pytest.mark.slow
-def test_binary_conv_with_and_without_barrier():
-  import jax
-  import jax.numpy as jnp
-  from bmd_jax import layers
-
-  x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 9, 9, 5)), jnp.float32)
-  est = {"ede": {"t": jnp.float32(0.5), "k": jnp.float32(2.0)}}
-
-  def value_and_grads(barrier):
-    layer = layers.BinaryConv(8, strides=2, input_quantizer="ede", kernel_quantizer="ede",
-                              scale_mode="irnet", store_binary_input=barrier)
-    params = layer.init(jax.random.PRNGKey(0), x, est)
-    f = lambda p, x: jnp.sum(jnp.tanh(layer.apply(p, x, est)))
-    lowered = jax.jit(jax.value_and_grad(f, (0, 1))).lower(params, x)
-    assert ("optimization_barrier" in lowered.as_text()) == barrier  # the field alone decides
-    return lowered.compile()(params, x)
-
-  (v1, g1), (v0, g0) = value_and_grads(True), value_and_grads(False)
-  np.testing.assert_allclose(v1, v0, rtol=1e-6)
-  for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g0)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
