@@ -21,7 +21,7 @@ ratios float / packed. Sizes: the layer's kernel as float32 and packed
 
 --whole_model times whole models instead (ResNet-20 at 32x32x3, 10 classes; ResNet-18 at
 224x224x3, 1000 classes; random init, running means and variances moved away from the init so
-that folding them matters), three jitted forwards of the same images:
+that folding them matters), four jitted forwards of the same images:
 
     packed        export.Exported(...).predict: the export's inference (XNOR-popcount layers,
                   batch norms folded into their scale and shift). The Exported is built from
@@ -34,10 +34,12 @@ that folding them matters), three jitted forwards of the same images:
     float_folded  the same model with each binary layer computed as conv(sign(x), sign(W)) *
                   scale + shift from the packed layer's signs, folded scale and shift: the
                   packed arithmetic in float, the batch norms folded alike.
+    packed_unshared  packed with one kernel position a word in every conv, as before shared
+                  words (packed.shares_words): what sharing gains (ResNet-20's 16-channel convs).
 
 packed is checked equal to float_folded (to float32 rounding relative to the logits' scale,
 and the same argmax) before timing, and to float at batch 1 (check_equal says why not at
-larger batches; the difference is reported). Timing alternates the three paths over --rounds
+larger batches; the difference is reported). Timing alternates the four paths over --rounds
 rounds; in a round each path is the median of its reps (--reps, 4x at batch 1, cut so that one
 path's round takes about --max_round_s). Per-round ratios float / packed and their median are
 reported, and the ratio of each path's fastest round, with the load average before and after.
@@ -219,7 +221,8 @@ def compare(out, reference) -> tuple[float, float]:
 
 def check_equal(outputs: dict) -> dict:
   """packed against float_folded, which does the same arithmetic in float (the counts are
-  exact integers in both): equal to float32 rounding, 1e-4 of the logits' scale, same classes.
+  exact integers in both): equal to float32 rounding, 1e-4 of the logits' scale, same classes;
+  packed_unshared against packed alike (both integer counts).
 
   float (model.apply, batch norms unfolded) rounds its pre-activations differently, so a
   value within rounding of 0 can binarize the other way in the next layer: rare enough at
@@ -228,7 +231,8 @@ def check_equal(outputs: dict) -> dict:
   """
   checked = {}
   for path, reference, strict in (("packed", "float_folded", True),
-                                  ("packed", "float", len(outputs["float"]) == 1)):
+                                  ("packed", "float", len(outputs["float"]) == 1),
+                                  ("packed_unshared", "packed", True)):
     relative, same_class = compare(outputs[path], outputs[reference])
     if strict and (relative > 1e-4 or same_class < 1):
       raise AssertionError(f"{path} differs from {reference}: max |difference| {relative:.2e} "
@@ -261,8 +265,13 @@ def bench_whole_model(name: str, batch: int, reps: int, rounds: int, max_round_s
   params, stats = models.initialized(jax.random.key(0), model, INPUTS[name])
   variables = {"params": params, "batch_stats": moved_running_stats(stats, rng)}
   predictor = packed_predictor(model, variables, INPUTS[name])
+  # The same packed forward with one kernel position a word everywhere (no shared words).
+  unshared = jax.device_put((predictor._device_arrays[0],  # pylint: disable=protected-access
+                             packed.inference_layers(predictor.packed_layers)))
   paths = {"float": float_forward(model, variables, predictor.manifest["binary_layers"]),
-           "float_folded": folded_float_forward(predictor), "packed": predictor.predict}
+           "float_folded": folded_float_forward(predictor), "packed": predictor.predict,
+           "packed_unshared": lambda x: predictor._forward(  # pylint: disable=protected-access
+               *unshared, x)}
   x = jnp.asarray(rng.normal(size=(batch, *INPUTS[name])), jnp.float32)
   checked = check_equal({path: fn(x) for path, fn in paths.items()})
   timing = timed_rounds(paths, x, reps, rounds, max_round_s)
@@ -271,7 +280,7 @@ def bench_whole_model(name: str, batch: int, reps: int, rounds: int, max_round_s
          "num_classes": CLASSES[name], "batch": batch, "rounds": rounds,
          "reps_per_round": timing["reps"], "outputs_checked_equal": True, "checks": checked,
          **{f"{path}_ms_per_round": [1e3 * t for t in ts] for path, ts in seconds.items()}}
-  for path in ("float", "float_folded"):
+  for path in ("float", "float_folded", "packed_unshared"):
     ratios = [f / p for f, p in zip(seconds[path], seconds["packed"])]
     row[f"{path}_over_packed_per_round"] = ratios
     row[f"{path}_over_packed_median"] = statistics.median(ratios)
@@ -282,8 +291,8 @@ def bench_whole_model(name: str, batch: int, reps: int, rounds: int, max_round_s
 
 def whole_model_rows(names, batches, reps, rounds, max_round_s, rng, model_kwargs) -> list:
   print("| model | batch | float ms | float folded ms | packed ms | float/packed per round | "
-        "median | best | float folded/packed median |")
-  print("|" + "---|" * 9)
+        "median | best | float folded/packed median | unshared/packed per round |")
+  print("|" + "---|" * 10)
   rows = []
   for name in names:
     for batch in batches:
@@ -296,7 +305,9 @@ def whole_model_rows(names, batches, reps, rounds, max_round_s, rng, model_kwarg
       print(f"| {name} | {batch} | {ms['float']:.2f} | {ms['float_folded']:.2f} | "
             f"{ms['packed']:.2f} | {per_round} | {row['float_over_packed_median']:.2f}x | "
             f"{row['float_over_packed_best']:.2f}x | "
-            f"{row['float_folded_over_packed_median']:.2f}x |", flush=True)
+            f"{row['float_folded_over_packed_median']:.2f}x | "
+            + ", ".join(f"{r:.2f}" for r in row["packed_unshared_over_packed_per_round"])
+            + " |", flush=True)
   return rows
 
 

@@ -14,13 +14,17 @@ sys.path.insert(0, os.path.join(REPO, "bench"))
 
 import packed_inference as bench  # noqa: E402
 
-PATHS = ("float", "float_folded", "packed")
+PATHS = ("float", "float_folded", "packed", "packed_unshared")
 
 
 def test_check_equal_refuses_another_class():
   logits = np.array([[1.0, 0.5], [0.2, 0.3]])
   with pytest.raises(AssertionError, match="packed differs"):
-    bench.check_equal({"float": logits, "float_folded": logits, "packed": logits[:, ::-1]})
+    bench.check_equal({"float": logits, "float_folded": logits, "packed": logits[:, ::-1],
+                       "packed_unshared": logits[:, ::-1]})
+  with pytest.raises(AssertionError, match="packed_unshared differs"):
+    bench.check_equal({"float": logits, "float_folded": logits, "packed": logits,
+                       "packed_unshared": logits[:, ::-1]})
 
 
 @pytest.mark.slow  # about 25 s on 2 cores: three models compiled
@@ -36,12 +40,12 @@ def test_whole_model_outputs_checked_equal_and_json_written(tmp_path):
   (row,) = results["rows"]
   assert row["model"] == "resnet20" and row["batch"] == 2
   assert row["outputs_checked_equal"]
-  for pair in ("packed_vs_float_folded", "packed_vs_float"):
+  for pair in ("packed_vs_float_folded", "packed_vs_float", "packed_unshared_vs_packed"):
     assert row["checks"][pair]["max_difference_relative"] <= 1e-4
     assert row["checks"][pair]["same_class"] == 1
   for path in PATHS:
     assert len(row[f"{path}_ms_per_round"]) == 2
-  for path in ("float", "float_folded"):
+  for path in ("float", "float_folded", "packed_unshared"):
     assert len(row[f"{path}_over_packed_per_round"]) == 2
     assert row[f"{path}_over_packed_median"] > 0 and row[f"{path}_over_packed_best"] > 0
 
