@@ -11,6 +11,10 @@ is ``(cout, kh * kw * ceil(cin / 32))`` words, and an input is packed the same w
 along its channels, before its patches are gathered (the patches of packed words are 32 times
 smaller than those of floats). A channel count that is not a multiple of 32 thus leaves unused
 bits in every kernel position's last word (ResNet-20's 16-channel stage uses half of each word).
+That is how kernels are stored (pack_kernel, export files). At inference a conv of at most 16
+input channels shares words instead (``shares_words``): its input is packed to 16-bit words,
+two consecutive kernel positions are read as one uint32, and its columns are paired on the host
+(``paired_columns``), so a 3x3 patch is 5 words, not 9.
 A dense kernel (in, out) is packed to ``(out, ceil(in / 32))``.
 
 Arithmetic. For +-1 vectors a, b of n elements, ``a . b = n - 2 * popcount(bits(a) XOR

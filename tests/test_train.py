@@ -1,6 +1,7 @@
 """The train step and the loop, end to end on the built-in digits."""
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bmd_jax import losses, models, train
+from bmd_jax import losses, models, train, xla_flags
 from step_setup import step_setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,8 +103,13 @@ def test_learning_rate_schedules(digits_config):
 
 
 @pytest.mark.slow
-def test_train_and_evaluate_writes_metrics(digits_config, tmp_path):
+def test_train_and_evaluate_writes_metrics(digits_config, tmp_path, caplog):
+  caplog.set_level(logging.INFO, logger="bmd_jax")
   train.train_and_evaluate(digits_config, str(tmp_path))
+  # On CPU with a measured jaxlib, the step keeps its binary inputs' barriers (cpu_barriers).
+  kept = "keeps this program's" in caplog.text
+  assert kept == (jax.default_backend() == "cpu"
+                  and xla_flags.measured(xla_flags.installed_jaxlib()))
   events = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   trains = [e for e in events if "train/loss" in e]
   evals = [e for e in events if "eval/accuracy" in e]
