@@ -149,7 +149,7 @@ def all_finite(tree: Any) -> bool:
 
 # Fields that may differ between a checkpoint's config and the config resuming it (a prefix
 # covers its sub-fields). They change what is logged, evaluated or kept, where the same data is
-# read from, and how the work is spread over devices; never what is trained. `stages` and
+# read from, and how the work is spread over devices or scheduled; never what is trained. `stages` and
 # `stage_overrides` are here because the resolved fields of the stage being resumed are compared
 # one by one. Deliberately absent: num_epochs and num_train_steps (the learning rate and EDE
 # schedules span the whole run, so changing the length mid-run makes the learning rate jump),
@@ -161,6 +161,7 @@ RESUMABLE_FIELDS = (
     "checkpoint_every_steps", "checkpoint_keep",
     "data_dir", "cache_decoded_images",
     "num_devices", "fsdp",
+    "model.store_binary_input",  # where XLA:CPU stores the binary inputs: speed, not values
     "resume_despite_config_change",
 )
 

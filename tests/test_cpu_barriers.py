@@ -133,6 +133,7 @@ def test_a_program_with_nested_barriers_compiles_without_the_option():
   assert run("forced").returncode != 0
 
 
+@pytest.mark.slow  # 4-6 s on 2 cores
 def test_a_binary_conv_step_keeps_its_barrier_and_its_values():
   x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 9, 9, 5)), jnp.float32)
   est = {"ede": {"t": jnp.float32(0.5), "k": jnp.float32(2.0)}}
@@ -145,7 +146,21 @@ def test_a_binary_conv_step_keeps_its_barrier_and_its_values():
   assert options == ({cpu_barriers.OPTION: cpu_barriers.PASS} if MEASURED else {})
   kept = lowered.compile(options)
   assert ("opt-barrier" in kept.as_text()) == MEASURED
-  (v1, g1), (v0, g0) = kept(params, x), lowered.compile()(params, x)
-  np.testing.assert_allclose(v1, v0, rtol=1e-6)
-  for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g0)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # Kept or stripped, the barrier moves where the input is stored, not what is computed.
+  for a, b in zip(jax.tree_util.tree_leaves(kept(params, x)),
+                  jax.tree_util.tree_leaves(lowered.compile()(params, x))):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow  # about 12 s on 2 cores: the step compiled twice
+@pytest.mark.skipif(not MEASURED, reason="the option is only used on a measured jaxlib")
+def test_the_train_step_is_bitwise_the_same_with_its_barriers_kept(digits_config):
+  # What lets a run resume across the change of default (checkpoint.RESUMABLE_FIELDS).
+  from step_setup import step_setup
+  _, state, batch, step = step_setup(digits_config)
+  lowered = jax.jit(lambda s, b: step(s, b, None)).lower(state, batch)
+  options = cpu_barriers.compile_options(lowered, "cpu", environ={})
+  assert options  # the default config's step has barriers, none nested
+  for a, b in zip(jax.tree_util.tree_leaves(lowered.compile(options)(state, batch)),
+                  jax.tree_util.tree_leaves(lowered.compile()(state, batch))):
+    np.testing.assert_array_equal(a, b)

@@ -84,6 +84,13 @@ def test_fields_unknown_to_an_old_checkpoint_are_not_compared():
       "batch_size: 64 in the checkpoint, 8 now"]
 
 
+def test_a_checkpoint_from_before_the_barrier_default_resumes():
+  # store_binary_input became the default (2026-11-28); it changes the schedule, not values.
+  saved = {"model": {"name": "small_cnn", "store_binary_input": False}}
+  current = {"model": {"name": "small_cnn", "store_binary_input": True}}
+  assert checkpoint.config_differences(saved, current) == []
+
+
 def _damage(step_dir, how):
   if how == "truncated data":
     for path in glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True):
