@@ -149,11 +149,11 @@ def all_finite(tree: Any) -> bool:
 
 # Fields that may differ between a checkpoint's config and the config resuming it (a prefix
 # covers its sub-fields). They change what is logged, evaluated or kept, where the same data is
-# read from, and how the work is spread over devices or scheduled; never what is trained. `stages` and
-# `stage_overrides` are here because the resolved fields of the stage being resumed are compared
-# one by one. Deliberately absent: num_epochs and num_train_steps (the learning rate and EDE
-# schedules span the whole run, so changing the length mid-run makes the learning rate jump),
-# batch_size, the model, loss, optimizer, data and seed fields. Anything else needs
+# read from, and how the work is spread over devices or scheduled; never what is trained.
+# `stages` and `stage_overrides` are here because the resolved fields of the stage being resumed
+# are compared one by one. Deliberately absent: num_epochs and num_train_steps (the learning
+# rate and EDE schedules span the whole run, so changing the length mid-run makes the learning
+# rate jump), batch_size, the model, loss, optimizer, data and seed fields. Anything else needs
 # --config.resume_despite_config_change=True, which is then logged with the differences.
 RESUMABLE_FIELDS = (
     "stages", "stage_overrides",
