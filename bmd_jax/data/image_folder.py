@@ -2,7 +2,12 @@
 
 Classes are the sub-folders of a split in sorted order (label = index), the same in every split.
 Files are decoded with Pillow on access and converted to the channels the model expects
-(1: greyscale, 3: RGB), whatever their mode: greyscale, palette, CMYK, RGBA, 16-bit PNG.
+(1: greyscale, 3: RGB), whatever their mode: greyscale, palette, CMYK, RGBA, 16-bit PNG, float.
+Every mode comes out as 8 bits, scaled so that the model sees the same values for the same
+picture whatever its file: 16-bit levels / 257; float images (mode F, e.g. float32 TIFF) must
+hold values in [0, 1], read as value * 255 (rounded), and are refused otherwise, naming the file
+and the range found (no per-image min-max stretching: a pixel value would then mean something
+different in each image). NaN or infinite pixels make an image unreadable.
 
 Unreadable images. By default reading one raises ``UnreadableImageError`` naming the file. With
 ``skip_unreadable=True`` the source opens every file's header when it is created (Pillow reads
@@ -38,7 +43,32 @@ _SKIP_HINT = ("Replace or delete the file, or set config.skip_unreadable_images=
 
 
 class UnreadableImageError(OSError):
-  """An image file that Pillow cannot decode."""
+  """An image file that Pillow cannot decode, or whose pixels are not finite."""
+
+
+class ImageValueRangeError(ValueError):
+  """A float image whose values are not in [0, 1]. Never skipped: it is a convention that the
+  folder's images likely share, not one damaged file."""
+
+
+class NonFiniteImageError(ValueError):
+  """A float image with NaN or infinite pixels (a damaged image: skip-or-fail per config)."""
+
+
+def unit_float_to_8_bits(image: Image.Image) -> Image.Image:
+  """A float image (mode F) of values in [0, 1] -> mode 'L' of round(value * 255): the levels
+  of the same picture saved with 8 bits."""
+  values = np.asarray(image, np.float32)
+  bad = np.count_nonzero(~np.isfinite(values))
+  if bad:
+    raise NonFiniteImageError(f"{bad} of its {values.size} pixels are NaN or infinite")
+  low, high = float(values.min()), float(values.max())
+  if low < 0 or high > 1:
+    raise ImageValueRangeError(
+        f"it is a float image (mode F) with values in [{low:g}, {high:g}], but float images "
+        "must hold values in [0, 1] (read as 0-255, as 8-bit images are). Rescale the images to "
+        "[0, 1] with one factor for all, or save them as 8- or 16-bit images")
+  return Image.fromarray(np.rint(values * 255).astype(np.uint8), "L")
 
 
 def convert_channels(image: Image.Image, channels: int) -> Image.Image:
@@ -46,6 +76,8 @@ def convert_channels(image: Image.Image, channels: int) -> Image.Image:
   if channels not in (1, 3):
     raise ValueError(f"channels must be 1 (greyscale) or 3 (RGB), got {channels}")
   target = "L" if channels == 1 else "RGB"
+  if image.mode == "F":  # Pillow's convert would clip the values to 0-255: [0, 1] -> 0 or 1
+    image = unit_float_to_8_bits(image)
   if image.mode == target:
     return image
   if image.mode.startswith("I"):  # 16-bit greyscale PNG/TIFF: Pillow's convert would clip at 255
@@ -149,6 +181,17 @@ def _linked_folder_problem(target: str, seen: set[str], real_class: str,
   return None
 
 
+def _failure(path: str, error: Exception) -> str:
+  """Why path could not be read, in words: Pillow's 'cannot identify image file' for an empty
+  file does not say that it is empty."""
+  try:
+    if epath.Path(path).stat().length == 0:
+      return "it is an empty file (0 bytes)"
+  except OSError:
+    pass
+  return f"{type(error).__name__}: {error}"
+
+
 def _header_problem(path: str) -> str | None:
   """Why Pillow cannot open path's header, or None."""
   try:
@@ -157,8 +200,16 @@ def _header_problem(path: str) -> str | None:
       if width == 0 or height == 0:
         return "empty image"
   except Exception as error:  # pylint: disable=broad-except  (anything Pillow raises)
-    return f"{type(error).__name__}: {error}"
+    return _failure(path, error)
   return None
+
+
+def _no_images_message(class_dir: str) -> str:
+  others = sorted(entry.name for entry in epath.Path(class_dir).iterdir())
+  more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+  holds = f"it holds {', '.join(others[:3])}{more}" if others else "it is empty"
+  return (f"class folder {class_dir} has no image files ({holds}; image files end in "
+          f"{', '.join(IMAGE_EXTENSIONS)}). Add images to it or remove it from every split")
 
 
 class ImageFolderSource:
@@ -186,9 +237,7 @@ class ImageFolderSource:
     for label, name in enumerate(self.classes):
       class_files = _list_class(os.path.join(self.split_dir, name))
       if not class_files:
-        raise ValueError(f"class folder {os.path.join(self.split_dir, name)} has no image files "
-                         f"(extensions {', '.join(IMAGE_EXTENSIONS)}); add images or remove it "
-                         "from every split")
+        raise ValueError(_no_images_message(os.path.join(self.split_dir, name)))
       files += [os.path.join(name, f) for f in class_files]
       labels += [label] * len(class_files)
     self.channels = channels
@@ -228,11 +277,14 @@ class ImageFolderSource:
       path = self.path(i)
       try:
         image = load_image(path, self.channels, self.min_side)
+      except ImageValueRangeError as error:
+        raise ImageValueRangeError(f"image {path}: {error}") from None
       except Exception as error:  # pylint: disable=broad-except  (anything Pillow raises)
+        reason = _failure(path, error)
         if not self.skip_unreadable:
-          raise UnreadableImageError(f"cannot read image {path}: {error}. {_SKIP_HINT}") from error
+          raise UnreadableImageError(f"cannot read image {path}: {reason}. {_SKIP_HINT}") from error
         logging.warning("skipping unreadable image %s (%s); using the next record instead",
-                        path, error)
+                        path, reason)
         continue
       return {"image": image, "label": self._labels[i]}
     raise UnreadableImageError(f"no image of {self.split_dir} could be decoded")
