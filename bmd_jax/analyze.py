@@ -335,11 +335,11 @@ def analyze(workdirs, out: str | None = None, near_zero: float = 0.1,
 
 
 def main(argv):
-  from absl import flags, logging  # pylint: disable=g-import-not-at-top
+  from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 
   logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO
   if len(argv) > 1:
-    raise SystemExit(f"unexpected arguments: {argv[1:]}")
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   record = analyze(f.workdir, f.out, f.near_zero, f.labels, f.dpi)
   print(markdown_table(record["layers"]))
@@ -347,10 +347,13 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
 
-  flags.DEFINE_list("workdir", None, "A training run's workdir, or several (comma-separated) "
-                    "to compare them on the same figures.")
+  from bmd_jax import cli  # pylint: disable=g-import-not-at-top
+
+  # Repeated, not comma-separated: a workdir's name may hold a comma (runs/lr=0.005,bs=64).
+  flags.DEFINE_multi_string("workdir", None, "A training run's workdir; repeat the flag "
+                            "(--workdir=A --workdir=B) to compare runs on the same figures.")
   flags.DEFINE_list("labels", None, "The runs' names in the figures, one per workdir "
                     "(default: the workdirs' folder names).")
   flags.DEFINE_string("out", None, "Output folder (default: <workdir>/analysis; required for "
@@ -358,4 +361,4 @@ if __name__ == "__main__":
   flags.DEFINE_float("near_zero", 0.1, "'Near zero' means |w| < near_zero * std(w).")
   flags.DEFINE_integer("dpi", 120, "Resolution of the PNG figures.")
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  cli.run(main)

@@ -15,14 +15,18 @@ _POSITIVE = {
 }
 
 
+class ConfigValueError(ValueError):
+  """A config field holds a value nothing can run with; the message names it and the fix."""
+
+
 def check(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the first field with an impossible value and the fix."""
+  """Raises ConfigValueError naming the first field with an impossible value and the fix."""
   for field, meaning in _POSITIVE.items():
     value = config.get(field)
     if value is not None and (not isinstance(value, int) or value <= 0):
-      raise ValueError(f"config.{field}={value!r}: it counts {meaning} and must be a positive "
-                       f"integer; e.g. --config.{field}=64")
+      raise ConfigValueError(f"config.{field}={value!r}: it counts {meaning} and must be a "
+                             f"positive integer; e.g. --config.{field}=64")
   if config.get("num_train_steps", -1) <= 0 and config.get("num_epochs", 1) <= 0:
-    raise ValueError(f"config.num_epochs={config.num_epochs} with num_train_steps="
-                     f"{config.num_train_steps}: nothing to train; give a positive num_epochs "
-                     "or num_train_steps")
+    raise ConfigValueError(f"config.num_epochs={config.num_epochs} with num_train_steps="
+                           f"{config.num_train_steps}: nothing to train; give a positive "
+                           "num_epochs or num_train_steps")

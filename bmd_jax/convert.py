@@ -358,11 +358,11 @@ def convert_file(source_name: str, state_dict_path: str, out: str) -> dict:
 
 
 def main(argv):
-  from absl import flags, logging  # pylint: disable=g-import-not-at-top
+  from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 
   logging.set_verbosity(logging.WARNING)  # Orbax logs every write at INFO
   if len(argv) > 1:
-    raise SystemExit(f"unexpected arguments: {argv[1:]}")
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   record = convert_file(f["from"].value, f.state_dict, f.out)
   print(f"converted {record['original']} ({record['num_classes']} classes) into {f.out}: use it "
@@ -370,11 +370,13 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  from bmd_jax import cli  # pylint: disable=g-import-not-at-top
 
   flags.DEFINE_enum("from", None, sorted(SOURCES), "The original the state dict comes from.")
   flags.DEFINE_string("state_dict", None, "The PyTorch file (.pth, .pth.tar): a state dict, or "
                       "the originals' {'state_dict': ...} checkpoint; or a .npz of its tensors.")
   flags.DEFINE_string("out", None, "The checkpoint folder to create (new or empty).")
   flags.mark_flags_as_required(["from", "state_dict", "out"])
-  app.run(main)
+  cli.run(main)

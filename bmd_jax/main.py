@@ -10,29 +10,19 @@ Several processes (hosts) run the same command; JAX's distributed runtime joins 
 --process_id=I`` (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), or nothing
 on a TPU pod or under srun, where it is detected. See launch/ and the README.
 
-Exit status: 0 when every stage finished; EXIT_PREEMPTED (75, EX_TEMPFAIL) after SIGTERM once
-the checkpoint is written, so a scheduler can requeue the job and the same command resumes;
-1 on an error (one line naming it and the fix for the errors a user can fix); 2 for a bad
-command line (e.g. an unknown config field).
+Errors, exit statuses and Ctrl-C: see bmd_jax/cli.py (one line naming a user's mistake and
+its fix; 75 after SIGTERM once the checkpoint is written, so a scheduler can requeue the job
+and the same command resumes; 130 after Ctrl-C; 2 for a bad command line).
 """
-
-import logging
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from bmd_jax import (checkpoint, config_files, metric_writers, sharding, train, workdir_lock,
-                     xla_flags)
+from bmd_jax import checkpoint, cli, config_files, metric_writers, sharding, train, xla_flags
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped early on purpose, run the same command again
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-
-# Errors whose message names the problem and the fix: printed as one line, without a trace.
-USER_ERRORS = (checkpoint.ConfigChangedError, checkpoint.CheckpointDamagedError,
-               checkpoint.CheckpointWriteError, workdir_lock.WorkdirLockedError,
-               train.NonFiniteLossError, NotADirectoryError)
+# A bare KeyboardInterrupt's line (the run's own stop says which checkpoint it kept).
+INTERRUPTED = ("interrupted (Ctrl-C): the checkpoints completed before it are kept; run the "
+               "same command to resume from the newest")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for metrics, TensorBoard events and checkpoints.")
@@ -69,49 +59,8 @@ def main(argv):
   checkpoint.one_line_orbax_errors()
   sharding.initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address,
                                   FLAGS.num_processes, FLAGS.process_id)
-  log = logging.getLogger("bmd_jax")
-  try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except train.Preempted as e:
-    log.warning("%s", e)
-    sys.exit(EXIT_PREEMPTED)
-  except USER_ERRORS as e:
-    log.error("%s", e)
-    sys.exit(EXIT_ERROR)
-
-
-def _config_found(argument: str) -> str:
-  """--config=PATH[:options] with PATH looked up in the checkout's configs/ when it does not
-  exist from here (config_files.resolve); a config that exists nowhere is named, with those
-  that do, in one line."""
-  name, value = argument.split("=", 1)
-  path, colon, options = value.partition(":")
-  try:
-    return f"{name}={config_files.resolve(path)}{colon}{options}"
-  except FileNotFoundError as e:
-    print(f"{name}: {e}", file=sys.stderr)
-    sys.exit(EXIT_USAGE)
-
-
-def parse_flags(argv):
-  """absl's flag parsing, with --config found from any working directory and an unknown
-  --config.FIELD named in one line (ml_collections raises a bare AttributeError or KeyError
-  from deep inside the parser)."""
-  argv = [_config_found(a) if a.startswith(("--config=", "-config=")) else a for a in argv]
-  try:
-    return app.parse_flags_with_usage(argv)
-  except (AttributeError, KeyError) as e:
-    field = str(e).strip("\"'")
-    given = [a for a in argv[1:] if a.startswith("--config.") and field in a]
-    where = given[0] if given else f"--config...{field}"
-    path = where.removeprefix("--config.").partition("=")[0]
-    renamed = config_files.renamed_loss_field(path)
-    fix = (f"loss options are one block per term since 2026-11-28: --config.{renamed}"
-           if renamed else "Check its spelling against the config file (configs/default.py "
-           "lists every field)")
-    print(f"{where}: the config has no field {field!r}. {fix}", file=sys.stderr)
-    sys.exit(EXIT_USAGE)
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, interrupted=INTERRUPTED)

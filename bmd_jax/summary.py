@@ -49,7 +49,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from bmd_jax import layers, models
+from bmd_jax import cli, layers, models
 
 ASSUMPTIONS = (
     "1-bit params: latent kernels of binary layers in 'binary' precision (deployed as signs); "
@@ -308,7 +308,7 @@ def summarize_config(config, num_classes: int | None = None) -> ModelSummary:
 
 def main(argv):
   if len(argv) > 1:
-    raise SystemExit(f"unexpected arguments: {argv[1:]}")
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
     print(summarize_config(flags.FLAGS.config, flags.FLAGS.num_classes).table())
   except ValueError as e:
@@ -323,4 +323,4 @@ if __name__ == "__main__":
   flags.DEFINE_integer("num_classes", None,
                        "Classes of the classifier (default: from the config's data set).")
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run(main)

@@ -1,0 +1,126 @@
+"""One error boundary (issue 29, item 5): each user error, met through the command line, is a
+short message without a traceback and with its exit status; a bug keeps its traceback, also
+written to the workdir's error.log."""
+
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bmd_jax import cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAIN = ["-m", "bmd_jax.main", "--config=configs/default.py"]
+
+
+def _run(args, timeout=180, code=None):
+  command = [sys.executable, *(["-c", code] if code else []), *args]
+  return subprocess.run(command, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def _short(result, status):
+  """The one line of stderr that says what happened (at most 3 lines in all)."""
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == status, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert 1 <= len(lines) <= 3, result.stderr[-3000:]
+  return lines[-1]
+
+
+@pytest.mark.parametrize("value", [0, -8])
+def test_a_non_positive_batch_size_is_one_line(tmp_path, value):
+  line = _short(_run([*MAIN, f"--workdir={tmp_path}", f"--config.batch_size={value}"]), 1)
+  assert f"config.batch_size={value}" in line and "positive" in line
+
+
+def test_a_config_file_that_does_not_parse_names_its_file_and_line(tmp_path):
+  config = tmp_path / "broken.py"
+  config.write_text('"""A config."""\n\ndef get_config(:\n  pass\n')
+  line = _short(_run(["-m", "bmd_jax.main", f"--config={config}", f"--workdir={tmp_path}"]), 2)
+  assert str(config) in line and "line 3" in line
+
+
+def test_a_bad_flag_exits_2_in_one_line(tmp_path):
+  line = _short(_run([*MAIN, f"--wrokdir={tmp_path}"]), 2)
+  assert "wrokdir" in line
+
+
+def test_a_missing_workdir_flag_is_one_line():
+  line = _short(_run(MAIN), 2)
+  assert "--workdir is required" in line
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gcsfs") is not None, reason="gcsfs is installed")
+def test_a_cloud_workdir_without_its_package_names_the_package():
+  line = _short(_run([*MAIN, "--workdir=gs://bucket/run"]), 1)
+  assert "gs://bucket/run" in line and "pip install gcsfs" in line
+
+
+# Runs a module with every write under argv[1] refused as a read-only file system does (the
+# tests run as any user, so a real read-only mount is not at hand).
+_READ_ONLY = """
+import errno, os, runpy, sys
+root = os.path.abspath(sys.argv.pop(1))
+def refuse(original):
+  def call(path, *args, **kwargs):
+    if os.path.abspath(os.fspath(path)).startswith(root):
+      raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+    return original(path, *args, **kwargs)
+  return call
+os.mkdir, os.open = refuse(os.mkdir), refuse(os.open)
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("exists", [True, False], ids=["resume", "new_run"])
+def test_a_read_only_workdir_is_one_line(tmp_path, exists):
+  workdir = tmp_path / "run"
+  if exists:
+    workdir.mkdir()
+  result = _run([str(tmp_path), "bmd_jax.main", "--config=configs/default.py",
+                 f"--workdir={workdir}"], code=_READ_ONLY)
+  line = _short(result, 1)
+  assert "Read-only file system" in line and str(workdir) in line and "writable" in line
+
+
+def test_analyze_of_a_read_only_workdir_is_one_line(tmp_path):
+  result = _run([str(tmp_path), "bmd_jax.analyze", f"--workdir={tmp_path}"], code=_READ_ONLY)
+  line = _short(result, 1)
+  assert f"{tmp_path}/analysis" in line and "--out" in line
+
+
+def test_analyze_takes_a_workdir_with_a_comma_whole(tmp_path):
+  workdir = tmp_path / "lr=0.005,bs=64"
+  workdir.mkdir()
+  line = _short(_run(["-m", "bmd_jax.analyze", f"--workdir={workdir}"]), 1)
+  assert str(workdir) in line  # named whole: no checkpoint there, not two missing folders
+
+
+def test_a_bug_keeps_its_traceback_and_logs_it_in_the_workdir(tmp_path):
+  bug = ("import runpy, sys\nfrom bmd_jax import train\n"
+         "def broken(config, workdir):\n  raise TypeError('a bug')\n"
+         "train.train_and_evaluate = broken\nsys.argv = ['main', *sys.argv[1:]]\n"
+         "runpy.run_module('bmd_jax.main', run_name='__main__')\n")
+  result = _run(["--config=configs/default.py", f"--workdir={tmp_path}"], code=bug)
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "Traceback" in result.stderr and "TypeError: a bug" in result.stderr
+  log = (tmp_path / "error.log").read_text()
+  assert "Traceback" in log and "TypeError: a bug" in log
+  assert str(tmp_path / "error.log") in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_user_error_names_the_log_holding_its_traceback(tmp_path):
+  line = _short(_run([*MAIN, f"--workdir={tmp_path}", "--config.batch_size=0"]), 1)
+  assert str(tmp_path / "error.log") in line
+  assert "ConfigValueError" in (tmp_path / "error.log").read_text()
+
+
+def test_every_registered_name_is_an_exception_class():
+  for name in cli.USER_ERRORS | set(cli.STOPS):
+    module, _, cls = name.rpartition(".")
+    found = getattr(importlib.import_module(module), cls, None)
+    assert isinstance(found, type) and issubclass(found, BaseException), name
