@@ -137,27 +137,83 @@ HPARAM_METRICS = ("eval/accuracy", "eval/loss", "train/loss", "train/accuracy")
 class _JsonLines:
   """metrics.jsonl: appended line by line on a local disk; on an object store (gs://), which
   cannot append, kept in memory and the whole file rewritten at each event (a few thousand
-  short lines at most)."""
+  short lines at most).
+
+  A run killed while writing leaves a partial last line: it is cut on opening, so the next
+  record starts a line of its own.
+  """
 
   def __init__(self, path):
     self._path = path
     self._remote = paths.is_url(path)
     if self._remote:
-      self._text = path.read_text() if path.exists() else ""
+      self._data = path.read_bytes() if path.exists() else b""
       self._file = None
     else:
+      self._data = None
       self._file = open(path, "a", buffering=1)
+    self._cut(_complete_length(self._read()), "a partial last line (a run killed mid-write)")
+
+  def _read(self) -> bytes:
+    if self._remote:
+      return self._data
+    self._file.flush()
+    with open(self._path, "rb") as f:
+      return f.read()
+
+  def _cut(self, length: int, what: str) -> None:
+    """Cuts the file to its first `length` bytes, logging `what` went, if anything did."""
+    data = self._read()
+    if length >= len(data):
+      return
+    if self._remote:
+      self._data = data[:length]
+      self._path.write_bytes(self._data)
+    else:  # appends (O_APPEND) go on at the new end
+      os.truncate(self._path, length)
+    log.warning("%s: dropped %s", self._path, what)
+
+  def resume(self, stage: str, step: int) -> None:
+    """Drops the records that a run resuming `stage` at `step` writes again: those of the stage
+    past the step, and everything after the first of them (a later stage's records, when this
+    stage resumes before its end). They came from a run stopped before its next checkpoint;
+    the resumed run recomputes those steps, so each step appears once, and none is lost."""
+    data = self._read()
+    length = _resumed_length(data, stage, step)
+    dropped = data[length:].count(b"\n")
+    self._cut(length, f"{dropped} records past step {step} of stage {stage} (written after the "
+              "checkpoint this run resumes from)")
 
   def write(self, line: str) -> None:
     if self._remote:
-      self._text += line
-      self._path.write_text(self._text)
+      self._data += line.encode()
+      self._path.write_bytes(self._data)
     else:
       self._file.write(line)
 
   def close(self) -> None:
     if self._file is not None:
       self._file.close()
+
+
+def _complete_length(data: bytes) -> int:
+  """The length of `data`'s complete lines (up to its last newline)."""
+  return data.rfind(b"\n") + 1
+
+
+def _resumed_length(data: bytes, stage: str, step: int) -> int:
+  """The length of metrics.jsonl's lines before its first record of `stage` past `step`."""
+  length = 0
+  for line in data[:_complete_length(data)].split(b"\n")[:-1]:
+    try:
+      record = json.loads(line)
+    except ValueError:  # a damaged line (e.g. glued by an older version): not ours to judge
+      record = None
+    if isinstance(record, dict) and record.get("stage", "") == stage:
+      if isinstance(record.get("step"), int) and record["step"] > step:
+        break
+    length += len(line) + 1
+  return length
 
 
 def _mirror(local_dir: str, remote) -> None:
@@ -207,21 +263,32 @@ class MetricWriter:
       else:
         self._summary_writer = SummaryWriter
 
-  def _stage_tb(self, stage: str):
+  def _stage_tb(self, stage: str, first_step: int | None = None):
     """The stage's TensorBoard run, <workdir>/tensorboard/<stage>: each stage counts its own
-    steps from 0, so stages sharing one run would draw over each other."""
+    steps from 0, so stages sharing one run would draw over each other.
+
+    Opened at `first_step`, the run's events past that step in earlier files (written by a run
+    stopped before its next checkpoint) are hidden from TensorBoard (purge_step), as
+    metrics.jsonl drops them. Those of the step itself stay: they were written before its
+    checkpoint, and the resumed run does not write its scalars again (its histograms, yes).
+    """
     if self._summary_writer is None:
       return None
     if stage not in self._tb:
-      self._tb[stage] = self._summary_writer(os.path.join(self._tb_root, stage))
+      purge = None if first_step is None else first_step + 1
+      self._tb[stage] = self._summary_writer(os.path.join(self._tb_root, stage),
+                                             purge_step=purge)
     return self._tb[stage]
 
   def start_stage(self, stage: str, config, total_steps: int, first_step: int) -> None:
-    """Starts the stage's progress clock and records its config as TensorBoard hparams."""
+    """Starts the stage's progress clock and records its config as TensorBoard hparams.
+    `first_step` is the step the stage resumes from: records past it are dropped (see
+    _JsonLines.resume and _stage_tb)."""
     if not self.active:
       return
     self._progress[stage] = StageProgress(total_steps, first_step)
-    tb = self._stage_tb(stage)
+    self._jsonl.resume(stage, first_step)
+    tb = self._stage_tb(stage, first_step)
     if tb is not None:
       from tensorboardX.summary import hparams
       experiment, session_start, _ = hparams(_hparams(config, stage),
