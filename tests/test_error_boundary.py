@@ -4,6 +4,8 @@ written to the workdir's error.log."""
 
 import importlib
 import os
+import re
+import signal
 import subprocess
 import sys
 
@@ -124,3 +126,25 @@ def test_every_registered_name_is_an_exception_class():
     module, _, cls = name.rpartition(".")
     found = getattr(importlib.import_module(module), cls, None)
     assert isinstance(found, type) and issubclass(found, BaseException), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, cli.EXIT_INTERRUPTED),
+                                         (signal.SIGTERM, cli.EXIT_PREEMPTED)])
+def test_a_stop_says_in_one_line_what_was_kept(tmp_path, sig, status):
+  command = [sys.executable, *MAIN, f"--workdir={tmp_path}", "--config.num_train_steps=3000",
+             "--config.log_every_steps=5", "--config.checkpoint_every_steps=10",
+             "--config.eval_every_epochs=100"]
+  proc = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
+                          stderr=subprocess.PIPE, text=True)
+  for line in proc.stderr:  # the progress lines, until a checkpoint is surely complete
+    if "step 30/" in line:
+      break
+  proc.send_signal(sig)
+  rest = proc.stderr.read()
+  proc.wait(timeout=120)
+  stage_log = re.compile(r"^\d\d:\d\d:\d\d \[")  # the loop's own lines, e.g. its last save
+  said = "\n".join(l for l in rest.splitlines() if not stage_log.match(l))
+  result = subprocess.CompletedProcess(command, proc.returncode, "", said)
+  line = _short(result, status)
+  assert "kept" in line or "saved at step" in line, rest
