@@ -5,7 +5,9 @@ Sources (config.dataset):
 - 'image_folder': config.data_dir/{train,val or test}/<class>/<images> (data/image_folder.py);
 - 'tfds': the TFDS data set config.tfds_name, read from config.data_dir ('' = TFDS's default)
   through tfds.data_source (data/tfds_source.py);
-- 'auto': the image folder when config.data_dir has a train/ folder, else TFDS.
+- 'auto': the image folder when config.data_dir has a train/ folder, else TFDS;
+- 'synthetic': random images and labels of the config's shape and class count, to run a
+  recipe without its data (data/synthetic.py).
 Every source yields {'image': HWC array, 'label': int}; images come out of the loaders as
 float32 (image_size, image_size, channels), augmented as config.augment says (data/transforms.py)
 and normalized by config.mean and config.std.
@@ -37,7 +39,7 @@ from absl import flags, logging
 from etils import epath
 
 from bmd_jax import sharding
-from bmd_jax.data import digits, image_folder, in_memory, on_device
+from bmd_jax.data import digits, image_folder, in_memory, on_device, synthetic
 
 AUGMENTATIONS = ("none", "cifar", "imagenet")
 INPUT_PATHS = ("grain", "device")
@@ -110,7 +112,20 @@ def _auto(config: ml_collections.ConfigDict) -> Datasets:
   return _tfds(config)
 
 
-DATASETS = {"digits": _digits, "image_folder": _image_folder, "tfds": _tfds, "auto": _auto}
+def _synthetic(config: ml_collections.ConfigDict) -> Datasets:
+  num_classes = config.synthetic_classes
+  if num_classes == 0:  # the class count of the recipe's data set: the recipe's model
+    from bmd_jax.data import tfds_source
+    num_classes = tfds_source.catalog_num_classes(config.tfds_name)
+  train, evaluation = synthetic.synthetic_sources(
+      _image_shape(config), num_classes, train_examples=config.synthetic_train_examples,
+      eval_examples=config.synthetic_eval_examples, seed=config.seed)
+  info = DatasetInfo(num_classes, _image_shape(config), len(train), len(evaluation))
+  return Datasets(train, evaluation, info)
+
+
+DATASETS = {"digits": _digits, "image_folder": _image_folder, "tfds": _tfds, "auto": _auto,
+            "synthetic": _synthetic}
 
 
 def _cached(datasets: Datasets) -> Datasets:

@@ -16,11 +16,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   # Data. dataset: 'digits' (built in), 'image_folder' (<data_dir>/train/<class>/*, and
-  # <data_dir>/val or /test), 'tfds' (tfds_name, with data_dir as TFDS data_dir), or 'auto'
-  # (an image folder when <data_dir>/train exists, else TFDS).
+  # <data_dir>/val or /test), 'tfds' (tfds_name, with data_dir as TFDS data_dir), 'auto'
+  # (an image folder when <data_dir>/train exists, else TFDS), or 'synthetic' (random images
+  # and labels of image_size, channels and synthetic_classes, made from the seed: any recipe
+  # without its data, e.g. a smoke test of a new TPU pod or GPU node).
   config.dataset = "digits"
   config.data_dir = ""
   config.tfds_name = "cifar10"  # any TFDS name, optionally name:version
+  config.synthetic_classes = 0  # 0: the class count of tfds_name in TFDS's catalog
+  config.synthetic_train_examples = 10_000  # an epoch of ~20 ImageNet batches: epoch ends,
+  config.synthetic_eval_examples = 1_000  # evaluations and checkpoints come early
   config.skip_unreadable_images = False  # False: an unreadable image is an error naming it
   config.cache_decoded_images = False  # decode every image once into memory (same-size images)
   config.split_seed = 0

@@ -7,12 +7,17 @@ prepared raises ``DatasetNotPreparedError`` with the exact command that prepares
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import numpy as np
 from PIL import Image
 
 from bmd_jax.data.image_folder import convert_channels
 
 EVAL_SPLITS = ("validation", "test")  # the first present is the eval split
+SYNTHETIC_HINT = ("To try the recipe without its data first, add --config.dataset=synthetic "
+                  "(random images and labels of its shape and class count).")
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -45,9 +50,29 @@ def _not_prepared_message(name: str, data_dir: str | None, builder, error: Excep
     else:
       what = "the files that its instructions name:\n" + builder.MANUAL_DOWNLOAD_INSTRUCTIONS
     message += f"\nBefore that, put into {manual_dir} {what}"
-  return message
+  return f"{message}\n{SYNTHETIC_HINT}"
 
 
+class _EmptyVariantFilter(logging.Filter):
+  """Drops TFDS's warning about a version folder without dataset_info.json (one per lookup,
+  three before a not-prepared error): the error says that the data set is not prepared."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "has no dataset_info.json" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+  absl_logger = logging.getLogger("absl")  # TFDS logs through absl.logging
+  quiet = _EmptyVariantFilter()
+  absl_logger.addFilter(quiet)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(quiet)
+
+
+@_quiet_tfds()
 def _load(name: str, split: str, data_dir: str | None):
   import tensorflow_datasets as tfds  # slow to import; only this source needs it
 
@@ -112,3 +137,17 @@ def tfds_sources(name: str, *, data_dir: str | None = None, channels: int = 3):
   return (TfdsSource(train, channels, f"{info.full_name} train"),
           TfdsSource(evaluation, channels, f"{info.full_name} {eval_split}"),
           info.features["label"].num_classes)
+
+
+def catalog_num_classes(name: str) -> int:
+  """The class count of TFDS data set `name` as its catalog entry gives it: no data needed
+  (imagenet2012: 1000)."""
+  import tensorflow_datasets as tfds
+
+  try:
+    with _quiet_tfds():
+      return int(tfds.builder(name).info.features["label"].num_classes)
+  except Exception as error:  # pylint: disable=broad-except  (unknown name, no 'label', ...)
+    raise ValueError(f"cannot tell the class count of TFDS data set {name!r} "
+                     f"({type(error).__name__}: {str(error).splitlines()[0]}); set "
+                     "config.synthetic_classes") from error
