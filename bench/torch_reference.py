@@ -13,7 +13,8 @@ for PyTorch eager so that both frameworks do the same work.
   HardBinaryConv: detached and left out of the gradient), as in bmd_jax.
 - Losses as bmd_jax.losses: cross-entropy, kurtosis loss (ddof=1 variance, per layer
   (kurt - target)^2, mean), WDM softmax_kl (per output channel over the fan-in, T^2 scaled,
-  shortcut convs excluded), output distillation.
+  reduced over channels as loss.wdm.reduction says, shortcut convs excluded), output
+  distillation.
 
 Weights are copied from a bmd_jax variables tree (``load_flax_variables``), so a test can check
 that both compute the same loss and gradients. BN differs in one thing that does not touch the
@@ -349,20 +350,39 @@ def kurtosis(w):
   return (centered ** 4).mean() / variance ** 2
 
 
-def kurtosis_loss(model, target=1.8):
-  per_layer = torch.stack([kurtosis(w) for w in binarized_weights(model).values()])
+def standardized(w):
+  """Each output channel (dim 0 of OIHW) centred and scaled to unit (N - 1) std, as IRConv2d."""
+  flat = w.reshape(w.shape[0], -1)
+  centered = flat - flat.mean(dim=1, keepdim=True)
+  return (centered / (centered.std(dim=1, keepdim=True) + 1e-8)).reshape(w.shape)
+
+
+def kurtosis_loss(model, target=1.8, view="latent"):
+  """loss.kurtosis.view: 'latent' the raw weights, 'standardized' what IR-Net's sign() sees."""
+  view_of = standardized if view == "standardized" else (lambda w: w)
+  per_layer = torch.stack([kurtosis(view_of(w)) for w in binarized_weights(model).values()])
   return ((per_layer - target) ** 2).mean()
 
 
-def wdm_softmax_kl(teacher: nn.Module, student: nn.Module, temperature=4.0):
+# bmd_jax.losses.WDM_REDUCTIONS: a layer's per-channel KLs (and its fan-in) to one number.
+WDM_REDUCTIONS = {
+    "channel_mean": lambda kl, fan_in: kl.mean(),
+    "channel_sum": lambda kl, fan_in: kl.sum(),
+    "weight_sum": lambda kl, fan_in: fan_in * kl.sum(),
+}
+
+
+def wdm_softmax_kl(teacher: nn.Module, student: nn.Module, temperature=4.0,
+                   reduction="channel_mean"):
   total = 0.0
+  reduce = WDM_REDUCTIONS[reduction]
   t_layers = binarized_weights(teacher, include_shortcuts=False)
   for name, s in binarized_weights(student, include_shortcuts=False).items():
     t = t_layers[name].detach()
     log_p_t = F.log_softmax(t.reshape(t.shape[0], -1) / temperature, dim=1)
     log_p_s = F.log_softmax(s.reshape(s.shape[0], -1) / temperature, dim=1)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
-    total = total + kl.mean() * temperature ** 2
+    total = total + reduce(kl, log_p_t.shape[1]) * temperature ** 2
   return total
 
 
@@ -372,18 +392,19 @@ def distillation_loss(student_logits, teacher_logits):
 
 
 def bdbnn_loss(model, images, labels, teacher=None, kurtosis_weight=1.0, wdm_weight=1.0,
-               kd_weight=1.0, kurtosis_target=1.8, wdm_temperature=4.0):
+               kd_weight=1.0, kurtosis_target=1.8, wdm_temperature=4.0,
+               wdm_reduction="channel_mean", kurtosis_view="latent"):
   """(total, logits, parts) as bmd_jax.train.train_step's loss_fn; teacher runs in eval mode."""
   logits = model(images)
   parts = {"ce": F.cross_entropy(logits, labels)}
   total = parts["ce"]
   if kurtosis_weight:
-    parts["kurtosis"] = kurtosis_loss(model, kurtosis_target)
+    parts["kurtosis"] = kurtosis_loss(model, kurtosis_target, kurtosis_view)
     total = total + kurtosis_weight * parts["kurtosis"]
   if teacher is not None:
     with torch.no_grad():
       teacher_logits = teacher(images)
-    parts["wdm"] = wdm_softmax_kl(teacher, model, wdm_temperature)
+    parts["wdm"] = wdm_softmax_kl(teacher, model, wdm_temperature, wdm_reduction)
     parts["kd"] = distillation_loss(logits, teacher_logits)
     total = total + wdm_weight * parts["wdm"] + kd_weight * parts["kd"]
   return total, logits, parts

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bmd_jax import layers
+from bmd_jax import layers, quantizers
 
 Array = jax.Array
 PyTree = Any
@@ -35,6 +35,7 @@ PyTree = Any
 LATENT_KERNEL = layers.LATENT_KERNEL  # the one definition is in layers.py
 SHORTCUT_PREFIXES = ("shortcut", "downsample")
 KURTOSIS_MODES = ("avg", "sum", "max")
+KURTOSIS_VIEWS = ("latent", "standardized")
 
 
 def _to_float32(x) -> Array:
@@ -108,6 +109,21 @@ def kurtosis(w: Array) -> Array:
   variance = jnp.sum(centered**2) / (w.size - 1)
   # m4 / s^4 is the same number as mean((centered / s)^4) but needs no division of the tensor.
   return jnp.mean(centered**4) / variance**2
+
+
+def standardized(w: Array) -> Array:
+  """``w`` as IR-Net's sign() sees it: each output channel (the last axis) centred and divided
+  by its standard deviation (``N - 1`` divisor), ``quantizers.irnet_standardize``'s ``w_hat``,
+  in float32 or wider. The gradient flows through the standardization, as in the forward pass.
+
+  Kurtosis is invariant to one affine map of the whole tensor, not to one per channel: channels
+  of different means or scales make the raw tensor's kurtosis differ from this view's.
+  """
+  return quantizers.irnet_standardize(_to_float32(w))[0]
+
+
+def _viewed(w: Array, view: str) -> Array:
+  return standardized(w) if view == "standardized" else w
 
 
 # ------------------------------------------------------------------------------------------------
@@ -229,7 +245,8 @@ def _kurtosis_targets(target, names: Sequence[str]) -> Array:
 
 
 def kurtosis_loss(params: PyTree, target=1.8, mode: str = "avg", include_shortcuts: bool = True,
-                  layers: Sequence[str] | None = None) -> tuple[Array, dict[str, Array]]:
+                  layers: Sequence[str] | None = None,
+                  view: str = "latent") -> tuple[Array, dict[str, Array]]:
   """Kurtosis regularization ``L_K`` over the layers ``layers`` (or the binarized ones).
 
   Per layer ``l_i = (Kurt(W_i) - K_T,i)^2``; ``L_K`` is their mean (``avg``, the release
@@ -247,17 +264,22 @@ def kurtosis_loss(params: PyTree, target=1.8, mode: str = "avg", include_shortcu
     layers: ``/``-joined parameter paths of the regularized kernels, in order (e.g.
       ``models.kurtosis_layers(model, image_shape)``, the release's selection). None: the
       binarized layers (``binarized_kernels``, sorted order).
+    view: ``"latent"`` (the release's): the kurtosis of the raw latent tensor;
+      ``"standardized"``: of the per-output-channel standardized tensor (``standardized``),
+      the values IR-Net scaling's sign() sees.
 
   Returns:
-    ``(loss, per_layer)``: the scalar loss and a dict path -> kurtosis of that layer (for
-    logging).
+    ``(loss, per_layer)``: the scalar loss and a dict path -> kurtosis of that layer (in the
+    chosen view; for logging).
   """
   if mode not in KURTOSIS_MODES:
     raise ValueError(f"kurtosis_loss: unknown mode {mode!r}; known modes: {KURTOSIS_MODES}.")
+  if view not in KURTOSIS_VIEWS:
+    raise ValueError(f"kurtosis_loss: unknown view {view!r}; known views: {KURTOSIS_VIEWS}.")
   kernels = _selected_kernels(params, layers, include_shortcuts)
   names = list(kernels)
   targets = _kurtosis_targets(target, names)
-  per_layer = {name: kurtosis(w) for name, w in kernels.items()}
+  per_layer = {name: kurtosis(_viewed(w, view)) for name, w in kernels.items()}
   # Layers have different shapes, so kurtosis is taken per layer; the rest is one vector op.
   layer_losses = (jnp.stack(list(per_layer.values())) - targets) ** 2
   reduce = {"avg": jnp.mean, "sum": jnp.sum, "max": jnp.max}[mode]
@@ -299,30 +321,55 @@ def _by_output_channel(w: Array, name: str) -> Array:
   return w.reshape(-1, w.shape[-1])
 
 
+# How softmax_kl reduces a layer's per-output-channel KLs (each an expectation over the
+# fan-in F) to one number; docs/METHOD.md section 4 derives the gradient each one gives.
+WDM_REDUCTIONS: dict[str, Callable[[Array, int], Array]] = {
+    # The mean over output channels: a weight's gradient is about (w_S - w_T) / N_layer, the
+    # size of weight decay (the only reduction before 2026-12-06, so stored configs read it).
+    "channel_mean": lambda kl, fan_in: jnp.mean(kl),
+    "channel_sum": lambda kl, fan_in: jnp.sum(kl),
+    # Every weight counts once (F * sum over channels): a weight's gradient is about
+    # w_S - w_T, an L2 pull towards the teacher, comparable with cross-entropy's.
+    "weight_sum": lambda kl, fan_in: fan_in * jnp.sum(kl),
+}
+WDM_LEGACY_REDUCTION = "channel_mean"
+
+
 def wdm_softmax_kl(teacher: Mapping[str, Array], student: Mapping[str, Array],
-                   temperature: float = 4.0) -> Array:
+                   temperature: float = 4.0, reduction: str = WDM_LEGACY_REDUCTION) -> Array:
   """WDM as per-output-channel softmax KL (the project's default form).
 
   For each layer the kernel is viewed as ``(fan_in, out)``; for every output channel the
-  weights over its fan-in become a distribution ``softmax(W / T)`` and the loss is
-  ``KL(softmax(W_T / T) || softmax(W_S / T))``, averaged over output channels and multiplied by
-  ``T^2`` (so the gradient scale does not shrink as ``T`` grows, as in Hinton's distillation).
-  Zero exactly when the student equals the teacher, and its gradient pulls the student toward it.
+  weights over its fan-in become a distribution ``softmax(W / T)`` and the channel's value is
+  ``KL(softmax(W_T / T) || softmax(W_S / T))``, multiplied by ``T^2`` (so the gradient scale
+  does not shrink as ``T`` grows, as in Hinton's distillation). Zero exactly when the student
+  equals the teacher (up to a shift per channel), and its gradient pulls the student toward it.
+
+  ``reduction`` turns a layer's channel values into one number: ``channel_mean`` (their mean;
+  before 2026-12-06 the only one), ``channel_sum`` (their sum) or ``weight_sum`` (``fan_in``
+  times their sum). For weights small next to ``T``, ``T^2 KL`` is about half the variance of
+  ``W_S - W_T`` over the fan-in, so a weight's gradient is about ``(w_S - w_T - channel mean)``
+  divided by ``N_layer``, by ``fan_in``, or by 1 (docs/METHOD.md section 4).
 
   Args:
     teacher, student: dicts path -> kernel, as returned by ``binarized_kernels``; same keys and
       shapes. The teacher gets ``stop_gradient``.
     temperature: ``T``; the release passes 4.
+    reduction: a key of ``WDM_REDUCTIONS``.
 
   Returns:
     Scalar: the sum over layers.
   """
+  if reduction not in WDM_REDUCTIONS:
+    raise ValueError(f"WDM softmax_kl: unknown reduction {reduction!r}; known reductions: "
+                     f"{sorted(WDM_REDUCTIONS)}.")
+  reduce = WDM_REDUCTIONS[reduction]
   total = jnp.zeros((), jnp.float32)
   for name, t, s in _matching_layers(teacher, student):
     log_p_t = jax.nn.log_softmax(_by_output_channel(t, name) / temperature, axis=0)
     log_p_s = jax.nn.log_softmax(_by_output_channel(s, name) / temperature, axis=0)
     kl_per_channel = jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=0)
-    total = total + jnp.mean(kl_per_channel) * temperature**2
+    total = total + reduce(kl_per_channel, log_p_t.shape[0]) * temperature**2
   return total
 
 
@@ -436,8 +483,8 @@ def wdm_loss(teacher_params: PyTree, student_params: PyTree, form: str = "softma
     layers: ``/``-joined parameter paths of the mimicked kernels (e.g.
       ``models.wdm_layers(model, image_shape)``, which reads the models' shortcut marks).
       None: the binarized layers (``binarized_kernels``).
-    **kwargs: passed to the form (``temperature`` for softmax_kl; ``bins``, ``bandwidth``,
-      ``eps`` for histogram).
+    **kwargs: passed to the form (``temperature`` and ``reduction`` for softmax_kl; ``bins``,
+      ``bandwidth``, ``eps`` for histogram).
 
   Returns:
     Scalar: the sum over layers.

@@ -63,7 +63,8 @@ def _cross_entropy(cfg, inputs: Inputs) -> TermResult:
 def _kurtosis(cfg, inputs: Inputs) -> TermResult:
   value, per_layer = losses.kurtosis_loss(
       inputs.params, kurtosis_targets(cfg, inputs.kurtosis_layers), cfg.get("mode", "avg"),
-      cfg.get("include_shortcuts", True), layers=inputs.kurtosis_layers)
+      cfg.get("include_shortcuts", True), layers=inputs.kurtosis_layers,
+      view=cfg.get("view", "latent"))
   return value, {f"kurtosis/{k}": v for k, v in per_layer.items()}
 
 
@@ -76,7 +77,10 @@ def wdm_options(wdm_cfg) -> dict:
   """The options of the configured WDM form, from the loss.wdm block."""
   form = wdm_cfg.get("form", "softmax_kl")
   if form == "softmax_kl":
-    return {"temperature": wdm_cfg.get("temperature", 4.0)}
+    # A stored config without the field was written before it existed: its run used the
+    # legacy reduction, and keeps it.
+    return {"temperature": wdm_cfg.get("temperature", 4.0),
+            "reduction": wdm_cfg.get("reduction", losses.WDM_LEGACY_REDUCTION)}
   if form == "histogram":
     return {"bins": wdm_cfg.get("bins", 64), "bandwidth": wdm_cfg.get("bandwidth", 0.0) or None}
   return {}

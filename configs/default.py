@@ -77,12 +77,18 @@ def get_config() -> ml_collections.ConfigDict:
       "mode": "avg",  # 'avg' | 'sum' | 'max'
       "start_epoch": 0,
       "include_shortcuts": True,  # False: leave shortcut/downsample convs out
+      # 'latent': the kurtosis of the raw latent tensor (the release's); 'standardized': of
+      # each output channel standardized, what sign() sees under scale_mode 'irnet'.
+      "view": "latent",
   }
   # WDM needs a teacher of the student's architecture (config.teacher).
   config.loss.wdm = {
       "weight": 0.0,
       "form": "softmax_kl",  # 'softmax_kl' | 'histogram' | 'released'
-      "temperature": 4.0,  # softmax_kl's option
+      "temperature": 4.0,  # softmax_kl's options: T, and how a layer's channels reduce:
+      # 'channel_mean' (the old form: as weak as weight decay), 'channel_sum', or 'weight_sum'
+      # (a gradient comparable to CE's; docs/METHOD.md section 4)
+      "reduction": "channel_mean",
       "bins": 64,  # histogram's options: bins, and the kernel width in weight units
       "bandwidth": 0.0,  # (0: the bin width)
       "include_shortcuts": False,
@@ -111,8 +117,21 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.log_every_steps = 50
   config.eval_every_epochs = 10.0
-  config.checkpoint_every_steps = 200  # and at every epoch end
+  # float32 matmuls and convolutions in evaluation ('highest'), so that a GPU's TF32 does not
+  # move top-1; 'default' lets the platform choose.
+  config.eval_precision = "highest"
+  # Checkpoints (bmd_jax/loop_schedule.py): every N steps, every N epochs, every N minutes
+  # (each 0: off), and always at a stage's end, on SIGTERM and before stop_at_time.
+  config.checkpoint_every_steps = 200
+  config.checkpoint_every_epochs = 1.0
+  config.checkpoint_every_minutes = 0.0
   config.checkpoint_keep = 3
+  # Steps per dispatch on the device input path (dispatch.py): 0 runs up to the next log,
+  # evaluation or step-based checkpoint in one program; 1 is a program without a loop.
+  config.steps_per_dispatch = 0
+  # Seconds since the epoch (0: none): the run saves and exits (status 75, as after SIGTERM)
+  # at the last dispatch boundary before it, at the pace measured so far; a GPU window's end.
+  config.stop_at_time = 0.0
   # A workdir's checkpoint is resumed only under the config it was written with, but for the
   # fields in checkpoint.RESUMABLE_FIELDS; True continues it under a changed config on purpose
   # (the differences are logged).

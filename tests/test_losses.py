@@ -28,7 +28,7 @@ def np_kurtosis(w):
   return np.mean(((w - w.mean()) / w.std(ddof=1)) ** 4)
 
 
-def np_softmax_kl(teacher, student, temperature):
+def np_softmax_kl(teacher, student, temperature, reduction="channel_mean"):
   total = 0.0
   for name in teacher:
     t = np.asarray(teacher[name], np.float64)
@@ -40,8 +40,19 @@ def np_softmax_kl(teacher, student, temperature):
       p = np.exp(t[:, o]) / np.exp(t[:, o]).sum()
       q = np.exp(s[:, o]) / np.exp(s[:, o]).sum()
       kl.append(np.sum(p * np.log(p / q)))
-    total += np.mean(kl) * temperature**2
+    # channel_mean: mean over channels; channel_sum: sum; weight_sum: every weight's term
+    # summed, i.e. fan_in (t.shape[0]) times the channel sum.
+    layer = {"channel_mean": np.mean(kl), "channel_sum": np.sum(kl),
+             "weight_sum": t.shape[0] * np.sum(kl)}[reduction]
+    total += layer * temperature**2
   return total
+
+
+def np_standardized(w):
+  """Per output channel (last axis) centred, divided by its ddof=1 std."""
+  w = np.asarray(w, np.float64)
+  flat = w.reshape(-1, w.shape[-1])
+  return ((flat - flat.mean(0)) / flat.std(0, ddof=1)).reshape(w.shape)
 
 
 def np_histogram_kl(teacher, student, bins, bandwidth=None, eps=1e-6):
@@ -261,8 +272,39 @@ def test_kurtosis_loss_gradient_moves_kurtosis_toward_target():
   assert after < before
 
 
+def test_standardized_view_matches_numpy():
+  w = jnp.asarray(RNG.normal(0.3, 2.0, (3, 3, 4, 6)) * np.arange(1, 7), jnp.float32)
+  np.testing.assert_allclose(losses.standardized(w), np_standardized(w), rtol=1e-5, atol=1e-6)
+
+
+def test_kurtosis_loss_standardized_view_differs_from_latent_and_matches_numpy():
+  # Channels of different scales: a Gaussian mixture of scales is heavy-tailed as a whole,
+  # while each standardized channel is Gaussian. Kurtosis is invariant to one affine map of
+  # the tensor, not to one per channel, so the two views disagree.
+  w = RNG.normal(0, 1, (3, 3, 16, 8)) * np.geomspace(0.1, 10, 8)
+  params = {"conv": {"latent_kernel": jnp.asarray(w, jnp.float32)}}
+  _, latent = losses.kurtosis_loss(params, view="latent")
+  loss, viewed = losses.kurtosis_loss(params, target=1.8, view="standardized")
+  name = "conv/latent_kernel"
+  np.testing.assert_allclose(viewed[name], np_kurtosis(np_standardized(w)), rtol=1e-5)
+  np.testing.assert_allclose(loss, (np_kurtosis(np_standardized(w)) - 1.8) ** 2, rtol=1e-5)
+  np.testing.assert_allclose(latent[name], np_kurtosis(w), rtol=1e-5)
+  assert float(latent[name]) > 2 * float(viewed[name])
+
+
+def test_kurtosis_loss_standardized_view_is_blind_to_per_channel_affine_maps():
+  w = RNG.normal(0, 1, (3, 3, 8, 4))
+  shifted = w * np.array([0.1, 1.0, 3.0, 7.0]) + np.array([-2.0, 0.0, 1.0, 5.0])
+  loss_fn = jax.jit(lambda v: losses.kurtosis_loss(
+      {"c": {"latent_kernel": v}}, view="standardized")[0])
+  np.testing.assert_allclose(loss_fn(jnp.asarray(shifted, jnp.float32)),
+                             loss_fn(jnp.asarray(w, jnp.float32)), rtol=1e-4)
+
+
 def test_kurtosis_loss_errors():
   params = make_params()
+  with pytest.raises(ValueError, match="unknown view"):
+    losses.kurtosis_loss(params, view="binary")
   with pytest.raises(ValueError, match="unknown mode"):
     losses.kurtosis_loss(params, mode="mean")
   with pytest.raises(ValueError, match="2 targets for 5"):
@@ -278,11 +320,34 @@ def test_kurtosis_loss_errors():
 
 
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
-def test_wdm_softmax_kl_matches_numpy(temperature):
+@pytest.mark.parametrize("reduction", ["channel_mean", "channel_sum", "weight_sum"])
+def test_wdm_softmax_kl_matches_numpy(temperature, reduction):
   teacher, student = kernel_pair(scale=1.0)
-  wdm = jax.jit(functools.partial(losses.wdm_softmax_kl, temperature=temperature))
+  wdm = jax.jit(functools.partial(losses.wdm_softmax_kl, temperature=temperature,
+                                  reduction=reduction))
   np.testing.assert_allclose(wdm(teacher, student),
-                             np_softmax_kl(teacher, student, temperature), rtol=1e-4)
+                             np_softmax_kl(teacher, student, temperature, reduction), rtol=1e-4)
+
+
+def test_wdm_softmax_kl_default_is_the_legacy_reduction_and_unknown_ones_are_refused():
+  teacher, student = kernel_pair(scale=1.0)
+  np.testing.assert_allclose(losses.wdm_softmax_kl(teacher, student),
+                             np_softmax_kl(teacher, student, 4.0, "channel_mean"), rtol=1e-4)
+  with pytest.raises(ValueError, match="unknown reduction 'mean'.*weight_sum"):
+    losses.wdm_softmax_kl(teacher, student, reduction="mean")
+
+
+def test_wdm_weight_sum_gradient_is_the_centred_weight_difference():
+  # For weights small next to T, T^2 * fan_in * KL per channel is half the squared norm of
+  # (w_S - w_T) centred over the fan-in (docs/METHOD.md section 4): its gradient is that
+  # centred difference, independently of the layer's size.
+  teacher, student = kernel_pair(scale=0.01)
+  grads = jax.grad(lambda s: losses.wdm_softmax_kl(teacher, s, 4.0, "weight_sum"))(student)
+  for name in teacher:
+    d = np.asarray(student[name], np.float64) - np.asarray(teacher[name], np.float64)
+    d = d.reshape(-1, d.shape[-1])
+    expected = (d - d.mean(0)).reshape(teacher[name].shape)
+    np.testing.assert_allclose(grads[name], expected, rtol=0.02, atol=1e-5)
 
 
 @pytest.mark.parametrize("bandwidth", [None, 0.05])

@@ -81,6 +81,49 @@ def test_histogram_wdm_options_reach_the_form(bins, bandwidth):
   np.testing.assert_allclose(parts["wdm"], expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("reduction", ["channel_mean", "channel_sum", "weight_sum"])
+def test_softmax_kl_reduction_reaches_the_form(reduction):
+  cfg = _loss_config(wdm={"weight": 1.0, "reduction": reduction, "temperature": 2.0})
+  inputs = _inputs()
+  _, parts, _ = objective.objective(cfg, inputs)
+  teacher = losses.binarized_kernels(inputs.teacher_params, include_shortcuts=False)
+  student = losses.binarized_kernels(inputs.params, include_shortcuts=False)
+  # Both layers have 8 output channels: channel_sum is 8 channel means, weight_sum N of them.
+  factors = {"channel_mean": 1.0, "channel_sum": 8.0, "weight_sum": None}
+  per_layer = {n: losses.wdm_softmax_kl({n: teacher[n]}, {n: student[n]}, 2.0)
+               for n in teacher}
+  scale = {n: factors[reduction] or teacher[n].size for n in teacher}
+  np.testing.assert_allclose(parts["wdm"], sum(scale[n] * per_layer[n] for n in teacher),
+                             rtol=1e-5)
+
+
+def test_a_stored_wdm_block_without_a_reduction_reads_as_the_legacy_one():
+  # Configs written before loss.wdm.reduction existed resume with what their run used.
+  legacy = ml_collections.ConfigDict({"wdm": {"weight": 1.0, "form": "softmax_kl"}})
+  explicit = _loss_config(wdm={"weight": 1.0, "reduction": "channel_mean"})
+  _, old, _ = objective.objective(legacy, _inputs())
+  _, new, _ = objective.objective(explicit, _inputs())
+  assert float(old["wdm"]) == float(new["wdm"])
+  assert _loss_config().wdm.reduction == losses.WDM_LEGACY_REDUCTION == "channel_mean"
+
+
+def test_kurtosis_view_reaches_the_term():
+  inputs = _inputs()
+  cfg = _loss_config(kurtosis={"weight": 1.0, "view": "standardized", "target": 1.5})
+  _, parts, extras = objective.objective(cfg, inputs)
+  kurts = [_reference_kurtosis(_standardized(layer["latent_kernel"]))
+           for layer in inputs.params.values()]
+  np.testing.assert_allclose(parts["kurtosis"], np.mean((np.array(kurts) - 1.5) ** 2),
+                             rtol=1e-5)
+  np.testing.assert_allclose(extras["kurtosis/conv1/latent_kernel"], kurts[0], rtol=1e-5)
+
+
+def _standardized(w):
+  w = np.asarray(w, np.float64)
+  flat = w.reshape(-1, w.shape[-1])
+  return (flat - flat.mean(0)) / flat.std(0, ddof=1)
+
+
 def test_a_made_up_term_is_one_entry_and_a_block(monkeypatch):
   def logit_norm(cfg, inputs):
     return jnp.mean(inputs.logits ** 2) * cfg.get("scale", 1.0), {}
