@@ -46,7 +46,12 @@ class UnreadableImageError(OSError):
   """An image file that Pillow cannot decode, or whose pixels are not finite."""
 
 
-class ImageValueRangeError(ValueError):
+class ImageFolderError(ValueError):
+  """A data folder that cannot be read as <root>/<split>/<class>/<images>; the message names
+  the folder or file and the fix."""
+
+
+class ImageValueRangeError(ImageFolderError):
   """A float image whose values are not in [0, 1]. Never skipped: it is a convention that the
   folder's images likely share, not one damaged file."""
 
@@ -231,13 +236,13 @@ class ImageFolderSource:
       loose = sum(1 for entry in epath.Path(self.split_dir).iterdir() if _is_image(entry.name))
       hint = (f" It holds {loose} image files directly: move them into one sub-folder per "
               "class (ImageNet's val images come unsorted and need this)." if loose else "")
-      raise ValueError(f"image folder {self.split_dir} has no class folders; expected "
-                       f"{self.split_dir}/<class>/<image files>.{hint}")
+      raise ImageFolderError(f"image folder {self.split_dir} has no class folders; expected "
+                             f"{self.split_dir}/<class>/<image files>.{hint}")
     files, labels = [], []
     for label, name in enumerate(self.classes):
       class_files = _list_class(os.path.join(self.split_dir, name))
       if not class_files:
-        raise ValueError(_no_images_message(os.path.join(self.split_dir, name)))
+        raise ImageFolderError(_no_images_message(os.path.join(self.split_dir, name)))
       files += [os.path.join(name, f) for f in class_files]
       labels += [label] * len(class_files)
     self.channels = channels
@@ -257,8 +262,8 @@ class ImageFolderSource:
     self.skipped = [(path, p) for path, p in zip(paths, problems) if p is not None]
     self._files, self._labels = self._files[keep], self._labels[keep]
     if not len(self._files):
-      raise ValueError(f"no readable image in {self.split_dir} ({len(self.skipped)} skipped, "
-                       f"e.g. {self.skipped[0][0]}: {self.skipped[0][1]})")
+      raise ImageFolderError(f"no readable image in {self.split_dir} ({len(self.skipped)} "
+                             f"skipped, e.g. {self.skipped[0][0]}: {self.skipped[0][1]})")
 
   def path(self, index: int) -> str:
     return os.path.join(self.split_dir, os.fsdecode(self._files[index]))
@@ -300,8 +305,8 @@ def image_folder_sources(root: str, *, channels: int = 3, skip_unreadable: bool 
                          eval_min_side: int | None = None):
   """(train, eval) sources of root/train and root/val (or root/test, when val is absent)."""
   if not root:
-    raise ValueError("no image folder given: set config.data_dir to a folder with "
-                     "train/<class>/* and val/<class>/* (or test/<class>/*)")
+    raise ImageFolderError("no image folder given: set config.data_dir to a folder with "
+                           "train/<class>/* and val/<class>/* (or test/<class>/*)")
   if not _is_dir(root):
     raise FileNotFoundError(f"image folder {root} does not exist; set config.data_dir to a "
                             "folder with train/<class>/* and val/<class>/* (or test/<class>/*)")
@@ -317,9 +322,9 @@ def image_folder_sources(root: str, *, channels: int = 3, skip_unreadable: bool 
   if train_classes and eval_classes and train_classes != eval_classes:
     only_train = sorted(set(train_classes) - set(eval_classes))
     only_eval = sorted(set(eval_classes) - set(train_classes))
-    raise ValueError(f"the class folders of {root}/train and {root}/{eval_split} differ: only in "
-                     f"train: {only_train}; only in {eval_split}: {only_eval}. Every split needs "
-                     "the same class folders")
+    raise ImageFolderError(f"the class folders of {root}/train and {root}/{eval_split} differ: "
+                           f"only in train: {only_train}; only in {eval_split}: {only_eval}. "
+                           "Every split needs the same class folders")
   train = ImageFolderSource(root, "train", channels=channels, skip_unreadable=skip_unreadable)
   evaluation = ImageFolderSource(root, eval_split, channels=channels,
                                  skip_unreadable=skip_unreadable, min_side=eval_min_side,

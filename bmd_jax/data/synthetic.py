@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from bmd_jax.config_checks import ConfigValueError
+
 SPLITS = ("train", "eval")
 
 
@@ -47,10 +49,11 @@ class SyntheticSource:
 def synthetic_sources(image_shape: tuple[int, int, int], num_classes: int, *,
                       train_examples: int, eval_examples: int, seed: int = 0):
   """(train, eval) SyntheticSources."""
-  for name, value in (("synthetic_train_examples", train_examples),
-                      ("synthetic_eval_examples", eval_examples),
-                      ("synthetic_classes", num_classes)):
+  for name, value, meaning in (("synthetic_train_examples", train_examples, "train examples"),
+                               ("synthetic_eval_examples", eval_examples, "eval examples"),
+                               ("synthetic_classes", num_classes, "classes")):
     if value <= 0:
-      raise ValueError(f"config.{name}={value}: it must be positive")
+      raise ConfigValueError(f"config.{name}={value}: it counts the synthetic data's {meaning} "
+                             f"and must be a positive integer; e.g. --config.{name}=100")
   return (SyntheticSource("train", train_examples, image_shape, num_classes, seed),
           SyntheticSource("eval", eval_examples, image_shape, num_classes, seed))

@@ -13,10 +13,11 @@ import logging
 import numpy as np
 from PIL import Image
 
+from bmd_jax.config_checks import ConfigValueError
 from bmd_jax.data.image_folder import convert_channels
 
 EVAL_SPLITS = ("validation", "test")  # the first present is the eval split
-SYNTHETIC_HINT = ("To try the recipe without its data first, add --config.dataset=synthetic "
+SYNTHETIC_HINT = ("To try the recipe without its data, add --config.dataset=synthetic "
                   "(random images and labels of its shape and class count).")
 
 
@@ -25,9 +26,10 @@ class DatasetNotPreparedError(FileNotFoundError):
 
 
 def _prepare_command(name: str, data_dir: str | None) -> str:
+  """One shell line: the message may be printed as one line (bmd_jax/cli.py)."""
   where = f", data_dir={data_dir!r}" if data_dir else ""
-  return ("pip install tensorflow importlib_resources\n"
-          f"  python -c \"import tensorflow_datasets as tfds; tfds.builder({name!r}{where})"
+  return ("pip install tensorflow importlib_resources && "
+          f"python -c \"import tensorflow_datasets as tfds; tfds.builder({name!r}{where})"
           ".download_and_prepare(file_format='array_record')\"")
 
 
@@ -36,21 +38,20 @@ def _not_prepared_message(name: str, data_dir: str | None, builder, error: Excep
   if builder.is_prepared():  # prepared, but as TFRecord files, which are not random access
     return (f"TFDS data set {name} is prepared at {builder.data_dir} as "
             f"{builder.info.file_format.value} files, but random access needs array_record. "
-            f"Convert it:\n  tfds convert_format --dataset_version_dir={builder.data_dir} "
-            "--out_file_format=array_record\nor prepare it again in another data_dir with:\n  "
+            f"Convert it: tfds convert_format --dataset_version_dir={builder.data_dir} "
+            "--out_file_format=array_record, or prepare it again in another data_dir with: "
             + _prepare_command(name, data_dir))
-  message = (f"TFDS data set {name} is not prepared in {builder.data_dir_root} "
-             f"({type(error).__name__}: {str(error).splitlines()[0]}). Prepare it once "
-             f"(TensorFlow is needed for this step only):\n  {_prepare_command(name, data_dir)}")
+  prepare = "Prepare it once"
   if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
-    manual_dir = f"{builder.data_dir_root}/downloads/manual/"
     if builder.name == "imagenet2012":
       what = ("the two files ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from "
               "https://image-net.org/download-images, after registering)")
     else:
-      what = "the files that its instructions name:\n" + builder.MANUAL_DOWNLOAD_INSTRUCTIONS
-    message += f"\nBefore that, put into {manual_dir} {what}"
-  return f"{message}\n{SYNTHETIC_HINT}"
+      what = f"the files that its instructions name ({builder.MANUAL_DOWNLOAD_INSTRUCTIONS})"
+    prepare = f"Put into {builder.data_dir_root}/downloads/manual/ {what}, then prepare it once"
+  return (f"TFDS data set {name} is not prepared in {builder.data_dir_root}. {prepare} "
+          f"(TensorFlow is needed for this step only): {_prepare_command(name, data_dir)}. "
+          f"{SYNTHETIC_HINT} (TFDS: {type(error).__name__}: {str(error).splitlines()[0]})")
 
 
 class _EmptyVariantFilter(logging.Filter):
@@ -148,6 +149,7 @@ def catalog_num_classes(name: str) -> int:
     with _quiet_tfds():
       return int(tfds.builder(name).info.features["label"].num_classes)
   except Exception as error:  # pylint: disable=broad-except  (unknown name, no 'label', ...)
-    raise ValueError(f"cannot tell the class count of TFDS data set {name!r} "
-                     f"({type(error).__name__}: {str(error).splitlines()[0]}); set "
-                     "config.synthetic_classes") from error
+    raise ConfigValueError(f"cannot tell the class count of TFDS data set {name!r} "
+                           f"({type(error).__name__}: {str(error).splitlines()[0]}) for "
+                           "config.dataset='synthetic'; set config.synthetic_classes, e.g. "
+                           "--config.synthetic_classes=10") from error
