@@ -11,18 +11,22 @@ the data iterator's position (grain's own checkpoint handler; none on the device
 where the step alone determines the next batch) and a JSON record of the stage and the config,
 so a restarted run continues with exactly the batch that would have come next. Saves are
 asynchronous; Orbax writes each into a temporary folder and renames it when complete, so a
-kill at any moment leaves the last finished checkpoint readable.
+kill at any moment leaves the last finished checkpoint readable. Each also holds the sha256 of
+every state array, checked whenever the state is read (see "checksums" below).
 
-Layout: ``<workdir>/checkpoints/<stage>/<step>/{state,data,meta}``.
+Layout: ``<workdir>/checkpoints/<stage>/<step>/{state,data,meta,checksums}``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
+import hashlib
 import json
 import logging
 import os
+import sys
 from typing import Any
 
 import jax
@@ -54,7 +58,8 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator, m
          wait: bool = False) -> None:
   """Starts an asynchronous save (or a synchronous one with wait=True); `data_iterator` None
   (the device input path) saves no data item."""
-  items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+  items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta),
+           CHECKSUMS: ocp.args.JsonSave(checksum_record(state))}
   if data_iterator is not None:
     import grain  # only the grain input path has an iterator to save
     items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -145,6 +150,100 @@ def all_finite(tree: Any) -> bool:
   return bool(_all_finite(tree))
 
 
+# --- checksums ---------------------------------------------------------------------------------
+
+# Each save writes, as an item of the same save ("checksums", JSON), the sha256 of every array
+# of the state it is handed; every read of a state (resuming, export, analyze, summary,
+# teachers, init_from) compares the arrays it read with them. A changed bit on disk, a copy gone
+# wrong or a writer's bug then makes a checkpoint "damaged", as an unreadable one is.
+#
+# The checksums are computed from the state in memory when the save starts, not from the files
+# once written: that way they are part of the save itself, which Orbax commits with the state
+# in one step (the temporary folder is renamed, or commit_success.txt written, once every item
+# is complete). A finished checkpoint therefore never lacks them, and no kill between "the save
+# finished" and "its checksums were written" exists to reason about. A checkpoint without them
+# was written before bmd_jax stored them (or by another tool): it is read unverified, with a
+# line in the log, since nothing says it is damaged and older workdirs must keep resuming.
+#
+# Multi-process runs: a process hashes and checks the arrays it holds whole, which is every
+# array of a data-parallel state (replicated on every device). An array split over processes
+# (FSDP on several hosts) is neither hashed nor checked; Orbax's own checks are all it gets.
+# Every process reads the same bytes of an array it holds whole, so all reach one verdict.
+CHECKSUMS = "checksums"
+CHECKSUM_ALGORITHM = "sha256 of each array's bytes in C order"
+
+
+class CheckpointDamagedError(RuntimeError):
+  """A checkpoint cannot be read, or no checkpoint of a stage can, though some exist."""
+
+
+class ChecksumMismatchError(CheckpointDamagedError):
+  """An array of a checkpoint differs from the checksum saved with it: the checkpoint is
+  damaged (restore_latest and the tools then use an older one)."""
+
+
+def array_sha256(value) -> str:
+  """The sha256 of an array's bytes in C order (the content hash of checkpoints and exports)."""
+  value = np.ascontiguousarray(value)
+  return hashlib.sha256(value.reshape(-1).view(np.uint8)).hexdigest()
+
+
+def _named_arrays(tree: Any) -> dict[str, Any]:
+  """{name: leaf} under the names Orbax stores ('params/conv0/kernel', 'opt_state/0/mu/...'):
+  the same for a train state and for the tree read back from its checkpoint."""
+  flat = ocp.tree.to_flat_dict(ocp.tree.serialize_tree(tree, keep_empty_nodes=False))
+  return {"/".join(str(k) for k in key): value for key, value in flat.items()}
+
+
+def _whole_here(value: Any) -> Any:
+  """`value` where this process holds all of it (one shard of a replicated array), else None."""
+  if isinstance(value, jax.Array) and not value.is_fully_addressable:
+    return value.addressable_shards[0].data if value.is_fully_replicated else None
+  return value
+
+
+def array_checksums(tree: Any) -> dict[str, str]:
+  """{name: sha256} of the arrays of `tree` this process holds whole."""
+  whole = {name: _whole_here(v) for name, v in _named_arrays(tree).items()}
+  host = jax.device_get({name: v for name, v in whole.items() if v is not None})
+  return {name: array_sha256(v) for name, v in host.items()}
+
+
+def checksum_record(state: Any) -> dict:
+  """What a save writes as its "checksums" item. Only the primary process's is written, so the
+  others skip the work."""
+  arrays = array_checksums(state) if jax.process_index() == 0 else {}
+  return {"algorithm": CHECKSUM_ALGORITHM, "arrays": arrays}
+
+
+def _saved_checksums(step_dir: paths.PathLike) -> dict[str, str] | None:
+  """{name: sha256} saved with the checkpoint at `step_dir`; None where it has none."""
+  path = epath.Path(step_dir) / CHECKSUMS / "metadata"
+  if not path.exists():
+    return None
+  try:
+    return dict(json.loads(path.read_text())["arrays"])
+  except (ValueError, KeyError, TypeError) as e:  # a damaged record is a damaged checkpoint
+    raise ChecksumMismatchError(f"checkpoint {step_dir}: its checksums cannot be read "
+                                f"({_first_line(e)})") from None
+
+
+def verify(state: Any, step_dir: paths.PathLike) -> None:
+  """Raises ChecksumMismatchError, naming the array, where an array of `state` (as read from
+  the checkpoint at `step_dir`) differs from the checksum saved with it."""
+  saved = _saved_checksums(step_dir)
+  if saved is None:
+    log.info("checkpoint %s has no checksums (written before bmd_jax saved them); read "
+             "unverified", step_dir)
+    return
+  found = array_checksums(state)
+  for name, digest in saved.items():
+    if name in found and found[name] != digest:
+      raise ChecksumMismatchError(
+          f"checkpoint {step_dir}: array {name} differs from the checksum saved with it (its "
+          "files changed after the save)")
+
+
 # --- resuming ------------------------------------------------------------------------------
 
 # Fields that may differ between a checkpoint's config and the config resuming it (a prefix
@@ -168,10 +267,6 @@ RESUMABLE_FIELDS = (
 
 class ConfigChangedError(ValueError):
   """A workdir's checkpoint was written with another config than the one resuming it."""
-
-
-class CheckpointDamagedError(RuntimeError):
-  """No checkpoint of a stage can be read, though some exist."""
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -258,8 +353,9 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   `abstract_state` gives the structure (Orbax would otherwise turn optax's NamedTuple states
   into lists) and the shardings. With `config`, the checkpoint's own config is compared first
   (check_resume_config). A newer checkpoint that cannot be read is moved to
-  ``<step>.damaged`` with a warning once an older one is restored; where none is readable, an
-  error names them and nothing is moved.
+  ``<step>.damaged`` with a warning once an older one is restored; so is one whose arrays differ
+  from their checksums (verify). Where none is readable, an error names them and nothing is
+  moved.
   """
   damaged = []
   for step in sorted(manager.all_steps(), reverse=True):
@@ -275,7 +371,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
       import grain  # pylint: disable=g-import-not-at-top  (not needed on the device path)
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     try:
-      restored = manager.restore(step, args=ocp.args.Composite(**items))
+      with _quiet_reads():
+        restored = manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except
       if changed:  # not damage: the forced config (e.g. another model) does not fit it
         raise ConfigChangedError(
@@ -284,16 +381,27 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
             "config") from e
       damaged.append((step, e))
       continue
+    try:
+      verify(restored.state, where)
+    except ChecksumMismatchError as e:
+      damaged.append((step, e))
+      continue
     if damaged:
       _set_aside(manager, damaged)
     return restored.state, restored.meta
   if damaged:
-    listed = "; ".join(f"{epath.Path(manager.directory) / str(step)} ({_first_line(e)})"
-                       for step, e in damaged)
-    raise CheckpointDamagedError(
-        f"no checkpoint of stage folder {manager.directory} can be read: {listed}. Move these "
-        "folders out of the workdir to start the stage afresh, or restore them from a copy")
+    raise _none_readable(manager.directory, damaged)
   return None
+
+
+def _none_readable(directory: paths.PathLike, damaged: list) -> CheckpointDamagedError:
+  """The one-line error for a stage folder none of whose checkpoints (`damaged`: [(step,
+  error)], newest first) can be read."""
+  listed = "; ".join(f"{epath.Path(directory) / str(step)} ({_first_line(e)})"
+                     for step, e in damaged)
+  return CheckpointDamagedError(
+      f"no checkpoint of stage folder {directory} can be read: {listed}. Move these folders "
+      "out of the workdir to start the stage afresh, or restore them from a copy")
 
 
 def abstract_like(tree: Any) -> Any:
@@ -331,17 +439,49 @@ def list_checkpoints(workdir: paths.PathLike) -> dict[str, list[Checkpoint]]:
   return found
 
 
+class NoSuchCheckpointError(ValueError):
+  """A stage or step asked for (export --stage/--step) that the workdir does not have."""
+
+
 def read_meta(ckpt: Checkpoint) -> tuple[str, ml_collections.ConfigDict]:
-  """(stage, config) recorded with a checkpoint."""
-  meta = json.loads((epath.Path(ckpt.path) / "meta" / "metadata").read_text())
-  config = config_files.upgraded(json.loads(meta["config"]))
-  return meta["stage"], ml_collections.ConfigDict(config)
+  """(stage, config) recorded with a checkpoint; CheckpointDamagedError where it cannot be
+  read (a missing or cut metadata file)."""
+  try:
+    meta = json.loads((epath.Path(ckpt.path) / "meta" / "metadata").read_text())
+    config = config_files.upgraded(json.loads(meta["config"]))
+    return meta["stage"], ml_collections.ConfigDict(config)
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise CheckpointDamagedError(f"checkpoint {ckpt.path}: its record of the stage and config "
+                                 f"(meta/metadata) cannot be read ({_first_line(e)})") from None
+
+
+def newest_readable(checkpoints: list[Checkpoint], read) -> tuple[Checkpoint, Any]:
+  """(checkpoint, read(checkpoint)) of the newest of `checkpoints` (one stage's, oldest first)
+  that `read` reads without CheckpointDamagedError. The newer damaged ones are logged, as
+  training does, but not moved: a tool leaves the workdir as it is. Where none can be read,
+  one CheckpointDamagedError names them all."""
+  damaged = []
+  for ckpt in reversed(checkpoints):
+    try:
+      result = read(ckpt)
+    except CheckpointDamagedError as e:
+      damaged.append((ckpt.step, e))
+      continue
+    for step, error in damaged:
+      log.warning("checkpoint %s is damaged (%s); step %d is used instead",
+                  epath.Path(ckpt.path).parent / str(step), _first_line(error), ckpt.step)
+    return ckpt, result
+  raise _none_readable(epath.Path(checkpoints[0].path).parent, damaged)
+
+
+def _newest_config(checkpoints: list[Checkpoint]) -> ml_collections.ConfigDict:
+  return newest_readable(checkpoints, read_meta)[1][1]
 
 
 def stage_order(workdir: paths.PathLike) -> list[str]:
   """The stages with checkpoints, in the run's order (its config's ``stages``)."""
   found = list_checkpoints(workdir)
-  _, config = read_meta(next(iter(found.values()))[-1])
+  config = _newest_config(next(iter(found.values())))
   order = [s.strip() for s in config.get("stages", "").split(",") if s.strip() in found]
   return order + [s for s in found if s not in order]
 
@@ -351,21 +491,49 @@ def choose_checkpoint(workdir: paths.PathLike, stage: str | None = None,
   """The newest checkpoint of `stage`, or of the run's last stage trained in `precision`."""
   found = list_checkpoints(workdir)
   if stage is None:
-    candidates = [s for s in stage_order(workdir)
-                  if precision is None or read_meta(found[s][-1])[1].model.precision == precision]
+    trained = {s: _newest_config(found[s]).model.precision for s in stage_order(workdir)}
+    candidates = [s for s, p in trained.items() if precision is None or p == precision]
     if not candidates:
-      raise ValueError(f"no stage of {workdir} was trained in precision {precision!r}; "
-                       f"stages found: {sorted(found)}")
+      raise NoSuchCheckpointError(
+          f"no stage of {workdir} was trained in precision {precision!r}: "
+          f"{', '.join(f'{s} in {p!r}' for s, p in trained.items())}"
+          f"{_untrained_hint(_newest_config(found[list(trained)[-1]]), trained, precision)}")
     stage = candidates[-1]
   if stage not in found:
-    raise ValueError(f"no checkpoint of stage {stage!r} in {workdir}; stages: {sorted(found)}")
+    raise NoSuchCheckpointError(f"no checkpoint of stage {stage!r} in {workdir}; stages: "
+                                f"{sorted(found)}")
   if step is None:
     return found[stage][-1]
   for ckpt in found[stage]:
     if ckpt.step == step:
       return ckpt
-  raise ValueError(f"stage {stage!r} has no checkpoint at step {step}; steps: "
-                   f"{[c.step for c in found[stage]]}")
+  raise NoSuchCheckpointError(f"stage {stage!r} has no checkpoint at step {step}; steps: "
+                              f"{[c.step for c in found[stage]]}")
+
+
+def _untrained_hint(config: ml_collections.ConfigDict, trained: dict, precision: str) -> str:
+  """Where the run's config defines a stage in `precision` not trained yet: how to train it."""
+  overrides = config.get("stage_overrides") or {}
+  missing = [s for s, o in overrides.items() if s not in trained
+             and (o.get("model") or {}).get("precision") == precision]
+  if not missing:
+    return ""
+  return (f". Its config's stage {missing[0]} trains in {precision!r}: run it first "
+          f"(the same command with --config.stages={missing[0]} and this --workdir)")
+
+
+def read_chosen(workdir: paths.PathLike, stage: str | None = None, step: int | None = None,
+                precision: str | None = "binary"):
+  """(checkpoint, stage, config, variables) of choose_checkpoint's choice. Where no step is
+  asked for and the newest is damaged, the newest readable one before it (as training
+  resumes); a step asked for is read or refused, never replaced."""
+  chosen = choose_checkpoint(workdir, stage, step, precision)
+  if step is not None:
+    return chosen, *read_meta(chosen), read_variables(chosen)
+  candidates = [c for c in list_checkpoints(workdir)[chosen.stage] if c.step <= chosen.step]
+  ckpt, (meta, variables) = newest_readable(
+      candidates, lambda c: (read_meta(c), read_variables(c)))
+  return ckpt, *meta, variables
 
 
 # --- reading variables -------------------------------------------------------------------------
@@ -373,13 +541,60 @@ def choose_checkpoint(workdir: paths.PathLike, stage: str | None = None,
 def read_state(path: paths.PathLike) -> dict:
   """A saved train state as host numpy arrays, whatever device layout it was saved from
   (8 devices, several processes, FSDP): restored onto this process's first device, with the
-  target built from the stored shapes (a restore without one would use the saved layout)."""
-  checkpointer = ocp.StandardCheckpointer()
+  target built from the stored shapes (a restore without one would use the saved layout).
+  Checked against the checksums saved with it; CheckpointDamagedError, in one line, where it
+  cannot be read or differs from them."""
+  path = epath.Path(path)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree_util.tree_map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-      checkpointer.metadata(path).item_metadata.tree)
-  return jax.device_get(checkpointer.restore(path, target))
+  try:
+    with _quiet_reads(), ocp.StandardCheckpointer() as checkpointer:
+      stored = checkpointer.metadata(path).item_metadata
+      if stored is None:  # Orbax logs why and returns nothing
+        raise CheckpointDamagedError(f"checkpoint {path}: its arrays' metadata cannot be read")
+      target = jax.tree_util.tree_map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored.tree)
+      state = jax.device_get(checkpointer.restore(path, target))
+  except CheckpointDamagedError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (whatever a damaged file raises)
+    if not path.is_dir():
+      raise FileNotFoundError(f"checkpoint {path} does not exist") from None
+    raise CheckpointDamagedError(f"checkpoint {path} cannot be read ({_first_line(e)})") from e
+  verify(state, path.parent)
+  return state
+
+
+class _RedundantOrbaxWarnings(logging.Filter):
+  """Drops Orbax's warnings that a ``<step>/state`` folder read on its own has no step-level
+  metadata file (it never has: that file is the step folder's; on every read) and that an
+  item's metadata could not be read (the error raised names the checkpoint)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not ("_CHECKPOINT_METADATA" in message or "Failed to get item metadata" in message)
+
+
+@contextlib.contextmanager
+def _quiet_reads():
+  """Reads a checkpoint without Orbax's noise: _RedundantOrbaxWarnings, and where a file is
+  cut, the 'Event loop is closed' tracebacks (26 for one digits checkpoint) that TensorStore's
+  reads still in flight report through sys.unraisablehook once Orbax has given up. They say
+  nothing that the error raised does not."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and "Event loop is closed" in str(unraisable.exc_value)):
+      previous(unraisable)
+
+  absl_logger, quiet = logging.getLogger("absl"), _RedundantOrbaxWarnings()
+  sys.unraisablehook = hook
+  absl_logger.addFilter(quiet)
+  try:
+    yield
+  finally:
+    sys.unraisablehook = previous
+    absl_logger.removeFilter(quiet)
 
 
 def _variables_of(state: dict) -> dict:

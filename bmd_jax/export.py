@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import io
 import json
+import logging
 import math
 import os
 import zipfile
@@ -44,6 +45,8 @@ import numpy as np
 from etils import epath
 
 from bmd_jax import checkpoint, config_files, layers, models, packed, paths
+
+log = logging.getLogger("bmd_jax")
 
 FORMAT = "bmd_jax.packed/1"
 BIT_CONVENTION = ("bit 1 = -1, bit 0 = +1 (sign(0) = +1); little-endian in uint32 words along "
@@ -69,6 +72,10 @@ def _files_under(path: epath.Path):
       yield folder
 
 
+class NotExportableError(ValueError):
+  """A model that export cannot pack: a layer not in binary precision."""
+
+
 # --- packing a model --------------------------------------------------------------------------
 
 def pack_model(model, variables: dict, input_shape, fold_batch_norm: bool = True):
@@ -87,8 +94,8 @@ def pack_model(model, variables: dict, input_shape, fold_batch_norm: bool = True
   layers_out = {}
   for name, fields in info.items():
     if fields["precision"] != "binary":
-      raise ValueError(f"layer {name} is in precision {fields['precision']!r}; export packs "
-                       "binary-precision models (step 2 of the recipe)")
+      raise NotExportableError(f"layer {name} is in precision {fields['precision']!r}; export "
+                               "packs binary-precision models (step 2 of the recipe)")
     latent = params.pop(f"{name}/{layers.LATENT_KERNEL}")
     bias = params.pop(f"{name}/bias", None)
     layer = packed.pack_layer(latent, fields["scale_mode"], bias)
@@ -111,9 +118,7 @@ def export(workdir: str, out: str, stage: str | None = None, step: int | None = 
            fold_batch_norm: bool = True) -> dict:
   """Writes the packed export of a checkpoint to `out` (.npz); returns its manifest."""
   _check_out(out)  # before the work, not after it
-  ckpt = checkpoint.choose_checkpoint(workdir, stage, step)
-  stage_name, config = checkpoint.read_meta(ckpt)
-  variables = checkpoint.read_variables(ckpt)
+  ckpt, stage_name, config, variables = checkpoint.read_chosen(workdir, stage, step)
   model, input_shape = models.from_checkpoint(config, variables["params"])
   layers_out, remaining, folded, info = pack_model(model, variables, input_shape,
                                                    fold_batch_norm)
@@ -143,9 +148,9 @@ def export(workdir: str, out: str, stage: str | None = None, step: int | None = 
       "folded_batch_norms": folded,
       "full_precision": {k: {"shape": list(v.shape), "precision": "float32"}
                          for k, v in arrays.items() if not k.startswith("packed/")},
-      # Every array's shape and dtype: load checks the file against it.
-      "arrays": {k: {"shape": list(np.shape(v)), "dtype": np.asarray(v).dtype.name}
-                 for k, v in arrays.items()},
+      # Every array's shape, dtype and content hash: load checks the file against them.
+      "arrays": {k: {"shape": list(np.shape(v)), "dtype": np.asarray(v).dtype.name,
+                     "sha256": checkpoint.array_sha256(v)} for k, v in arrays.items()},
       "sizes": {
           "binary_weights_float32_bytes": latent_bytes,
           "binary_weights_packed_bytes": words_bytes,
@@ -285,8 +290,26 @@ def _read_arrays(path: str, data, expected: dict) -> dict:
     if "dtype" in want and value.dtype.name != want["dtype"]:
       raise ExportFileError(f"{path}: array {key} has dtype {value.dtype.name}, the manifest "
                             f"says {want['dtype']}; the file is damaged, re-export it")
+    if "sha256" in want and checkpoint.array_sha256(value) != want["sha256"]:
+      raise ExportFileError(f"{path}: array {key} differs from the sha256 its manifest records "
+                            "(it was changed after the export); re-export the checkpoint")
     arrays[key] = value
   return arrays
+
+
+def _check_hashes_recorded(path: str, expected: dict) -> None:
+  """Exports written before the content hashes (2026-12) load unverified, with a warning: the
+  zip's CRC still catches accidental damage. One that records some hashes but not all was
+  edited: refused."""
+  unhashed = sorted(k for k, want in expected.items() if "sha256" not in want)
+  if not unhashed:
+    return
+  if len(unhashed) < len(expected):
+    raise ExportFileError(f"{path}: the manifest records no sha256 for array {unhashed[0]}, "
+                          "though it does for others; the file was edited, re-export it")
+  log.warning(
+      "%s records no content hashes (written before exports held them): loaded unverified; "
+      "re-export the checkpoint to have its arrays checked", path)
 
 
 def load(path: str) -> Exported:
@@ -300,7 +323,9 @@ def load(path: str) -> Exported:
     raise ExportFileError(f"{path} holds one array, not an export (.npz with a manifest)")
   with data:
     manifest = _read_manifest(path, data)
-    arrays = _read_arrays(path, data, _expected_arrays(manifest))
+    expected = _expected_arrays(manifest)
+    _check_hashes_recorded(path, expected)
+    arrays = _read_arrays(path, data, expected)
   grouped = {"packed": {}, "params": {}, "batch_stats": {}}
   for key, value in arrays.items():
     collection, rest = key.split("/", 1)
@@ -330,10 +355,16 @@ def describe_sizes(sizes: dict) -> str:
   ])
 
 
+# What the command line reports in one line: the user's to fix, not bugs.
+ONE_LINE_ERRORS = (NotADirectoryError, FileNotFoundError, checkpoint.CheckpointDamagedError,
+                   checkpoint.NoSuchCheckpointError, NotExportableError)
+
+
 def main(argv):
   from absl import flags, logging  # pylint: disable=g-import-not-at-top
 
   logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO
+  checkpoint.one_line_orbax_errors()  # a damaged checkpoint is reported once, by the fallback
   if len(argv) > 1:
     raise SystemExit(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
@@ -342,7 +373,7 @@ def main(argv):
       _export_stablehlo(f)
       return
     manifest = export(f.workdir, f.out, f.stage, f.step, f.fold_batch_norm)
-  except (NotADirectoryError, FileNotFoundError) as e:  # a path given wrong: one line, no trace
+  except ONE_LINE_ERRORS as e:  # a path or step given wrong, a damaged workdir: no traceback
     raise SystemExit(f"export: {e}") from None
   src = manifest["source"]
   print(f"exported {manifest['model']} ({len(manifest['binary_layers'])} binary layers, "

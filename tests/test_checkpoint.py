@@ -1,6 +1,10 @@
 """checkpoint.py on small hand-written workdirs: finding, choosing, reading and checking
 checkpoints as the tools do, without training a run."""
 
+import json
+import logging
+import shutil
+
 import jax
 import numpy as np
 import pytest
@@ -88,3 +92,41 @@ def test_checkpoint_source_resolves_a_stage_name_or_a_folder(tmp_path):
   assert checkpoint.checkpoint_source(folder, "/elsewhere", "step2", "the teacher") == folder
   with pytest.raises(FileNotFoundError, match="run that stage first"):
     checkpoint.checkpoint_source("step0", tmp_path, "step2", "the teacher")
+
+
+def _restore_latest(workdir, config):
+  manager = checkpoint.create_manager(str(workdir), "step1")
+  try:
+    return checkpoint.restore_latest(manager, checkpoint.abstract_like(_variables(config)), None)
+  finally:
+    manager.close()
+
+
+def test_a_checkpoint_whose_arrays_differ_from_its_checksums_is_set_aside(tmp_path, caplog):
+  config = default.get_config()
+  _write_stage(tmp_path, "step1", config, steps=(3, 5))
+  record = tmp_path / "checkpoints" / "step1" / "5" / "checksums" / "metadata"
+  saved = json.loads(record.read_text())
+  saved["arrays"]["params/conv1/latent_kernel"] = "0" * 64  # as if the array's bytes changed
+  record.write_text(json.dumps(saved))
+  with caplog.at_level(logging.WARNING, "bmd_jax"):
+    state, _ = _restore_latest(tmp_path, config)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, state, _variables(config, 3))
+  assert "params/conv1/latent_kernel differs from the checksum" in caplog.text
+  assert (tmp_path / "checkpoints" / "step1" / "5.damaged").is_dir()
+  with pytest.raises(checkpoint.ChecksumMismatchError, match="params/conv1/latent_kernel"):
+    checkpoint.read_state(tmp_path / "checkpoints" / "step1" / "5.damaged" / "state")
+
+
+def test_a_checkpoint_without_checksums_is_read_unverified(tmp_path, caplog):
+  # Written before checkpoints held checksums (they are part of the save itself, so a finished
+  # save of today never lacks them).
+  config = default.get_config()
+  _write_stage(tmp_path, "step1", config, steps=(3,))
+  shutil.rmtree(tmp_path / "checkpoints" / "step1" / "3" / "checksums")
+  with caplog.at_level(logging.INFO, "bmd_jax"):
+    state, _ = _restore_latest(tmp_path, config)
+    variables = checkpoint.read_variables(checkpoint.choose_checkpoint(tmp_path, "step1"))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, state, _variables(config, 3))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, variables, _variables(config, 3))
+  assert "no checksums" in caplog.text and "unverified" in caplog.text

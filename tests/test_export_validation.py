@@ -1,7 +1,8 @@
 """export.load refuses a file that disagrees with its manifest, naming the file and the key
-(issue 15, item 5)."""
+(issue 15, item 5), including an array whose content differs from its recorded hash (issue 29)."""
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -94,3 +95,35 @@ def test_an_empty_or_truncated_file_is_named(exported_file, tmp_path, keep):
   with pytest.raises(export.ExportFileError) as error:
     export.load(path)
   assert path in str(error.value)
+
+
+def test_an_array_edited_with_its_shape_kept_is_refused_naming_it(exported_file, tmp_path):
+  # The issue's edit (issue 29): the shapes and dtypes still agree with the manifest.
+  arrays = dict(np.load(exported_file))
+  arrays["packed/conv0/shift"] += 5
+  path = str(tmp_path / "edited.npz")
+  np.savez(path, **arrays)
+  with pytest.raises(export.ExportFileError) as error:
+    export.load(path)
+  message = str(error.value)
+  assert "packed/conv0/shift" in message and path in message and "\n" not in message
+
+
+def _without_hashes(arrays, keep=0):
+  manifest = json.loads(str(arrays["manifest"]))
+  for want in list(manifest["arrays"].values())[keep:]:
+    del want["sha256"]
+  arrays["manifest"] = np.array(json.dumps(manifest))
+
+
+def test_an_export_from_before_the_hashes_loads_with_a_warning(exported_file, tmp_path, caplog):
+  path = _rewrite(exported_file, tmp_path / "old.npz", _without_hashes)
+  with caplog.at_level(logging.WARNING, "bmd_jax"):
+    export.load(path)
+  assert "no content hashes" in caplog.text and path in caplog.text
+
+
+def test_hashes_removed_from_some_arrays_are_refused(exported_file, tmp_path):
+  path = _rewrite(exported_file, tmp_path / "some.npz", lambda a: _without_hashes(a, keep=1))
+  with pytest.raises(export.ExportFileError, match="no sha256 for array"):
+    export.load(path)
