@@ -121,22 +121,35 @@ def _chain(error: BaseException):
 
 def _machine_state(error: BaseException) -> str | None:
   """One line for a full disk, a folder that cannot be written or a missing package."""
-  if isinstance(error, ModuleNotFoundError) and error.name and not error.name.startswith(
+  if isinstance(error, ModuleNotFoundError) and not (error.name or "bmd_jax").startswith(
       "bmd_jax"):
-    urls = [a.partition("=")[2] for a in sys.argv[1:] if "://" in a]
-    what = " and ".join(urls) if urls else "this command"
-    return (f"{what} needs the Python package {error.name}, which is not installed: "
-            f"pip install {error.name}" + ("; or give a local path" if urls else ""))
-  if not isinstance(error, OSError) or error.errno is None:
-    return None
-  where = error.filename or "a file"
-  if error.errno in _DISK_FULL:
-    return (f"could not write {where}: the disk is full ({error.strerror}). Free space, or "
+    return _missing_package(error.name)
+  code, where = _os_error(error)
+  if code in _DISK_FULL:
+    return (f"could not write {where}: the disk is full ({os.strerror(code)}). Free space, or "
             "write elsewhere (another --workdir or --out), and run the same command again")
-  if error.errno in _NOT_WRITABLE:
-    return (f"cannot write {where}: {error.strerror}. Give a folder this user can write "
+  if code in _NOT_WRITABLE:
+    return (f"cannot write {where}: {os.strerror(code)}. Give a folder this user can write "
             "(another --workdir or --out), or make it writable")
   return None
+
+
+def _missing_package(name: str) -> str:
+  # fsspec imports a cloud path's filesystem (gcsfs, s3fs) only when the path is first used
+  urls = [a.partition("=")[2] for a in sys.argv[1:] if "://" in a]
+  what = " and ".join(urls) if urls else "this command"
+  return (f"{what} needs the Python package {name}, which is not installed: pip install "
+          f"{name}" + ("; or give a local path" if urls else ""))
+
+
+def _os_error(error: BaseException) -> tuple[int | None, str]:
+  """(errno, path) of an OSError, or of TensorStore's error as Orbax raises it: a ValueError
+  ending in [os_error_code='28'] that quotes the path."""
+  if isinstance(error, OSError):
+    return error.errno, error.filename or "a file"
+  code = re.search(r"\[os_error_code='(\d+)'\]", str(error))
+  where = re.search(r'"((?:/|\w+://)[^"]+)"', str(error))
+  return (int(code[1]) if code else None), (where[1] if where else "a file")
 
 
 def _one_line(text: str) -> str:

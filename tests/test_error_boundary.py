@@ -148,3 +148,34 @@ def test_a_stop_says_in_one_line_what_was_kept(tmp_path, sig, status):
   result = subprocess.CompletedProcess(command, proc.returncode, "", said)
   line = _short(result, status)
   assert "kept" in line or "saved at step" in line, rest
+
+
+# Orbax's next save raises the failure of the one before: TensorStore's ValueError, as a real
+# full disk (a tmpfs) makes it.
+_TENSORSTORE_FULL = """
+import runpy, sys
+import orbax.checkpoint as ocp
+original = ocp.CheckpointManager.save
+def save(self, step, *args, **kwargs):
+  if step >= 10:
+    raise ValueError('RESOURCE_EXHAUSTED: Error writing "params.bias/0" in OCDBT database at '
+                     f'local file "{self.directory}/5.orbax-checkpoint-tmp/state/": Failed to '
+                     "write 174042 bytes to file 18: No space left on device "
+                     "[os_error_code='28']")
+  return original(self, step, *args, **kwargs)
+ocp.CheckpointManager.save = save
+sys.argv = ["main", *sys.argv[1:]]
+runpy.run_module("bmd_jax.main", run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_a_full_disk_seen_by_tensorstore_is_one_line(tmp_path):
+  result = _run(["--config=configs/default.py", f"--workdir={tmp_path}",
+                 "--config.num_train_steps=20", "--config.checkpoint_every_steps=5",
+                 "--config.log_every_steps=5", "--config.eval_every_epochs=100"],
+                code=_TENSORSTORE_FULL, timeout=300)
+  stage_log = re.compile(r"^(\d\d:\d\d:\d\d |[EW]\d{4} )")  # progress, Orbax's error logs
+  said = "\n".join(l for l in result.stderr.splitlines() if not stage_log.match(l))
+  line = _short(subprocess.CompletedProcess([], result.returncode, "", said), 1)
+  assert "disk is full" in line and "5.orbax-checkpoint-tmp" in line, line
