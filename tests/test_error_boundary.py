@@ -61,6 +61,18 @@ def test_a_cloud_workdir_without_its_package_names_the_package():
   assert "gs://bucket/run" in line and "pip install gcsfs" in line
 
 
+@pytest.mark.parametrize("layout", ["missing", "no_images"])
+def test_an_image_folder_error_is_one_line(tmp_path, layout):
+  root = tmp_path / "images"
+  if layout == "no_images":  # the issue's class folder holding only non-images
+    for split in ("train", "val"):
+      (root / split / "a").mkdir(parents=True)
+      (root / split / "a" / "notes.txt").write_text("not an image")
+  line = _short(_run([*MAIN, f"--workdir={tmp_path / 'run'}", "--config.dataset=image_folder",
+                      f"--config.data_dir={root}"]), 1)
+  assert str(root) in line
+
+
 # Runs a module with every write under argv[1] refused as a read-only file system does (the
 # tests run as any user, so a real read-only mount is not at hand).
 _READ_ONLY = """
