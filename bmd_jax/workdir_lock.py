@@ -78,6 +78,9 @@ class WorkdirLock:
   _thread: threading.Thread | None = None
   _lost: str | None = None  # set once by the heartbeat thread; read by check()
   _reported: bool = False  # a WorkdirLostError was raised: the signal's handler raises no other
+  # The local workdir, held open: its inode cannot be reused while held, so a workdir deleted
+  # and made again (by a write under way, an asynchronous checkpoint's) is told from its own.
+  _folder: int | None = None
 
   def check(self) -> None:
     """Raises WorkdirLostError once the heartbeat thread found the workdir lost. No file access:
@@ -90,7 +93,7 @@ class WorkdirLock:
     refreshed = time.time()
     # Every half interval, so that a loss is seen, and the run stopped, within one interval.
     while not self._stop.wait(self.heartbeat_seconds / 2):
-      lost = _ownership_lost(self.path, self.record)
+      lost = _ownership_lost(self)
       if lost is None:
         try:
           heartbeat = time.time()
@@ -98,7 +101,7 @@ class WorkdirLock:
           self.record, refreshed = {**self.record, "heartbeat": heartbeat}, heartbeat
           continue
         except FileNotFoundError:
-          lost = _ownership_lost(self.path, self.record) or (
+          lost = _ownership_lost(self) or (
               "its lock could not be written", _RESUME)
         except OSError as e:  # a full disk, a network blip: passing, unless it lasts
           lost = self._unrefreshed(refreshed, e)
@@ -118,9 +121,9 @@ class WorkdirLock:
 
   def _lose(self, lost: tuple[str, str]) -> None:
     what, fix = lost
+    # Not logged here: the error reaches the command line's error boundary, which prints it.
     self._lost = (f"workdir {self.path.parent}: {what}, so this run stopped rather than write "
                   f"into a folder it no longer owns. {fix}")
-    log.error("%s", self._lost)
     if not self._stop.is_set():
       _interrupt_main()
 
@@ -139,6 +142,9 @@ class WorkdirLock:
       return
     self._reported = True  # the check below says it; no exception from the handler on top
     _forget(self)
+    if self._folder is not None:
+      os.close(self._folder)
+      self._folder = None
     if self._lost is None and _read(self.path) == self.record:
       self.path.unlink()
     self.check()
@@ -157,13 +163,14 @@ class WorkdirLock:
 _RESUME = "If no other run uses it, run the same command to resume from its newest checkpoint"
 
 
-def _ownership_lost(path: epath.Path, record: dict) -> tuple[str, str] | None:
-  """(what took the workdir from the run holding `record`, what to do), or None while it still
-  holds it."""
+def _ownership_lost(lock: WorkdirLock) -> tuple[str, str] | None:
+  """(what took the workdir from `lock`'s run, what to do), or None while the run still holds
+  it."""
+  path = lock.path
   try:
     found = json.loads(path.read_text())
   except FileNotFoundError:
-    if not paths.is_url(path) and not path.parent.exists():
+    if lock._folder is not None and not _same_folder(lock._folder, path.parent):
       return ("it was deleted while this run was training",
               "Run the command again to start over (its checkpoints went with it)")
     return f"its lock {path.name} was deleted while this run was training", _RESUME
@@ -171,10 +178,20 @@ def _ownership_lost(path: epath.Path, record: dict) -> tuple[str, str] | None:
     return f"its lock {path.name} was replaced by an unreadable file", _RESUME
   except OSError:
     return None  # unreadable for now: the write that follows says whether it lasts
-  if found.get("run_id") != record["run_id"]:
+  if found.get("run_id") != lock.record["run_id"]:
     return (f"it was taken over by {_holder(found)}",
             "Let that run finish, or stop it and run the same command to resume")
   return None
+
+
+def _same_folder(descriptor: int, folder: epath.Path) -> bool:
+  """Whether `folder` is still the folder open as `descriptor`."""
+  try:
+    now = os.stat(folder)
+  except FileNotFoundError:
+    return False
+  held = os.fstat(descriptor)
+  return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
 
 
 def _holder(record: dict) -> str:
@@ -335,7 +352,8 @@ def _acquire_here(path: epath.Path, stale_seconds: float, heartbeat_seconds: flo
             "heartbeat": now}
   for _ in range(3):  # a lock that vanishes between our checks is tried again
     if _create(path, record):
-      lock = WorkdirLock(path, record, heartbeat_seconds, stale_seconds)
+      lock = WorkdirLock(path, record, heartbeat_seconds, stale_seconds,
+                         _folder=None if paths.is_url(path) else os.open(path.parent, os.O_RDONLY))
       _remember(lock)
       lock.start_heartbeat()
       return lock

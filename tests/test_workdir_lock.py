@@ -12,6 +12,7 @@ import time
 import pytest
 
 from bmd_jax import train, workdir_lock
+from test_cloud_paths import FakeGcs, gcs  # noqa: F401  (the gs:// stand-in and its fixture)
 
 
 def _write_lock(workdir, **record):
@@ -142,13 +143,18 @@ def _vanish(how, workdir):
     os.remove(path)
   elif how == "workdir deleted":
     shutil.rmtree(workdir)
+  elif how == "workdir deleted and made again":  # by a write under way, a checkpoint's
+    shutil.rmtree(workdir)
+    os.makedirs(os.path.join(workdir, "checkpoints"))
   else:
     _write_lock(workdir, pid=12345, run_id="another-run")
 
 
-@pytest.mark.parametrize("how, said", [("lock deleted", "deleted"),
-                                       ("workdir deleted", "deleted"),
-                                       ("taken over", "another-run")])
+@pytest.mark.parametrize("how, said", [
+    ("lock deleted", "lock run.lock was deleted"),
+    ("workdir deleted", "it was deleted"),
+    ("workdir deleted and made again", "it was deleted"),
+    ("taken over", "taken over by run another-run")])
 def test_a_lost_workdir_is_raised_by_check_within_one_heartbeat(tmp_path, how, said):
   workdir = str(tmp_path / "run")
   lock = workdir_lock.acquire(workdir, heartbeat_seconds=0.2)
@@ -170,7 +176,8 @@ def test_a_lost_workdir_is_raised_by_check_within_one_heartbeat(tmp_path, how, s
   if how == "taken over":  # another run's lock is not ours to remove
     assert json.load(open(os.path.join(workdir, workdir_lock.LOCK_NAME)))["run_id"] == (
         "another-run")
-  assert not os.path.exists(workdir) or how != "workdir deleted"  # nothing recreated it
+  if how == "workdir deleted":
+    assert not os.path.exists(workdir)  # nothing made it again
 
 
 def test_check_reads_no_file(tmp_path, monkeypatch):
@@ -224,3 +231,13 @@ def test_a_lock_that_cannot_be_refreshed_for_the_stale_time_is_lost(tmp_path, mo
   assert "No space left" in str(error) and "could not be refreshed" in str(error)
   with pytest.raises(workdir_lock.WorkdirLostError):
     lock.release()
+
+
+def test_a_url_lock_deleted_is_noticed(gcs):  # noqa: F811
+  lock = workdir_lock.acquire("gs://b/w", heartbeat_seconds=0.2)
+  gcs.rm("gs://b/w/run.lock")
+  error = _lost_within(lock, 0.35)
+  assert "gs://b/w" in str(error) and "lock run.lock was deleted" in str(error)
+  with pytest.raises(workdir_lock.WorkdirLostError):
+    lock.release()
+  assert not gcs.exists("gs://b/w/run.lock")  # the heartbeat did not write it back
