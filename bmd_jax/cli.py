@@ -46,6 +46,7 @@ USER_ERRORS = frozenset({
     "bmd_jax.checkpoint.ConfigChangedError",
     "bmd_jax.checkpoint.NoSuchCheckpointError",
     "bmd_jax.config_checks.ConfigValueError",
+    "bmd_jax.convert.StateDictError",
     "bmd_jax.data.image_folder.ImageFolderError",
     "bmd_jax.data.image_folder.NonFiniteImageError",
     "bmd_jax.data.image_folder.UnreadableImageError",
@@ -108,11 +109,16 @@ def classify(error: BaseException) -> tuple[int, str] | None:
     message = _machine_state(cause)
     if message:
       return EXIT_ERROR, message
+  if isinstance(error, ImportError) and not (error.name or "").startswith("bmd_jax"):
+    return EXIT_ERROR, _one_line(str(error))  # a package this command needs, named
   return None
 
 
 def _class_names(error: BaseException) -> set[str]:
-  return {f"{c.__module__}.{c.__qualname__}" for c in type(error).__mro__}
+  # python -m bmd_jax.convert defines convert's classes in __main__: named by their module
+  main = getattr(sys.modules["__main__"].__spec__, "name", "__main__")
+  return {f"{main if c.__module__ == '__main__' else c.__module__}.{c.__qualname__}"
+          for c in type(error).__mro__}
 
 
 def _chain(error: BaseException):

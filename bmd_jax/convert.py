@@ -51,13 +51,16 @@ Target = tuple[str, str]
 
 # --- reading a .pth ------------------------------------------------------------------------
 
+class StateDictError(ValueError):
+  """A state dict that cannot be read, or does not fit the original --from names; the message
+  names the file or the tensor, and the fix."""
+
+
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
   """The tensors of a .pth file, or of a .npz holding a state dict (numpy.savez of its tensors,
   read without PyTorch), as numpy arrays (see `tensors_of`). `path` may be a URL (gs://...)."""
-  source = io.BytesIO(paths.resolve(path).read_bytes()) if paths.is_url(path) else path
   if path.endswith(".npz"):
-    with np.load(source) as archive:
-      return tensors_of({k: archive[k] for k in archive.files})
+    return tensors_of(_read(path, _npz_tensors))
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -65,8 +68,25 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
         "reading a PyTorch .pth file needs PyTorch: pip install -e '.[convert]' (or pip "
         "install torch; the CPU build is enough), or save the state dict where PyTorch is as "
         "numpy.savez('f.npz', **{k: v.numpy() for k, v in state_dict.items()})") from None
-  obj = torch.load(source, map_location="cpu", weights_only=True)
+  obj = _read(path, lambda f: torch.load(f, map_location="cpu", weights_only=True))
   return tensors_of(_state_dict_of(obj))
+
+
+def _npz_tensors(source) -> dict[str, np.ndarray]:
+  with np.load(source) as archive:
+    return {k: archive[k] for k in archive.files}
+
+
+def _read(path: str, load: Callable[[Any], Any]) -> Any:
+  """load(the file at `path`), a file that is not a state dict's named as such."""
+  source = io.BytesIO(paths.resolve(path).read_bytes()) if paths.is_url(path) else path
+  try:
+    return load(source)
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # numpy and PyTorch raise many kinds for a damaged or foreign file
+    raise StateDictError(f"the state dict {path} cannot be read ({type(e).__name__}: {e}); "
+                         "give a .pth written by torch.save, or a .npz of its tensors") from e
 
 
 def _state_dict_of(obj: Any) -> Mapping[str, Any]:
@@ -75,7 +95,8 @@ def _state_dict_of(obj: Any) -> Mapping[str, Any]:
     return obj["state_dict"]
   if isinstance(obj, Mapping):
     return obj
-  raise ValueError(f"expected a state dict (a mapping of names to tensors), got {type(obj)}")
+  raise StateDictError(
+      f"expected a state dict (a mapping of names to tensors), got {type(obj)}")
 
 
 def tensors_of(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -124,8 +145,9 @@ def binary_conv(sd: Mapping[str, np.ndarray], torch_name: str, ours: str) -> dic
 
 def _shape(sd, key: str, source: str) -> tuple[int, ...]:
   if key not in sd:
-    raise ValueError(f"the state dict has no {key!r}, which {SOURCES[source].original} has: is "
-                     f"--from={source} the right original? Its first keys: {list(sd)[:6]}")
+    raise StateDictError(
+        f"the state dict has no {key!r}, which {SOURCES[source].original} has: is "
+        f"--from={source} the right original? Its first keys: {list(sd)[:6]}")
   return sd[key].shape
 
 
@@ -287,7 +309,7 @@ def convert(source_name: str, state_dict: Mapping[str, np.ndarray]) -> tuple[dic
   shapes; otherwise a ValueError names the tensor.
   """
   if source_name not in SOURCES:
-    raise ValueError(f"unknown --from={source_name!r}; choose one of {sorted(SOURCES)}")
+    raise StateDictError(f"unknown --from={source_name!r}; choose one of {sorted(SOURCES)}")
   source = SOURCES[source_name]
   fields, keys = source.keys(state_dict)
   model = models.get_model(source.model, **fields)
@@ -295,13 +317,15 @@ def convert(source_name: str, state_dict: Mapping[str, np.ndarray]) -> tuple[dic
   where = f"bmd_jax's {source.model} ({_describe(fields)})"
   unused = sorted(set(state_dict) - set(keys))
   if unused:
-    raise ValueError(f"{len(unused)} tensors of the state dict have no place in {where}, e.g. "
-                     f"{unused[:4]}: it is not {source.original} as published (another --from, "
-                     "or a modified architecture, which needs its own entry in convert.SOURCES)")
+    raise StateDictError(
+        f"{len(unused)} tensors of the state dict have no place in {where}, e.g. "
+        f"{unused[:4]}: it is not {source.original} as published (another --from, "
+        "or a modified architecture, which needs its own entry in convert.SOURCES)")
   missing = sorted(set(keys) - set(state_dict))
   if missing:
-    raise ValueError(f"the state dict lacks {len(missing)} tensors of {source.original}, e.g. "
-                     f"{missing[:4]}: is it a complete state dict, and --from={source_name} right?")
+    raise StateDictError(
+        f"the state dict lacks {len(missing)} tensors of {source.original}, e.g. "
+        f"{missing[:4]}: is it a complete state dict, and --from={source_name} right?")
   flat = {}
   for key, (kind, path) in keys.items():
     if path not in expected:
@@ -309,9 +333,10 @@ def convert(source_name: str, state_dict: Mapping[str, np.ndarray]) -> tuple[dic
                        f"[{source_name!r}] does not match the model (a bug to report)")
     value = _to_bmd_jax(kind, state_dict[key], expected[path])
     if value.shape != expected[path]:
-      raise ValueError(f"{key} has shape {state_dict[key].shape}, which does not fit {path} of "
-                       f"{where}, shape {expected[path]}: the tensor is not the one "
-                       f"{source.original} defines there (check --from)")
+      raise StateDictError(
+          f"{key} has shape {state_dict[key].shape}, which does not fit {path} of "
+          f"{where}, shape {expected[path]}: the tensor is not the one "
+          f"{source.original} defines there (check --from)")
     flat[path] = value
   unfilled = sorted(set(expected) - set(flat))
   if unfilled:

@@ -73,6 +73,41 @@ def test_an_image_folder_error_is_one_line(tmp_path, layout):
   assert str(root) in line
 
 
+def test_summary_of_a_config_file_that_does_not_parse_is_one_line(tmp_path):
+  config = tmp_path / "broken.py"
+  config.write_text("def get_config(:\n")
+  line = _short(_run(["-m", "bmd_jax.summary", f"--config={config}"]), 2)
+  assert str(config) in line and "line 1" in line
+
+
+# python -m bmd_jax.convert with PyTorch absent, as on a machine without the [convert] extra.
+_NO_TORCH = """
+import runpy, sys
+sys.modules["torch"] = None
+sys.argv = ["convert", *sys.argv[1:]]
+runpy.run_module("bmd_jax.convert", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("content, said", [
+    (b"not a zip", "cannot be read"),  # a damaged file
+    (None, "pip install"),  # a .pth without PyTorch
+    (b"npz of another network", "irnet_resnet20")])
+def test_convert_of_a_bad_state_dict_is_one_line(tmp_path, content, said):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  path = tmp_path / ("model.pth" if content is None else "model.npz")
+  if content == b"npz of another network":
+    np.savez(path, **{"fc.weight": np.zeros((10, 64), np.float32)})
+  elif content is not None:
+    path.write_bytes(content)
+  args = ["--from=irnet_resnet20", f"--state_dict={path}", f"--out={tmp_path / 'out'}"]
+  result = _run(args, code=_NO_TORCH) if content is None else _run(
+      ["-m", "bmd_jax.convert", *args])
+  line = _short(result, 1)
+  assert said in line, line
+
+
 # Runs a module with every write under argv[1] refused as a read-only file system does (the
 # tests run as any user, so a real read-only mount is not at hand).
 _READ_ONLY = """
