@@ -7,9 +7,11 @@ For every stage of a run (step 1's teacher and step 2's student in the two-step 
 compares each binary layer's latent weights at the stage's start and end. Given several
 workdirs (comma-separated), every figure draws each run in its own colour, to compare runs:
 
-- ``<out>/hist_<stage>.png``: per-layer histograms; the end filled (one run) or a solid line,
-  the start a dashed line; each subplot's title gives the layer's kurtosis at start and end and
-  its configured target;
+- ``<out>/hist_<stage>.png``: per-layer histograms of the weights standardized per output
+  channel (what sign() sees under IR-Net's scaling); the end filled (one run) or a solid line,
+  the start a dashed line; each subplot's title gives the latents' kurtosis at start and end and
+  its configured target, and the standardized view's bimodality coefficient and near-zero
+  share;
 - ``<out>/kurtosis.png``: per-layer kurtosis at start (hollow) and end (filled) of every stage,
   a subplot per stage, with the configured kurtosis target (``config.loss.kurtosis.target``, a
   float or one value per layer) as a line; a bi-modal +-a distribution has kurtosis 1, a
@@ -19,7 +21,9 @@ workdirs (comma-separated), every figure draws each run in its own colour, to co
   whose sign differs between start and end, the sign being that of the binary kernel, i.e. of
   the standardized weight under IR-Net's scaling) and the share of weights near zero
   (``|w| < near_zero * std(w)`` of the layer, default 0.1: about 8% for a Gaussian, and fewer
-  the more bi-modal the layer).
+  the more bi-modal the layer); besides, Sarle's bimodality coefficient and the histogram's
+  height at 0 over its lower mode, each at start and end, on the raw latents and (keys
+  ``standardized_*``) on the standardized weights (bmd_jax/bimodality.py defines them all).
 
 A stage's start is what it trained from: the checkpoint its config's ``init_from`` names, or,
 without one, the model's initialization from the config's seed (as training makes it).
@@ -37,7 +41,7 @@ import jax
 import matplotlib
 import numpy as np
 
-from bmd_jax import checkpoint, layers, losses, models, objective, packed, paths
+from bmd_jax import bimodality, checkpoint, layers, losses, models, objective, packed, paths
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -88,20 +92,19 @@ def stage_weights(workdir: str, stage: str) -> dict:
 
 
 def layer_row(start: np.ndarray, end: np.ndarray, scale_mode: str, near_zero: float) -> dict:
+  """One layer's table row: its size, the flip ratio, and at start and end the shape measures
+  of bimodality.layer_stats on the raw latents (``kurtosis_*``, ``near_zero_*``,
+  ``coefficient_*``, ``zero_density_*``) and on the per-channel standardized weights IR-Net's
+  sign() sees (the same names with ``standardized_`` before them)."""
   start_neg, _ = packed.kernel_signs_and_scale(start, scale_mode)
   end_neg, _ = packed.kernel_signs_and_scale(end, scale_mode)
-
-  def near(w):
-    return float(np.mean(np.abs(w) < near_zero * np.std(w)))
-
-  return {
-      "params": int(end.size),
-      "kurtosis_start": float(losses.kurtosis(start)),
-      "kurtosis_end": float(losses.kurtosis(end)),
-      "flip_ratio": float(np.mean(np.asarray(start_neg) != np.asarray(end_neg))),
-      "near_zero_start": near(start),
-      "near_zero_end": near(end),
-  }
+  row = {"params": int(end.size),
+         "flip_ratio": float(np.mean(np.asarray(start_neg) != np.asarray(end_neg)))}
+  for view, prefix in (("latent", ""), ("standardized", "standardized_")):
+    for when, w in (("start", start), ("end", end)):
+      stats = bimodality.layer_stats(w, view, near_zero)
+      row.update({f"{prefix}{name}_{when}": value for name, value in stats.items()})
+  return row
 
 
 
@@ -153,7 +156,8 @@ def _prefix(runs: list[dict], run: dict) -> str:
 
 
 def _layer_title(layer: str, runs: list[dict], stage: str) -> str:
-  """The layer, then per run its kurtosis at start and end (and target, where configured)."""
+  """The layer, then per run its latents' kurtosis at start and end (and target, where
+  configured), and the standardized view's bimodality coefficient and near-zero share."""
   lines = [layer]
   for _, run, weights in _runs_with(runs, stage, layer):
     kurt = (f"kurtosis {_kurt(weights['start'][layer]):.2f} \u2192 "
@@ -161,24 +165,30 @@ def _layer_title(layer: str, runs: list[dict], stage: str) -> str:
     target = weights["targets"].get(layer)
     if target is not None:
       kurt += f" (target {target:.2f})"
-    lines.append(f"{run['label']}: {kurt}" if len(runs) > 1 else kurt)
+    start, end = (bimodality.layer_stats(weights[when][layer]) for when in ("start", "end"))
+    shape = (f"BC {start['coefficient']:.2f} \u2192 {end['coefficient']:.2f}, near 0 "
+             f"{start['near_zero']:.1%} \u2192 {end['near_zero']:.1%}")
+    who = f"{run['label']}: " if len(runs) > 1 else ""
+    lines += [who + kurt, who + shape]
   return "\n".join(lines)
 
 
 def _layer_histogram(ax, layer: str, runs: list[dict], stage: str) -> None:
-  """Start dashed, end solid (and filled for one run), a colour per run, on shared bins."""
+  """The weights sign() sees under IR-Net scaling (each output channel standardized): start
+  dashed, end solid (and filled for one run), a colour per run, on shared bins."""
   present = _runs_with(runs, stage, layer)
-  every = np.concatenate([w[when][layer].ravel() for _, _, w in present
-                          for when in ("start", "end")])
+  seen = {(i, when): bimodality.view_of(w[when][layer]).ravel() for i, _, w in present
+          for when in ("start", "end")}
+  every = np.concatenate(list(seen.values()))
   bins = np.linspace(every.min(), every.max(), 81)
-  for i, _, weights in present:
-    end, start = weights["end"][layer].ravel(), weights["start"][layer].ravel()
+  for i, _, _ in present:
+    end, start = seen[i, "end"], seen[i, "start"]
     if len(runs) == 1:
       ax.hist(end, bins=bins, density=True, color=_colour(i), alpha=0.35)
     ax.hist(end, bins=bins, density=True, histtype="step", color=_colour(i), lw=1.2)
     ax.hist(start, bins=bins, density=True, histtype="step", color=_colour(i), lw=0.9, ls="--")
   ax.set_title(_layer_title(layer, runs, stage), fontsize=8)
-  ax.set_xlabel("latent weight", fontsize=7)
+  ax.set_xlabel("weight standardized per output channel", fontsize=7)
   ax.set_ylabel("density", fontsize=7)
   ax.tick_params(labelsize=7)
 
@@ -200,8 +210,9 @@ def histogram_figure(runs: list[dict], stage: str):
   names = _layer_names(runs, stage)
   cols = min(4, len(names))
   rows = -(-len(names) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows + 0.9), squeeze=False,
-                           layout="constrained")
+  title_lines = 1 + 2 * len(_runs_with(runs, stage))
+  fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, (2.3 + 0.15 * title_lines) * rows
+                                                + 0.9), squeeze=False, layout="constrained")
   for ax, name in zip(axes.flat, names):
     _layer_histogram(ax, name, runs, stage)
   for ax in list(axes.flat)[len(names):]:
@@ -209,8 +220,8 @@ def histogram_figure(runs: list[dict], stage: str):
   present = _runs_with(runs, stage)
   precisions = sorted({w["config"].model.precision for _, _, w in present})
   who = runs[0]["label"] + ", " if len(runs) == 1 else ""
-  fig.suptitle(f"{who}{stage} ({', '.join(precisions)}): latent weights at start and end",
-               fontsize=10)
+  fig.suptitle(f"{who}{stage} ({', '.join(precisions)}): weights standardized per output "
+               "channel (what sign() sees under IR-Net scaling) at start and end", fontsize=10)
   # Below the plots: a legend above them would overlap the title.
   fig.legend(handles=_start_end_handles(runs, stage), loc="outside lower center", fontsize=8,
              ncol=2 * len(present) if len(present) < 3 else 2)
@@ -282,17 +293,27 @@ def _save(fig, path: paths.PathLike, dpi: int) -> str:
   return str(path)
 
 
+# The markdown table's columns after run, stage and layer: (heading, row key, format). "std."
+# columns are on the per-channel standardized weights (what IR-Net's sign() sees); BC is
+# Sarle's bimodality coefficient, "0/mode" the histogram's height at 0 over its lower mode.
+COLUMNS = (("params", "params", "d"), ("kurtosis start", "kurtosis_start", ".3f"),
+           ("kurtosis end", "kurtosis_end", ".3f"), ("flip ratio", "flip_ratio", ".4f"),
+           ("near zero start", "near_zero_start", ".4f"),
+           ("near zero end", "near_zero_end", ".4f"),
+           ("std. kurtosis end", "standardized_kurtosis_end", ".3f"),
+           ("std. near zero end", "standardized_near_zero_end", ".4f"),
+           ("std. BC start", "standardized_coefficient_start", ".3f"),
+           ("std. BC end", "standardized_coefficient_end", ".3f"),
+           ("std. 0/mode end", "standardized_zero_density_end", ".2f"))
+
+
 def markdown_table(table: list[dict]) -> str:
   several = len({r["run"] for r in table}) > 1
-  head = ["stage", "layer", "params", "kurtosis start", "kurtosis end", "flip ratio",
-          "near zero start", "near zero end"]
-  head = ["run"] * several + head
+  head = ["run"] * several + ["stage", "layer"] + [heading for heading, _, _ in COLUMNS]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in table:
-    cells = [r["run"]] * several + [
-        r["stage"], r["layer"], str(r["params"]), f"{r['kurtosis_start']:.3f}",
-        f"{r['kurtosis_end']:.3f}", f"{r['flip_ratio']:.4f}", f"{r['near_zero_start']:.4f}",
-        f"{r['near_zero_end']:.4f}"]
+    cells = [r["run"]] * several + [r["stage"], r["layer"]] + [
+        format(r[key], spec) for _, key, spec in COLUMNS]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -361,4 +382,7 @@ if __name__ == "__main__":
   flags.DEFINE_float("near_zero", 0.1, "'Near zero' means |w| < near_zero * std(w).")
   flags.DEFINE_integer("dpi", 120, "Resolution of the PNG figures.")
   flags.mark_flags_as_required(["workdir"])
+  flags.register_multi_flags_validator(  # before any work, as a bad command line
+      ["workdir", "out"], lambda f: len(f["workdir"] or ()) < 2 or f["out"],
+      "several --workdir need --out, the folder of the comparison")
   cli.run(main)

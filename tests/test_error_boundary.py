@@ -149,6 +149,12 @@ def test_analyze_takes_a_workdir_with_a_comma_whole(tmp_path):
   assert str(workdir) in line  # named whole: no checkpoint there, not two missing folders
 
 
+def test_analyze_of_several_workdirs_without_out_is_a_usage_error(tmp_path):
+  line = _short(_run(["-m", "bmd_jax.analyze", f"--workdir={tmp_path}/a,1",
+                      f"--workdir={tmp_path}/b"]), 2)
+  assert "--out" in line
+
+
 def test_a_bug_keeps_its_traceback_and_logs_it_in_the_workdir(tmp_path):
   bug = ("import runpy, sys\nfrom bmd_jax import train\n"
          "def broken(config, workdir):\n  raise TypeError('a bug')\n"
