@@ -5,6 +5,7 @@ written to the workdir's error.log."""
 import importlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -153,6 +154,18 @@ def test_analyze_of_several_workdirs_without_out_is_a_usage_error(tmp_path):
   line = _short(_run(["-m", "bmd_jax.analyze", f"--workdir={tmp_path}/a,1",
                       f"--workdir={tmp_path}/b"]), 2)
   assert "--out" in line
+
+
+@pytest.mark.slow
+def test_analyze_of_damaged_checkpoints_is_one_line(digits_run, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(digits_run[1], workdir)
+  for folder, _, files in os.walk(workdir / "checkpoints"):
+    for name in files:  # every array file of every checkpoint cut short
+      if "ocdbt" in folder and os.path.getsize(os.path.join(folder, name)) > 1024:
+        os.truncate(os.path.join(folder, name), 100)
+  line = _short(_run(["-m", "bmd_jax.analyze", f"--workdir={workdir}"], timeout=300), 1)
+  assert str(workdir / "checkpoints") in line
 
 
 def test_a_bug_keeps_its_traceback_and_logs_it_in_the_workdir(tmp_path):
