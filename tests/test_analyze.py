@@ -22,7 +22,7 @@ def test_analyze_compares_two_workdirs_on_one_figure(digits_run, tmp_path):
   _, workdir = digits_run
   out = str(tmp_path / "compared")
   result = subprocess.run(
-      [sys.executable, "-m", "bmd_jax.analyze", f"--workdir={workdir},{workdir}",
+      [sys.executable, "-m", "bmd_jax.analyze", f"--workdir={workdir}", f"--workdir={workdir}",
        "--labels=first,second", f"--out={out}"],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
@@ -125,7 +125,27 @@ def close_figures():
 
 
 def title_kurtosis(title: str) -> list[tuple[float, float]]:
-  return [(float(a), float(b)) for a, b in re.findall(r"(\d+\.\d+) \u2192 (\d+\.\d+)", title)]
+  return [(float(a), float(b))
+          for a, b in re.findall(r"kurtosis (\d+\.\d+) \u2192 (\d+\.\d+)", title)]
+
+
+def title_coefficient(title: str) -> list[tuple[float, float]]:
+  return [(float(a), float(b)) for a, b in re.findall(r"BC (\d+\.\d+) \u2192 (\d+\.\d+)", title)]
+
+
+def numpy_standardized(w):
+  """Each output channel (last axis) centred and divided by its ddof=1 std, in float64."""
+  w = np.asarray(w, np.float64)
+  flat = w.reshape(-1, w.shape[-1])
+  return ((flat - flat.mean(0)) / flat.std(0, ddof=1)).reshape(w.shape)
+
+
+def sarle(w):
+  """Sarle's bimodality coefficient from scipy's bias-corrected skewness and excess kurtosis."""
+  w = np.ravel(w)
+  n = w.size
+  return ((scipy.stats.skew(w, bias=False) ** 2 + 1)
+          / (scipy.stats.kurtosis(w, bias=False) + 3 * (n - 1) ** 2 / ((n - 2) * (n - 3))))
 
 
 def labelled(ax, label):
@@ -154,7 +174,12 @@ def test_histograms_title_each_layer_with_its_kurtosis_and_target():
     assert start == pytest.approx(reference_kurtosis(weights["start"][layer]), abs=0.005)
     assert end == pytest.approx(reference_kurtosis(weights["end"][layer]), abs=0.005)
     assert f"(target {target:.2f})" in ax.get_title()
-    assert ax.get_xlabel() == "latent weight" and ax.get_ylabel() == "density"
+    [(bc_start, bc_end)] = title_coefficient(ax.get_title())
+    assert bc_start == pytest.approx(sarle(numpy_standardized(weights["start"][layer])),
+                                     abs=0.005)
+    assert bc_end == pytest.approx(sarle(numpy_standardized(weights["end"][layer])), abs=0.005)
+    assert ax.get_xlabel() == "weight standardized per output channel"
+    assert ax.get_ylabel() == "density"
     # Start dashed, end solid (a filled end besides, for a single run).
     assert sum(p.get_linestyle() != "solid" for p in ax.patches) == 1
   assert start > 2.5 and end < 2.0  # the made-up layers did move: start and end differ
@@ -163,6 +188,45 @@ def test_histograms_title_each_layer_with_its_kurtosis_and_target():
   # Start and end are told apart by line style, not only by colour.
   styles = {h.get_label(): h.get_linestyle() for h in fig.legends[0].legend_handles}
   assert styles["start: initialization, seed 0"] != styles["end: step 100"]
+
+
+def test_histograms_show_the_standardized_weights():
+  run = made_up_run("a", 0)
+  weights = run["stages"]["train"]
+  # Channels of very different scales and offsets: the raw and standardized views differ.
+  for when in ("start", "end"):
+    weights[when] = {k: (w * np.geomspace(0.1, 10, 8) + 3.0).astype(np.float32)
+                     for k, w in weights[when].items()}
+  fig = analyze.histogram_figure([run], "train")
+  ax = fig.axes[0]
+  layer = LAYERS[0]
+  start, end = (numpy_standardized(weights[w][layer]).ravel() for w in ("start", "end"))
+  both = np.concatenate([start, end])
+  expected, _ = np.histogram(end, bins=np.linspace(both.min(), both.max(), 81), density=True)
+  bars = [p for p in ax.patches if type(p).__name__ == "Rectangle"]
+  np.testing.assert_allclose([b.get_height() for b in bars], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_table_rows_measure_both_views_against_numpy():
+  rng = np.random.default_rng(4)
+  start = rng.normal(0, 1, (3, 3, 16, 8)).astype(np.float32)
+  end = (np.sign(start) * 0.5 + 0.2 * start) * np.geomspace(0.1, 10, 8) + np.arange(8)
+  row = analyze.layer_row(start, end.astype(np.float32), "irnet", 0.1)
+  for when, w in (("start", start), ("end", end)):
+    raw, std = np.ravel(w).astype(np.float64), numpy_standardized(w).ravel()
+    assert row[f"kurtosis_{when}"] == pytest.approx(reference_kurtosis(raw), rel=1e-5)
+    assert row[f"standardized_kurtosis_{when}"] == pytest.approx(reference_kurtosis(std),
+                                                                  rel=1e-4)
+    assert row[f"near_zero_{when}"] == np.mean(np.abs(raw) < 0.1 * raw.std())
+    assert row[f"standardized_near_zero_{when}"] == pytest.approx(
+        np.mean(np.abs(std) < 0.1 * std.std()), abs=2 / std.size)
+    assert row[f"coefficient_{when}"] == pytest.approx(sarle(raw), rel=1e-5)
+    assert row[f"standardized_coefficient_{when}"] == pytest.approx(sarle(std), rel=1e-4)
+  # Each standardized end channel is two humps at about +-1 with nothing in between.
+  assert row["standardized_near_zero_end"] == 0.0
+  assert row["standardized_zero_density_end"] == 0.0 < row["standardized_zero_density_start"]
+  table = analyze.markdown_table([{"run": "a", "stage": "train", "layer": "conv", **row}])
+  assert "std. BC end" in table and f"| {row['standardized_coefficient_end']:.3f} |" in table
 
 
 def test_kurtosis_figure_has_labels_start_end_and_the_target_line():
