@@ -209,7 +209,9 @@ def _interrupt_main() -> None:
   is as quick). The exception arrives wherever the main thread is, as Ctrl-C's
   KeyboardInterrupt does, which the loop already survives. The handler raises only for a lock
   it knows lost, and passes any other LOST_SIGNAL to the handler it replaced (a scheduler's
-  warning signal, say), so installing it changes nothing else.
+  warning signal, say), so installing it changes nothing else, except for a handler installed
+  outside Python's signal module (faulthandler.register): Python cannot see one, and it is
+  replaced while the lock is held.
   """
   with _held_guard:
     if _Handler.installed:  # else (acquired off the main thread) the signal would end the process
@@ -244,7 +246,8 @@ def _remember(lock: WorkdirLock) -> None:
   with _held_guard:
     _held[lock.record["run_id"]] = lock
     in_main = threading.current_thread() is threading.main_thread()
-    if in_main and not _Handler.installed:
+    # None: a handler that Python did not install, and that signal.signal could not restore
+    if in_main and not _Handler.installed and signal.getsignal(LOST_SIGNAL) is not None:
       _Handler.previous = signal.signal(LOST_SIGNAL, _Handler.handle)
       _Handler.installed = True
 
