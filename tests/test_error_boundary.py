@@ -143,6 +143,17 @@ def test_analyze_of_a_read_only_workdir_is_one_line(tmp_path):
   assert f"{tmp_path}/analysis" in line and "--out" in line
 
 
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="export.py's entry still calls app.run, not cli.run "
+                   "(its owner's change; remove this mark with it)")
+def test_export_to_a_read_only_folder_is_one_line(digits_run, tmp_path):
+  out = tmp_path / "exports" / "model.npz"
+  result = _run([str(tmp_path / "exports"), "bmd_jax.export", f"--workdir={digits_run[1]}",
+                 f"--out={out}"], code=_READ_ONLY, timeout=300)
+  line = _short(result, 1)
+  assert str(tmp_path / "exports") in line and "Read-only file system" in line
+
+
 def test_analyze_takes_a_workdir_with_a_comma_whole(tmp_path):
   workdir = tmp_path / "lr=0.005,bs=64"
   workdir.mkdir()
