@@ -68,8 +68,9 @@ def layer_lines(name, w, history, init, mu, nu, width):
       f"{np.median(consistency[spike]):.3f}, rest {np.median(consistency[rest]):.3f}",
       f"  the update points back to zero: spike {toward_zero[spike].mean():.1%}, rest "
       f"{toward_zero[rest].mean():.1%}",
-      f"  share of the spike in its top 10% input channels {channel_crowding(spike, w.ndim - 2):.1%}"
-      f", output channels {channel_crowding(spike, w.ndim - 1):.1%} (10% if spread evenly)",
+      f"  share of the spike in its top 10% input channels "
+      f"{channel_crowding(spike, w.ndim - 2):.1%}, output channels "
+      f"{channel_crowding(spike, w.ndim - 1):.1%} (10% if spread evenly)",
   ]
 
 
