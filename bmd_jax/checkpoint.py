@@ -196,14 +196,18 @@ def _named_arrays(tree: Any) -> dict[str, Any]:
 
 
 def _whole_here(value: Any) -> Any:
-  """`value` where this process holds all of it (one shard of a replicated array), else None."""
+  """`value` where this process holds all of it (one shard of a replicated array), else None;
+  None too for a Python number, which Orbax may read back as another dtype."""
+  if not isinstance(value, (jax.Array, np.ndarray, np.generic)):
+    return None
   if isinstance(value, jax.Array) and not value.is_fully_addressable:
     return value.addressable_shards[0].data if value.is_fully_replicated else None
   return value
 
 
 def array_checksums(tree: Any) -> dict[str, str]:
-  """{name: sha256} of the arrays of `tree` this process holds whole."""
+  """{name: sha256} of the arrays of `tree` this process holds whole. Hashing runs at about
+  350 MB/s on one busy CPU core: 0.3 s for ResNet-18's train state, once a save."""
   whole = {name: _whole_here(v) for name, v in _named_arrays(tree).items()}
   host = jax.device_get({name: v for name, v in whole.items() if v is not None})
   return {name: array_sha256(v) for name, v in host.items()}
@@ -577,9 +581,10 @@ class _RedundantOrbaxWarnings(logging.Filter):
 @contextlib.contextmanager
 def _quiet_reads():
   """Reads a checkpoint without Orbax's noise: _RedundantOrbaxWarnings, and where a file is
-  cut, the 'Event loop is closed' tracebacks (26 for one digits checkpoint) that TensorStore's
-  reads still in flight report through sys.unraisablehook once Orbax has given up. They say
-  nothing that the error raised does not."""
+  cut, the 'Event loop is closed' tracebacks (26 to 40 for one digits checkpoint) that
+  TensorStore's reads still in flight report through sys.unraisablehook once Orbax has given
+  up. They say nothing that the error raised does not, and they keep coming after it (while
+  training goes on), so after a failed read their filter stays for the rest of the process."""
   previous = sys.unraisablehook
 
   def hook(unraisable):
@@ -592,8 +597,12 @@ def _quiet_reads():
   absl_logger.addFilter(quiet)
   try:
     yield
+  except BaseException:
+    raise  # the hook stays: the abandoned reads report later
+  else:
+    if sys.unraisablehook is hook:
+      sys.unraisablehook = previous
   finally:
-    sys.unraisablehook = previous
     absl_logger.removeFilter(quiet)
 
 
@@ -654,9 +663,14 @@ def check_shapes(expected: dict, given: dict, where: str) -> None:
 
 def write_variables(folder: paths.PathLike, variables: dict, step: int) -> None:
   """Writes {'params', 'batch_stats'} as ``<folder>/<step>/state``: a checkpoint folder that
-  load_variables reads (init_from, teacher, distill_teacher), e.g. a converted model."""
+  load_variables reads (init_from, teacher, distill_teacher), e.g. a converted model, with
+  its checksums. They are written once the state is: a kill between the two leaves a state
+  without them, read unverified as an older checkpoint is (a tool's output is made again)."""
+  step_dir = paths.resolve(folder) / str(step)
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(paths.resolve(folder) / str(step) / "state", variables)
+    checkpointer.save(step_dir / "state", variables)
+  (step_dir / CHECKSUMS).mkdir(exist_ok=True)
+  (step_dir / CHECKSUMS / "metadata").write_text(json.dumps(checksum_record(variables)))
 
 
 # --- resolving a source (init_from, teacher, distill_teacher) ----------------------------------

@@ -4,8 +4,9 @@
 
 writes ``digits.stablehlo`` (the serialized program, with the packed bits and every other
 weight inside it as constants) and ``digits.stablehlo.json`` (what a caller needs to know:
-input shape, normalization, classes, the jax version it was made with). The program's batch
-size is symbolic, and it is lowered for CPU, CUDA and TPU. It runs with JAX alone:
+input shape, normalization, classes, the jax version it was made with, the program's sha256).
+The program's batch size is symbolic, and it is lowered for CPU, CUDA and TPU. It runs with JAX
+alone:
 
     import jax, numpy as np
     with open("digits.stablehlo", "rb") as f:
@@ -19,6 +20,7 @@ the same XNOR-popcount computation (packed.packed_apply), traced once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import jax
@@ -45,11 +47,13 @@ def serialize(exported) -> bytes:
   return bytes(jax.export.export(forward, platforms=PLATFORMS)(images).serialize())
 
 
-def description(exported, normalization: dict) -> dict:
-  """The sidecar JSON: what the program takes and returns, and what it needs to run."""
+def description(exported, normalization: dict, program: bytes) -> dict:
+  """The sidecar JSON: what the program takes and returns, what it needs to run, and the
+  sha256 of the program's file (`program`), against edits and copies gone wrong."""
   manifest = exported.manifest
   return {
       "format": FORMAT,
+      "sha256": hashlib.sha256(program).hexdigest(),
       "model": manifest["model"],
       "input": {"shape": ["batch", *manifest["input_shape"]], "dtype": "float32",
                 "layout": "NHWC", **normalization},
@@ -66,7 +70,8 @@ def write(exported, out: str, normalization: dict) -> dict:
   """Writes `out` (the program) and `out`.json (its description); returns the description."""
   path = paths.resolve(out)
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_bytes(serialize(exported))
-  info = description(exported, normalization)
+  program = serialize(exported)
+  path.write_bytes(program)
+  info = description(exported, normalization, program)
   path.with_name(path.name + ".json").write_text(json.dumps(info, indent=2))
   return info

@@ -130,3 +130,19 @@ def test_a_checkpoint_without_checksums_is_read_unverified(tmp_path, caplog):
   jax.tree_util.tree_map(np.testing.assert_array_equal, state, _variables(config, 3))
   jax.tree_util.tree_map(np.testing.assert_array_equal, variables, _variables(config, 3))
   assert "no checksums" in caplog.text and "unverified" in caplog.text
+
+
+def test_written_variables_are_checked_when_loaded(tmp_path):
+  # write_variables is what convert.py writes: init_from and teachers load it.
+  config = default.get_config()
+  variables = _variables(config)
+  checkpoint.write_variables(tmp_path / "converted", variables, 0)
+  assert jax.tree_util.tree_structure(checkpoint.load_variables(
+      tmp_path / "converted", variables, "init_from checkpoint")) == jax.tree_util.tree_structure(
+          variables)
+  record = tmp_path / "converted" / "0" / "checksums" / "metadata"
+  saved = json.loads(record.read_text())
+  saved["arrays"]["params/classifier/kernel"] = "0" * 64
+  record.write_text(json.dumps(saved))
+  with pytest.raises(checkpoint.ChecksumMismatchError, match="params/classifier/kernel"):
+    checkpoint.load_variables(tmp_path / "converted", variables, "init_from checkpoint")

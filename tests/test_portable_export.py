@@ -2,6 +2,7 @@
 export.load(...).predict at any batch size; the npz is readable with NumPy alone, as
 docs/EXPORT_FORMAT.md describes it, and carries no path of the training machine."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -58,6 +59,8 @@ def test_stablehlo_program_runs_without_bmd_jax_and_equals_predict(digits_run, t
   assert info["input"]["shape"] == ["batch", config.image_size, config.image_size,
                                     config.channels]
   assert info["input"]["mean"] == list(config.mean) and "flatbuffers" in info["requires"]
+  with open(program, "rb") as f:
+    assert info["sha256"] == hashlib.sha256(f.read()).hexdigest()
 
 
 def _kernel_signs(words, latent_shape):
@@ -88,6 +91,9 @@ def test_npz_read_with_numpy_alone_gives_the_checkpoints_signs(digits_run, tmp_p
       kernel = kernel[part]
     expected = np.where(np.asarray(kernel["latent_kernel"]) >= 0, 1, -1)
     np.testing.assert_array_equal(_kernel_signs(words, layer["latent_shape"]), expected)
+  for key, want in manifest["arrays"].items():  # the content hash, as the format describes it
+    assert hashlib.sha256(np.ascontiguousarray(arrays[key]).tobytes()).hexdigest() == (
+        want["sha256"]), key
   text = json.dumps(manifest)
   assert os.path.abspath(workdir) not in text and REPO not in text
 
