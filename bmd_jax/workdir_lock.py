@@ -172,7 +172,8 @@ def _ownership_lost(lock: WorkdirLock) -> tuple[str, str] | None:
   except FileNotFoundError:
     if lock._folder is not None and not _same_folder(lock._folder, path.parent):
       return ("it was deleted while this run was training",
-              "Run the command again to start over (its checkpoints went with it)")
+              "Run the command again: it resumes from a checkpoint that survived, if any, or "
+              "starts over")
     return f"its lock {path.name} was deleted while this run was training", _RESUME
   except ValueError:
     return f"its lock {path.name} was replaced by an unreadable file", _RESUME
