@@ -109,6 +109,12 @@ def test_convert_of_a_bad_state_dict_is_one_line(tmp_path, content, said):
   assert said in line, line
 
 
+def test_the_headline_command_without_imagenet_is_one_line(tmp_path):
+  line = _short(_run(["-m", "bmd_jax.main", "--config=configs/imagenet.py",
+                      f"--workdir={tmp_path / 'run'}", f"--config.data_dir={tmp_path}"]), 1)
+  assert "imagenet2012" in line and "not prepared" in line
+
+
 # Runs a module with every write under argv[1] refused as a read-only file system does (the
 # tests run as any user, so a real read-only mount is not at hand).
 _READ_ONLY = """
