@@ -211,19 +211,30 @@ def test_every_registered_name_is_an_exception_class():
     assert isinstance(found, type) and issubclass(found, BaseException), name
 
 
+_TERMINAL_CTRL_C = pytest.param(
+    signal.SIGINT, cli.EXIT_INTERRUPTED, True, marks=pytest.mark.xfail(
+        strict=True, reason="grain's worker processes answer a terminal's Ctrl-C with their own "
+        "tracebacks until input_pipeline starts them with SIGINT ignored"), id="terminal_ctrl_c")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, status", [(signal.SIGINT, cli.EXIT_INTERRUPTED),
-                                         (signal.SIGTERM, cli.EXIT_PREEMPTED)])
-def test_a_stop_says_in_one_line_what_was_kept(tmp_path, sig, status):
+@pytest.mark.parametrize("sig, status, terminal", [
+    (signal.SIGINT, cli.EXIT_INTERRUPTED, False), (signal.SIGTERM, cli.EXIT_PREEMPTED, False),
+    _TERMINAL_CTRL_C])
+def test_a_stop_says_in_one_line_what_was_kept(tmp_path, sig, status, terminal):
+  # A terminal's Ctrl-C reaches the whole process group: grain's workers too.
   command = [sys.executable, *MAIN, f"--workdir={tmp_path}", "--config.num_train_steps=3000",
              "--config.log_every_steps=5", "--config.checkpoint_every_steps=10",
-             "--config.eval_every_epochs=100"]
+             "--config.eval_every_epochs=100", f"--config.num_workers={2 if terminal else 0}"]
   proc = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
-                          stderr=subprocess.PIPE, text=True)
+                          stderr=subprocess.PIPE, text=True, start_new_session=True)
   for line in proc.stderr:  # the progress lines, until a checkpoint is surely complete
     if "step 30/" in line:
       break
-  proc.send_signal(sig)
+  if terminal:
+    os.killpg(proc.pid, sig)
+  else:
+    proc.send_signal(sig)
   rest = proc.stderr.read()
   proc.wait(timeout=120)
   stage_log = re.compile(r"^\d\d:\d\d:\d\d \[")  # the loop's own lines, e.g. its last save
