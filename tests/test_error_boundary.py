@@ -3,6 +3,7 @@ short message without a traceback and with its exit status; a bug keeps its trac
 written to the workdir's error.log."""
 
 import importlib
+import importlib.util
 import os
 import re
 import shutil
@@ -22,6 +23,16 @@ def _run(args, timeout=180, code=None):
   command = [sys.executable, *(["-c", code] if code else []), *args]
   return subprocess.run(command, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
                         capture_output=True, text=True, timeout=timeout)
+
+
+# The loop's progress lines and Orbax's own error logs, which a stop or a failed save may add
+# before the one line that matters.
+_PROGRESS = re.compile(r"^(\d\d:\d\d:\d\d |[EW]\d{4} )")
+
+
+def _without_progress(result):
+  said = "\n".join(l for l in result.stderr.splitlines() if not _PROGRESS.match(l))
+  return subprocess.CompletedProcess(result.args, result.returncode, result.stdout, said)
 
 
 def _short(result, status):
@@ -237,10 +248,8 @@ def test_a_stop_says_in_one_line_what_was_kept(tmp_path, sig, status, terminal):
     proc.send_signal(sig)
   rest = proc.stderr.read()
   proc.wait(timeout=120)
-  stage_log = re.compile(r"^\d\d:\d\d:\d\d \[")  # the loop's own lines, e.g. its last save
-  said = "\n".join(l for l in rest.splitlines() if not stage_log.match(l))
-  result = subprocess.CompletedProcess(command, proc.returncode, "", said)
-  line = _short(result, status)
+  line = _short(_without_progress(subprocess.CompletedProcess(command, proc.returncode, "",
+                                                              rest)), status)
   assert "kept" in line or "saved at step" in line, rest
 
 
@@ -269,7 +278,5 @@ def test_a_full_disk_seen_by_tensorstore_is_one_line(tmp_path):
                  "--config.num_train_steps=20", "--config.checkpoint_every_steps=5",
                  "--config.log_every_steps=5", "--config.eval_every_epochs=100"],
                 code=_TENSORSTORE_FULL, timeout=300)
-  stage_log = re.compile(r"^(\d\d:\d\d:\d\d |[EW]\d{4} )")  # progress, Orbax's error logs
-  said = "\n".join(l for l in result.stderr.splitlines() if not stage_log.match(l))
-  line = _short(subprocess.CompletedProcess([], result.returncode, "", said), 1)
+  line = _short(_without_progress(result), 1)
   assert "disk is full" in line and "5.orbax-checkpoint-tmp" in line, line
