@@ -9,10 +9,12 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
-from bmd_jax import analyze, checkpoint
+from bmd_jax import analyze, checkpoint, config_files, models, stages
+from configs import default
 
 pytestmark = pytest.mark.slow  # the module trains a 30-step run through the command line
 
@@ -77,7 +79,7 @@ def _exported_step(out):
     return json.loads(str(data["manifest"]))["source"]["step"]
 
 
-def test_a_flipped_bit_is_damage_and_the_previous_step_is_resumed(workdir):
+def test_a_flipped_bit_is_damage_and_the_previous_step_is_resumed(workdir, _trained_once):
   _flip_a_bit(workdir)
   result = _run("bmd_jax.main", f"--workdir={workdir}", *TRAIN)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -86,6 +88,10 @@ def test_a_flipped_bit_is_damage_and_the_previous_step_is_resumed(workdir):
   assert "resumed from step 22" in output, output[-3000:]
   assert os.path.isdir(_step_dir(workdir, 30) + ".damaged")
   assert checkpoint.finished_steps(os.path.dirname(_step_dir(workdir, 30)))[-1] == 30
+  # Step 30 trained again from step 22 is the step 30 of the undamaged run, bit for bit.
+  again, first = (checkpoint.read_state(os.path.join(_step_dir(w, 30), "state"))["params"]
+                  for w in (workdir, _trained_once))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, again, first)
 
 
 def test_a_cut_checkpoint_is_resumed_past_without_tracebacks(workdir):
@@ -142,10 +148,6 @@ def test_export_of_a_step_that_does_not_exist_lists_the_steps(workdir, tmp_path)
 
 
 def test_export_of_a_run_with_only_its_first_step_is_one_line(tmp_path):
-  import jax  # pylint: disable=g-import-not-at-top
-  from bmd_jax import config_files, models, stages  # pylint: disable=g-import-not-at-top
-  from configs import default  # pylint: disable=g-import-not-at-top
-
   recipe = config_files.use_two_steps(default.get_config(), {})
   recipe.stages = "step1"  # the two-step recipe run with --config.stages=step1
   config = stages.stage_list(recipe)[0].config
