@@ -4,7 +4,9 @@
     python -m bmd_jax.export --workdir=runs/digits --out=digits.stablehlo --format=stablehlo
 
 The second writes a program that runs with JAX alone (portable_export.py). The first reads
-the newest checkpoint of the workdir's last binary-precision stage and writes one ``.npz``:
+the newest checkpoint of the workdir's last binary-precision stage (the newest readable one:
+a damaged newer one, unreadable or unlike its checksums, is skipped with a warning, as
+training skips it) and writes one ``.npz``:
 
 - ``packed/<layer>/words``: every binary layer's kernel signs, bit-packed along the fan-in
   (bit 1 = -1; layout in packed.py), as uint32;
@@ -17,10 +19,12 @@ the newest checkpoint of the workdir's last binary-precision stage and writes on
   real shortcuts, batch norms not folded, RPReLU/shift parameters) as float32;
 - ``manifest``: JSON with the model name and fields, the number of classes and input shape, the
   precision and shape of every layer, which batch norms were folded, the source stage and step,
-  its config (paths of the training machine left out), and the sizes (exported file against
-  the float32 checkpoint). docs/EXPORT_FORMAT.md describes the file for readers without JAX.
+  its config (paths of the training machine left out), every array's shape, dtype and sha256,
+  and the sizes (exported file against the float32 checkpoint). docs/EXPORT_FORMAT.md
+  describes the file for readers without JAX.
 
-``load(path)`` rebuilds the model from the manifest; ``Exported.predict(images)`` returns its
+``load(path)`` checks every array against the manifest, content hash included, and rebuilds
+the model from it; ``Exported.predict(images)`` returns its
 logits computed by packed.packed_apply. They equal the float forward pass of the binary model
 up to float32 rounding outside the binary layers (inside, the counts are integer-exact).
 """
