@@ -2,9 +2,10 @@
 
 Training keeps an Orbax CheckpointManager per stage (save, restore_latest). The tools
 (export, analyze) find and choose a workdir's checkpoints here (list_checkpoints,
-choose_checkpoint) and read them (read_meta, read_variables); a stage that starts from other
-weights (init_from, teacher, distill_teacher) resolves its source (checkpoint_source) and
-loads it checked against its model's shapes (load_variables).
+choose_checkpoint) and read them (read_meta, read_variables; read_chosen falls back past a
+damaged newest one, as restore_latest does); a stage that starts from other weights
+(init_from, teacher, distill_teacher) resolves its source (checkpoint_source) and loads it
+checked against its model's shapes (load_variables).
 
 Each checkpoint holds the train state (step, params, batch statistics, optimizer state),
 the data iterator's position (grain's own checkpoint handler; none on the device input path,
