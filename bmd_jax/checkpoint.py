@@ -262,7 +262,8 @@ def verify(state: Any, step_dir: paths.PathLike) -> None:
 RESUMABLE_FIELDS = (
     "stages", "stage_overrides",
     "log_every_steps", "eval_every_epochs", "steps_per_eval", "eval_batch_size",
-    "checkpoint_every_steps", "checkpoint_keep",
+    "checkpoint_every_steps", "checkpoint_every_epochs", "checkpoint_every_minutes",
+    "checkpoint_keep", "eval_precision", "steps_per_dispatch", "stop_at_time",
     "data_dir", "cache_decoded_images",
     "num_devices", "fsdp",
     "model.store_binary_input",  # where XLA:CPU stores the binary inputs: speed, not values

@@ -310,7 +310,7 @@ class MetricWriter:
     if tb is not None:
       for k, v in scalars.items():
         tb.add_scalar(k, v, int(step))
-    if self.console:
+    if self.console and any(k in scalars for k in console_keys()):  # else: files only
       prefix = "".join(f"[{v}] " for v in labels.values())
       # On a terminal the bar shows progress; a log file needs it in the line itself.
       progress = None if interactive() else self._progress.get(stage)

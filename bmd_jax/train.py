@@ -31,8 +31,10 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from bmd_jax import checkpoint, input_pipeline, losses, models, objective, quantizers, sharding
-from bmd_jax import config_checks, cpu_barriers, metric_writers, run_record, workdir_lock
+from bmd_jax import (bimodality, checkpoint, config_checks, cpu_barriers, dispatch,
+                     input_pipeline, loop_schedule, losses, metric_writers, models, objective,
+                     quantizers, run_record, sharding, workdir_lock)
+from bmd_jax.data import on_device
 from bmd_jax import stages as stages_lib
 # Building a model and its variables is the models' knowledge; the loop uses it.
 from bmd_jax.models import create_model, initialized, variable_shapes
@@ -207,18 +209,48 @@ def eval_step(state: TrainState, batch: dict, *, config, progress: float = 1.0):
 
 # --- the loop ---------------------------------------------------------------------------
 
-def evaluate(p_eval_step, state, config, datasets, mesh) -> dict[str, float]:
-  """Loss and accuracy over the eval split (or config.steps_per_eval batches of it)."""
-  totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-  batches = input_pipeline.global_eval_batches(config, datasets, mesh)
-  for i, batch in enumerate(batches):
-    if 0 < config.steps_per_eval <= i:
-      break
-    sums = jax.device_get(p_eval_step(state, batch))
-    for k in totals:
-      totals[k] += float(sums[k])
-  count = max(totals["count"], 1.0)
-  return {"eval/loss": totals["loss"] / count, "eval/accuracy": totals["correct"] / count}
+def _eval_metrics(totals: dict) -> dict[str, float]:
+  count = max(float(totals["count"]), 1.0)
+  return {"eval/loss": float(totals["loss"]) / count,
+          "eval/accuracy": float(totals["correct"]) / count}
+
+
+def create_evaluator(config, datasets, mesh):
+  """fn(state) -> {'eval/loss', 'eval/accuracy'} over the eval split (or its first
+  config.steps_per_eval batches), computed at config.eval_precision (default 'highest':
+  float32 matmuls and convolutions, so a GPU's TF32 does not move top-1; on 2026-11-27 it moved
+  it by 0.4 points). On the device input path the whole split is one dispatch."""
+  precision = config.get("eval_precision", "highest")
+  step = functools.partial(eval_step, config=config)
+  replicated = sharding.replicated_sharding(mesh)
+  limit = config.steps_per_eval if config.steps_per_eval > 0 else None
+  if config.get("input_path", "grain") == "device":
+    batch_size = config.get("eval_batch_size", config.batch_size)
+    split = on_device.upload_source(datasets.eval, mesh, batch_size)
+    num_batches = min(-(-split.num_examples // batch_size), limit or math.inf)
+    program = jax.jit(
+        lambda state, split: on_device.eval_sums(
+            functools.partial(step, state), split, batch_size=batch_size,
+            num_batches=num_batches, mean=tuple(config.mean), std=tuple(config.std)),
+        out_shardings=replicated)
+
+    def evaluate_on_device(state):
+      with jax.default_matmul_precision(precision):
+        return _eval_metrics(jax.device_get(program(state, split)))
+    return evaluate_on_device
+
+  p_eval_step = jax.jit(step, out_shardings=replicated)
+
+  def evaluate_batches(state):
+    totals = None
+    with jax.default_matmul_precision(precision):
+      for i, batch in enumerate(input_pipeline.global_eval_batches(config, datasets, mesh)):
+        if limit is not None and i >= limit:
+          break
+        sums = p_eval_step(state, batch)
+        totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
+    return _eval_metrics(jax.device_get(totals or {"loss": 0.0, "correct": 0.0, "count": 0.0}))
+  return evaluate_batches
 
 
 @jax.jit
@@ -233,29 +265,17 @@ def binary_weight_stats(params, previous_signs, clip_value):
   return signs, {"binary/flip_ratio": flipped, "binary/beyond_clip": beyond}
 
 
-def _mean_metrics(history: list[dict]) -> dict[str, float]:
-  stacked = jax.device_get(history)
-  return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
-
-
 class NonFiniteLossError(FloatingPointError):
   pass
 
 
 class Preempted(Exception):
-  """Raised after SIGTERM once a checkpoint is written; main.py exits cleanly on it."""
+  """Raised after SIGTERM (or before config.stop_at_time) once a checkpoint is written;
+  main.py exits cleanly on it."""
 
 
-def _check_finite(history: list[dict]) -> None:
-  losses_seen = jax.device_get([m["train/loss"] for m in history])
-  for i, value in enumerate(losses_seen):
-    if not math.isfinite(float(value)):
-      parts = {k: float(v) for k, v in jax.device_get(history[i]).items()
-               if k.startswith("train/")}
-      step = int(history[i]["_step"])
-      raise NonFiniteLossError(
-          f"non-finite loss at step {step}: {parts}. Training stopped. Lower the learning "
-          "rate or the loss weights.")
+class Interrupted(KeyboardInterrupt):
+  """Ctrl-C, raised once the in-flight save is settled; its message says what is kept."""
 
 
 def _check_state_finite(state, step: int) -> None:
@@ -269,8 +289,13 @@ def _check_state_finite(state, step: int) -> None:
 def _leave_loop(manager, error: BaseException, workdir: str, stage: str) -> BaseException:
   """The error to raise on a way out of the loop, once the in-flight save is settled: a
   message that says which checkpoint is really kept."""
+  if isinstance(error, workdir_lock.WorkdirLostError):
+    checkpoint.settle(manager)  # the save under way ends; its failure is not the news
+    return error
   kept, save_error = checkpoint.settle(manager)
   directory = checkpoint.stage_directory(workdir, stage)
+  if isinstance(error, KeyboardInterrupt) and not isinstance(error, Interrupted):
+    return Interrupted(f"interrupted (Ctrl-C): {kept}; run the same command to resume")
   if isinstance(error, NonFiniteLossError):
     return NonFiniteLossError(f"{error} {kept[0].upper()}{kept[1:]}.")
   if save_error is not None or checkpoint.disk_full(error):
@@ -291,7 +316,8 @@ def _saves_settled_on_exit(manager, workdir: str, stage: str):
     replacement = _leave_loop(manager, error, workdir, stage)
     if replacement is error:
       raise  # unchanged, with its own cause
-    raise replacement from (None if isinstance(error, NonFiniteLossError) else error)
+    raise replacement from (None if isinstance(error, (NonFiniteLossError, Interrupted))
+                            else error)
   finally:
     manager.close()
 
@@ -372,8 +398,140 @@ def _check_teachers(config, stage):
                      "config.distill_teacher or config.teacher")
 
 
-def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dict:
-  """Runs (or resumes) one stage to its last step; returns what it measured."""
+class StepRunner:
+  """Runs train steps [step, end) from the host. On the device input path that is one
+  dispatch (a while loop over the steps, the batches made inside: dispatch.device_steps); on
+  the grain path one dispatch per step on the iterator's batches. Metric sums ride along.
+
+  config.steps_per_dispatch caps a device dispatch: 0 (the default) runs up to the next log,
+  evaluation or step-based save on a GPU or TPU, and one step on CPU, where XLA ran the step
+  inside a loop several times slower; 1 is a program without a loop (its optimization
+  barriers kept on CPU). A dispatch ends where the host must act, so SIGTERM is answered
+  after at most one log interval of steps.
+  """
+
+  def __init__(self, config, step_fn, train_input, mesh, state_shardings, state, teacher,
+               distill_teacher, image_shape):
+    self._teacher, self._distill = teacher, distill_teacher
+    self._replicated = sharding.replicated_sharding(mesh)
+    self._input = train_input
+    self.on_device = isinstance(train_input, on_device.DeviceTrainInput)
+    limit = int(config.get("steps_per_dispatch", 0))
+    if limit < 0:
+      raise ValueError(f"config.steps_per_dispatch={limit}: give 0 (up to the next log, "
+                       "evaluation or checkpoint) or a positive number of steps")
+    platform = mesh.devices.flat[0].platform
+    if limit == 0 and platform == "cpu":
+      limit = 1  # XLA:CPU ran the step 2-15x slower inside a while loop (docs/BENCHMARKS.md)
+    self.max_steps_per_dispatch = limit if self.on_device else 1
+    common = dict(out_shardings=(state_shardings, self._replicated), donate_argnums=(0, 1),
+                  platform=platform)
+    replicated = self._replicated
+    if self.on_device:
+      batch = jax.eval_shape(train_input.batch_fn, train_input.split, 0)
+      self._program = cpu_barriers.jit(
+          dispatch.device_steps(step_fn, train_input.batch_fn, loop=limit != 1),
+          in_shardings=(state_shardings, replicated, on_device.split_sharding(mesh),
+                        replicated, replicated, replicated, replicated), **common)
+    else:
+      batch = {"image": jax.ShapeDtypeStruct((config.batch_size, *image_shape),
+                                             jnp.float32),
+               "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)}
+      self._program = cpu_barriers.jit(
+          dispatch.host_step(step_fn),
+          in_shardings=(state_shardings, replicated, sharding.batch_sharding(mesh),
+                        replicated, replicated, replicated), **common)
+    self._metric_shapes = jax.eval_shape(step_fn, state, batch, teacher, distill_teacher)[1]
+
+  def empty(self) -> dispatch.Accumulator:
+    return jax.device_put(dispatch.empty_accumulator(self._metric_shapes), self._replicated)
+
+  def __call__(self, state, acc, step: int, end: int):
+    if self.on_device:
+      return self._program(state, acc, self._input.split, self._teacher, self._distill,
+                           np.int32(step), np.int32(end - step))
+    for s in range(step, end):
+      state, acc = self._program(state, acc, self._input.batch(s), self._teacher,
+                                 self._distill, np.int32(s))
+    return state, acc
+
+  def describe(self) -> str:
+    if not self.on_device:
+      return "one step a dispatch (grain input)"
+    limit = self.max_steps_per_dispatch
+    return (f"up to {limit} steps a dispatch" if limit else
+            "steps dispatched up to each log, evaluation or checkpoint")
+
+  def compilations(self) -> int:
+    return self._program._cache_size()  # pylint: disable=protected-access
+
+
+class _Clock:
+  """The loop's wall time: images/s between log lines, minutes since the last save, and
+  whether the next dispatch would run past config.stop_at_time (seconds since the epoch; 0:
+  none), at the pace measured so far."""
+
+  def __init__(self, first_step: int, stop_at_time: float):
+    self.stop_at = float(stop_at_time or 0.0)
+    self._first_step = first_step
+    self._rate_mark = self._pace_mark = None
+    self._start = self._last_save = time.time()
+
+  def rate(self, done: int, batch_size: int) -> float:
+    """Images per second since the last call (the first: since the loop started, compilation
+    included)."""
+    now = time.time()
+    since, steps = self._rate_mark or (self._start, self._first_step)
+    self._rate_mark = (now, done)
+    return (done - steps) * batch_size / max(now - since, 1e-9)
+
+  def saved(self) -> None:
+    self._last_save = time.time()
+
+  def minutes_since_save(self) -> float:
+    return (time.time() - self._last_save) / 60.0
+
+  def stop_before(self, done: int, next_steps: int, acc) -> bool:
+    """Whether to stop after step `done`: the next `next_steps` steps would end past the stop
+    time. Waits for the devices first, so the pace is theirs, not the host's running ahead."""
+    if not self.stop_at:
+      return False
+    jax.block_until_ready(acc)
+    now = time.time()
+    if self._pace_mark is None:  # the first dispatch held the compilation: no pace from it
+      self._pace_mark = (now, done)
+      return now >= self.stop_at
+    since, steps = self._pace_mark
+    pace = (now - since) / max(done - steps, 1)
+    return now + pace * next_steps >= self.stop_at
+
+
+def _read_checked(acc) -> dict[str, float]:
+  """The means of the metrics summed in `acc` (one transfer); a non-finite loss in any of
+  its steps stops training with that step and its loss terms."""
+  host = dispatch.read(acc)
+  if host["nonfinite_step"] >= 0:
+    _raise_nonfinite(host["nonfinite_step"], host["at_nonfinite"])
+  return host["means"]
+
+
+def _check_no_nonfinite_step(acc) -> None:
+  if dispatch.nonfinite_step(acc) >= 0:
+    _read_checked(acc)
+
+
+def _raise_nonfinite(step: int, metrics: dict) -> None:
+  parts = {k: v for k, v in metrics.items() if k.startswith("train/")}
+  raise NonFiniteLossError(f"non-finite loss at step {step}: {parts}. Training stopped. Lower "
+                           "the learning rate or the loss weights.")
+
+
+def train_stage(config, stage: str, workdir: str, datasets, mesh, writer, lock=None,
+                on_resume_checked=None) -> dict:
+  """Runs (or resumes) one stage to its last step; returns what it measured. `lock`: the
+  workdir's (checked at each dispatch: a run that lost its workdir stops);
+  `on_resume_checked()` is called once the stage's checkpoint (if any) passed the config
+  check, before anything is written."""
   info = datasets.info
   steps_per_epoch = info.num_train // config.batch_size
   if steps_per_epoch == 0:
@@ -425,86 +583,101 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer) -> dic
   if restored is not None:
     state = restored[0]
     log.info("stage %s: resumed from step %d", stage, int(state.step))
+  if on_resume_checked is not None:
+    on_resume_checked()
 
-  # Update and eval steps, jitted over the mesh; the state is donated.
-  replicated = sharding.replicated_sharding(mesh)
-  batch_sharding = sharding.batch_sharding(mesh)
-  # On CPU the step keeps its binary inputs' barriers where that is safe (cpu_barriers.py).
-  p_train_step = cpu_barriers.jit(
-      functools.partial(train_step, config=config, learning_rate_fn=learning_rate_fn,
-                        steps_per_epoch=steps_per_epoch, total_epochs=total_epochs,
-                        teacher_apply=teacher_model.apply,
-                        distill_apply=distill_model and distill_model.apply,
-                        kurtosis_layers=tuple(kurtosis_layers),
-                        wdm_layers=wdm_layers),
-      in_shardings=(state_shardings, batch_sharding, replicated, replicated),
-      out_shardings=(state_shardings, replicated), donate_argnums=(0,),
-      platform=mesh.devices.flat[0].platform)
-  p_eval_step = jax.jit(functools.partial(eval_step, config=config),
-                        in_shardings=(state_shardings, batch_sharding),
-                        out_shardings=replicated)
+  # The update steps, jitted over the mesh (dispatch.py: many steps a dispatch on the device
+  # input path); the state and the metric sums are donated.
+  step_fn = functools.partial(
+      train_step, config=config, learning_rate_fn=learning_rate_fn,
+      steps_per_epoch=steps_per_epoch, total_epochs=total_epochs,
+      teacher_apply=teacher_model.apply, distill_apply=distill_model and distill_model.apply,
+      kurtosis_layers=tuple(kurtosis_layers), wdm_layers=wdm_layers)
+  runner = StepRunner(config, step_fn, train_input, mesh, state_shardings, state, teacher,
+                      distill_teacher, info.image_shape)
+  evaluate = create_evaluator(config, datasets, mesh)
+  schedule = loop_schedule.Schedule.from_config(config, steps_per_epoch, total_steps,
+                                                runner.max_steps_per_dispatch)
 
   meta = {"stage": stage, "config": config.to_json()}
-  eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
-  checkpoint_every = config.checkpoint_every_steps
+  best = dict((restored[1] if restored else {}).get("best_eval") or {})
   signs, _ = binary_weight_stats(state.params, losses_zero_signs(state.params), 1.0)
-  history, start, eval_metrics = [], time.time(), {}
   first_step = int(state.step)
-  log.info("stage %s: %s (%s) for %d steps (%.1f epochs of %d steps), from step %d", stage,
+  log.info("stage %s: %s (%s) for %d steps (%.1f epochs of %d steps), from step %d, %s", stage,
            config.model.name, config.model.precision, total_steps, total_epochs,
-           steps_per_epoch, first_step)
+           steps_per_epoch, first_step, runner.describe())
   writer.start_stage(stage, config, total_steps, first_step)
-  writer.histograms(first_step, stage, state.params, kurtosis_layers)
+  _record_weights(writer, stage, first_step, steps_per_epoch, state.params, kurtosis_layers)
+  eval_metrics, acc, done = {}, runner.empty(), first_step
+  clock = _Clock(first_step, config.get("stop_at_time", 0.0))
   # Every way out of the loop (the end, an error, SIGTERM, Ctrl-C) settles the in-flight
   # save first, so the checkpoint a message names is the one on disk.
   with _SigtermFlag() as sigterm, \
        metric_writers.progress_bar(total_steps, first_step, stage) as bar, \
        _saves_settled_on_exit(manager, workdir, stage):
-    for step in range(first_step, total_steps):
-      batch = train_input.batch(step)
-      state, metrics = p_train_step(state, batch, teacher, distill_teacher)
-      metrics["_step"] = step + 1
-      history.append(metrics)
-      done = step + 1
-      bar.update(1)
-      epoch_end = done % steps_per_epoch == 0
-      if done % config.log_every_steps == 0 or done == total_steps:
-        _check_finite(history)
-        summary = _mean_metrics(history)
-        summary.pop("_step")
+    while done < total_steps:
+      if lock is not None:
+        lock.check()
+      end = schedule.dispatch_end(done)
+      state, acc = runner(state, acc, done, end)
+      bar.update(end - done)
+      done = end
+      if schedule.log_due(done):
+        summary = _read_checked(acc)
         signs, weight_stats = binary_weight_stats(state.params, signs,
                                                   config.estimators.ste_clip_value)
         summary.update(jax.device_get(weight_stats))
-        summary["train/images_per_second"] = (
-            len(history) * config.batch_size / (time.time() - start))
+        summary["train/images_per_second"] = clock.rate(done, config.batch_size)
         writer.write(done, done / steps_per_epoch, {"stage": stage, **summary})
         bar.set_postfix(loss=f"{summary['train/loss']:.3f}",
                         acc=f"{summary['train/accuracy']:.3f}")
-        history, start = [], time.time()
-      if (done % checkpoint_every == 0 or epoch_end or done == total_steps
-          or sigterm.received):
-        _check_finite(history)  # never save a state that came from a non-finite step
-        _check_state_finite(state, done)
-        wait = sigterm.received or done == total_steps
-        checkpoint.save(manager, done, state, train_iter, meta, wait=wait)
-        writer.checkpoint_saved(stage, done, str(manager.directory), finished=wait)
-      if done % eval_every == 0 or done == total_steps:
-        eval_metrics = evaluate(p_eval_step, state, config, datasets, mesh)
+        acc = runner.empty()
+      # Evaluated before the save, so the best accuracy saved with it counts this step.
+      if schedule.eval_due(done):
+        eval_metrics = _with_best(evaluate(state), best, done / steps_per_epoch)
         writer.write(done, done / steps_per_epoch, {"stage": stage, **eval_metrics})
-      if epoch_end or done == total_steps:
-        writer.histograms(done, stage, state.params, kurtosis_layers)
-      if sigterm.received:
-        raise Preempted(f"SIGTERM received: stage {stage} saved at step {done} in "
+      stopping = sigterm.received or clock.stop_before(done, schedule.dispatch_end(done) - done, acc)
+      if schedule.save_due(done, clock.minutes_since_save()) or stopping:
+        _check_no_nonfinite_step(acc)  # never save a state that came from a non-finite step
+        _check_state_finite(state, done)
+        wait = stopping or done == total_steps
+        checkpoint.save(manager, done, state, train_iter, {**meta, "best_eval": best},
+                        wait=wait)
+        clock.saved()
+        writer.checkpoint_saved(stage, done, str(manager.directory), finished=wait)
+        _record_weights(writer, stage, done, steps_per_epoch, state.params, kurtosis_layers)
+      if stopping:
+        why = "SIGTERM received" if sigterm.received else "the stop time is near"
+        raise Preempted(f"{why}: stage {stage} saved at step {done} in "
                         f"{checkpoint.stage_directory(workdir, stage)}; run the same command "
                         "to resume")
   if first_step >= total_steps:
     # A finished stage still reports its final evaluation (e.g. to a rerun of the ablation).
     log.info("stage %s: already complete (step %d); evaluating it", stage, first_step)
-    eval_metrics = evaluate(p_eval_step, state, config, datasets, mesh)
+    eval_metrics = _with_best(evaluate(state), best, first_step / steps_per_epoch)
   writer.end_stage(stage, int(state.step), eval_metrics,
                    checkpoint.kept_description(str(manager.directory)))
   return {"state": state, "eval": eval_metrics,
-          "train_step_compilations": p_train_step._cache_size()}
+          "train_step_compilations": runner.compilations()}
+
+
+def _record_weights(writer, stage, step, steps_per_epoch, params, layers) -> None:
+  """The regularized layers' histograms and bi-modality measures (bimodality.py), at a
+  stage's start (so the initial kurtosis is on record) and with each checkpoint."""
+  writer.histograms(step, stage, params, layers)
+  kernels = losses.kernels_at(params, layers)
+  if all(getattr(w, "is_fully_addressable", True) for w in kernels.values()):
+    writer.write(step, step / steps_per_epoch,
+                 {"stage": stage, **bimodality.layer_report(params, layers)})
+
+
+def _with_best(eval_metrics: dict, best: dict, epoch: float) -> dict:
+  """eval_metrics with the best accuracy so far and its epoch (`best` is updated in place and
+  saved with each checkpoint, so a resumed stage remembers it)."""
+  if eval_metrics["eval/accuracy"] > best.get("accuracy", -1.0):
+    best.update(accuracy=eval_metrics["eval/accuracy"], epoch=epoch)
+  return {**eval_metrics, "eval/best_accuracy": best["accuracy"],
+          "eval/best_epoch": best["epoch"]}
 
 
 def losses_zero_signs(params):
@@ -524,15 +697,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = sharding.mesh_from_config(config)
   if datasets is None:
     datasets = input_pipeline.create_datasets(config)
-  with workdir_lock.acquire(workdir):  # one run per workdir; before anything is written
-    run_record.write(workdir, config)
+  # One run per workdir: the lock is taken before anything is written. config.json and
+  # run_info.json are written once the first stage's checkpoint passed the resume check, so a
+  # refused resume leaves the run's own record.
+  with workdir_lock.acquire(workdir) as lock:
     writer = metric_writers.MetricWriter(workdir)
+    recorded = []
+
+    def record_once():
+      if not recorded:
+        run_record.write(workdir, config)
+        recorded.append(True)
+
     results = {}
     try:
       for stage in stages_lib.stage_list(config):
         sharding.check_batch_size(stage.config.batch_size, mesh)
         results[stage.name] = train_stage(stage.config, stage.name, workdir, datasets, mesh,
-                                          writer)
+                                          writer, lock, record_once)
     finally:
       writer.close()
   return results

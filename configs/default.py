@@ -127,7 +127,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_minutes = 0.0
   config.checkpoint_keep = 3
   # Steps per dispatch on the device input path (dispatch.py): 0 runs up to the next log,
-  # evaluation or step-based checkpoint in one program; 1 is a program without a loop.
+  # evaluation or step-based checkpoint in one program on a GPU/TPU, one step on CPU (where
+  # XLA runs the step several times slower inside a loop); N caps it at N steps.
   config.steps_per_dispatch = 0
   # Seconds since the epoch (0: none): the run saves and exits (status 75, as after SIGTERM)
   # at the last dispatch boundary before it, at the pace measured so far; a GPU window's end.

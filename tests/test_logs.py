@@ -169,7 +169,8 @@ def test_each_stage_has_its_own_tensorboard_run(two_stage_run):
     layers = {tag for _, tag in histograms}
     assert layers == {"latent_weights/conv1/latent_kernel", "latent_weights/conv2/latent_kernel",
                       "latent_weights/conv0/latent_kernel"}
-    assert {step for step, _ in histograms} == {0, 4}  # the start and the end of the stage
+    # The start, and each checkpoint (every 2 steps; the last at the stage's end).
+    assert {step for step, _ in histograms} == {0, 2, 4}
     tags = {v.tag for _, v in values}
     assert {"_hparams_/experiment", "_hparams_/session_start_info",
             "_hparams_/session_end_info"} <= tags

@@ -1,6 +1,7 @@
 """The device-resident input path (data/on_device.py): the recipe's augmentation, epochs that
 visit every example once, exact resume, 8 devices equal to 1, no grain import."""
 
+import functools
 import json
 import os
 import subprocess
@@ -130,11 +131,12 @@ def test_imagenet_augmentation_is_refused_on_the_device_path():
     input_pipeline.create_datasets(config)
 
 
-def _cli(workdir, steps=120):
+def _cli(workdir, steps=120, steps_per_dispatch=0):
   return [sys.executable, "-m", "bmd_jax.main", "--config=configs/default.py",
           f"--workdir={workdir}", f"--config.num_train_steps={steps}",
           "--config.input_path=device", "--config.checkpoint_every_steps=5",
-          "--config.log_every_steps=5", "--config.eval_every_epochs=100"]
+          "--config.log_every_steps=5", "--config.eval_every_epochs=100",
+          f"--config.steps_per_dispatch={steps_per_dispatch}"]
 
 
 def _params(workdir, step):
@@ -143,12 +145,15 @@ def _params(workdir, step):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_is_exact_on_the_device_path(tmp_path):
+@pytest.mark.parametrize("steps_per_dispatch", [0, 3])  # CPU: one step; 3: the looped program
+def test_resume_after_sigkill_is_exact_on_the_device_path(tmp_path, steps_per_dispatch):
   straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
   env = dict(os.environ, PYTHONPATH=REPO)
-  subprocess.run(_cli(straight), cwd=REPO, env=env, check=True, capture_output=True,
-                 timeout=300)
-  proc = subprocess.Popen(_cli(killed), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+  cli = functools.partial(_cli, steps=120 if steps_per_dispatch == 0 else 40,
+                          steps_per_dispatch=steps_per_dispatch)
+  subprocess.run(cli(straight), cwd=REPO, env=env, check=True, capture_output=True,
+                 timeout=600)
+  proc = subprocess.Popen(cli(killed), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
   ckpt = os.path.join(killed, "checkpoints", "train", "10")
   deadline = time.time() + 240
@@ -157,13 +162,14 @@ def test_resume_after_sigkill_is_exact_on_the_device_path(tmp_path):
   assert proc.poll() is None, "the run ended before it could be interrupted"
   proc.kill()
   proc.wait()
-  assert not os.path.isdir(os.path.join(killed, "checkpoints", "train", "120"))
-  result = subprocess.run(_cli(killed), cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+  last = cli.keywords["steps"]
+  assert not os.path.isdir(os.path.join(killed, "checkpoints", "train", str(last)))
+  result = subprocess.run(cli(killed), cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "resumed from step" in result.stderr
-  jax.tree_util.tree_map(np.testing.assert_array_equal, _params(straight, 120),
-                         _params(killed, 120))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, _params(straight, last),
+                         _params(killed, last))
 
 
 @pytest.mark.slow

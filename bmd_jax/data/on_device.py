@@ -44,7 +44,7 @@ class DeviceSplit:
   num_examples: int
 
 
-def _split_sharding(mesh: Mesh) -> NamedSharding:
+def split_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
@@ -57,7 +57,7 @@ def upload(images: np.ndarray, labels: np.ndarray, mesh: Mesh, multiple: int = 1
   pad = padded - count
   images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
   labels = np.concatenate([np.asarray(labels, np.int32), np.zeros(pad, np.int32)])
-  sharding = _split_sharding(mesh)
+  sharding = split_sharding(mesh)
   put = lambda a: jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
   return DeviceSplit(put(images), put(labels), count)
 
@@ -146,9 +146,11 @@ class DeviceTrainInput:
       raise ValueError(f"batch_size {batch_size} is larger than the {split.num_examples} "
                        "training examples; lower it")
     self.split = split
-    fn = functools.partial(train_batch, seed=seed, batch_size=batch_size, augment=augment,
-                           mean=tuple(mean), std=tuple(std))
-    self._batch = jax.jit(fn, out_shardings=_split_sharding(mesh))
+    # batch_fn(split, step): traced inside the train program (dispatch.device_steps), so a
+    # step's batch costs no dispatch of its own.
+    self.batch_fn = functools.partial(train_batch, seed=seed, batch_size=batch_size,
+                                      augment=augment, mean=tuple(mean), std=tuple(std))
+    self._batch = jax.jit(self.batch_fn, out_shardings=split_sharding(mesh))
 
   def batch(self, step: int) -> dict:
     return self._batch(self.split, np.int32(step))
@@ -157,7 +159,7 @@ class DeviceTrainInput:
 @functools.lru_cache(maxsize=8)
 def _jitted_eval_batch(mesh: Mesh, batch_size: int, mean: tuple, std: tuple):
   return jax.jit(functools.partial(eval_batch, batch_size=batch_size, mean=mean, std=std),
-                 out_shardings=_split_sharding(mesh))
+                 out_shardings=split_sharding(mesh))
 
 
 def eval_batches(split: DeviceSplit, mesh: Mesh, batch_size: int, mean, std) -> Iterator[dict]:
@@ -165,3 +167,15 @@ def eval_batches(split: DeviceSplit, mesh: Mesh, batch_size: int, mean, std) -> 
   fn = _jitted_eval_batch(mesh, batch_size, tuple(mean), tuple(std))
   for index in range(-(-split.num_examples // batch_size)):
     yield fn(split, np.int32(index))
+
+
+def eval_sums(sums_fn, split: DeviceSplit, *, batch_size: int, num_batches: int, mean,
+              std) -> dict:
+  """The sum over eval batches 0 .. num_batches-1 (traced inside one program: the whole split
+  in one dispatch) of `sums_fn(batch)`, a dict of scalars (e.g. train.eval_step's)."""
+  def body(index, totals):
+    sums = sums_fn(eval_batch(split, index, batch_size=batch_size, mean=mean, std=std))
+    return {k: totals[k] + v for k, v in sums.items()}
+
+  first = sums_fn(eval_batch(split, 0, batch_size=batch_size, mean=mean, std=std))
+  return jax.lax.fori_loop(1, num_batches, body, first)
