@@ -56,6 +56,9 @@ def test_a_field_outside_the_list_is_refused_with_the_fix(finished_run, field, v
   message = str(error.value)
   assert field in message and "--workdir" in message, message
   assert "resume_despite_config_change=True" in message
+  # The workdir's record is still the run's, not the refused config's (issue 29, item 3).
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f) == json.loads(_ten_step_config().to_json())
 
 
 def test_a_change_made_on_purpose_is_logged(finished_run, caplog):
