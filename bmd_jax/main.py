@@ -15,8 +15,16 @@ its fix; 75 after SIGTERM once the checkpoint is written, so a scheduler can req
 and the same command resumes; 130 after Ctrl-C; 2 for a bad command line).
 """
 
-from absl import app, flags
-from ml_collections import config_flags
+import signal
+
+if __name__ == "__mp_main__":
+  # A worker process (grain's, started by spawn) imports this file first. A terminal's Ctrl-C
+  # reaches every process of its group: the main process alone answers it, in one line, and
+  # stops the workers. Before the imports below, which take seconds.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ml_collections import config_flags  # pylint: disable=wrong-import-position
 
 from bmd_jax import checkpoint, cli, config_files, metric_writers, sharding, train, xla_flags
 

@@ -222,16 +222,10 @@ def test_every_registered_name_is_an_exception_class():
     assert isinstance(found, type) and issubclass(found, BaseException), name
 
 
-_TERMINAL_CTRL_C = pytest.param(
-    signal.SIGINT, cli.EXIT_INTERRUPTED, True, marks=pytest.mark.xfail(
-        strict=True, reason="grain's worker processes answer a terminal's Ctrl-C with their own "
-        "tracebacks until input_pipeline starts them with SIGINT ignored"), id="terminal_ctrl_c")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, status, terminal", [
     (signal.SIGINT, cli.EXIT_INTERRUPTED, False), (signal.SIGTERM, cli.EXIT_PREEMPTED, False),
-    _TERMINAL_CTRL_C])
+    (signal.SIGINT, cli.EXIT_INTERRUPTED, True)], ids=["sigint", "sigterm", "terminal_ctrl_c"])
 def test_a_stop_says_in_one_line_what_was_kept(tmp_path, sig, status, terminal):
   # A terminal's Ctrl-C reaches the whole process group: grain's workers too.
   command = [sys.executable, *MAIN, f"--workdir={tmp_path}", "--config.num_train_steps=3000",
