@@ -4,6 +4,7 @@ written to the workdir's error.log."""
 
 import importlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -176,6 +177,18 @@ def test_analyze_takes_a_workdir_with_a_comma_whole(tmp_path):
   workdir.mkdir()
   line = _short(_run(["-m", "bmd_jax.analyze", f"--workdir={workdir}"]), 1)
   assert str(workdir) in line  # named whole: no checkpoint there, not two missing folders
+
+
+@pytest.mark.slow
+def test_analyze_compares_workdirs_given_by_a_repeated_flag(digits_run, tmp_path):
+  with_comma = tmp_path / "lr=0.005,bs=64"
+  shutil.copytree(digits_run[1], with_comma)
+  result = _run(["-m", "bmd_jax.analyze", f"--workdir={digits_run[1]}",
+                 f"--workdir={with_comma}", "--labels=first,second", f"--out={tmp_path / 'cmp'}"],
+                timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = json.loads((tmp_path / "cmp" / "analysis.json").read_text())
+  assert record["runs"]["second"]["workdir"] == str(with_comma)
 
 
 def test_analyze_of_several_workdirs_without_out_is_a_usage_error(tmp_path):
