@@ -125,22 +125,37 @@ def objective(loss_cfg: Mapping, inputs: Inputs) -> tuple[Array, dict[str, Array
                                                            dict[str, Array]]:
   """(total, {term: value}, extra metrics). A term that does not apply is 0 in the parts and
   absent from the total; every applicable term is computed (and logged) even at weight 0."""
-  check_blocks(loss_cfg)
   total = jnp.zeros((), jnp.float32)
   parts, extras = {}, {}
+  for name, (value, more, weighted) in _evaluated(loss_cfg, inputs).items():
+    parts[name] = value
+    extras.update(more)
+    if weighted is not None:
+      total = total + weighted
+  return total, parts, extras
+
+
+def weighted_terms(loss_cfg: Mapping, inputs: Inputs) -> dict[str, Array]:
+  """Each term as it enters the total: weight * active * value (0 where it does not apply or
+  weighs 0). Their gradients, one by one, show what each term does (train.py's grads/)."""
+  return {name: jnp.zeros((), jnp.float32) if weighted is None else weighted
+          for name, (_, _, weighted) in _evaluated(loss_cfg, inputs).items()}
+
+
+def _evaluated(loss_cfg: Mapping, inputs: Inputs) -> dict[str, tuple]:
+  """{term: (value, extra metrics, weighted value or None where it is out of the total)}."""
+  check_blocks(loss_cfg)
+  evaluated = {}
   for name, term in TERMS.items():
     cfg = loss_cfg.get(name) or {}
     result = term.value(cfg, inputs)
     if result is None:
-      parts[name] = jnp.zeros((), jnp.float32)
+      evaluated[name] = (jnp.zeros((), jnp.float32), {}, None)
       continue
     value, more = result
-    parts[name] = value
-    extras.update(more)
     weight = cfg.get("weight", 0.0)
-    if weight:
-      total = total + weight * term.active(cfg, inputs) * value
-  return total, parts, extras
+    evaluated[name] = (value, more, weight * term.active(cfg, inputs) * value if weight else None)
+  return evaluated
 
 
 def check_blocks(loss_cfg: Mapping) -> None:

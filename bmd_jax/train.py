@@ -142,6 +142,34 @@ def _accuracy(logits, labels, k: int):
   return jnp.mean(jnp.any(top == labels[:, None], axis=-1))
 
 
+def _student_inputs(state: TrainState, batch: dict, teacher, distill_teacher, *, config,
+                    steps_per_epoch, total_epochs, teacher_apply=None, distill_apply=None,
+                    kurtosis_layers=None, wdm_layers=None):
+  """(inputs_fn, estimator arguments): inputs_fn(params) -> (objective.Inputs, new batch
+  statistics), the student's training-mode forward pass on the batch beside the frozen
+  teachers' outputs."""
+  epoch = state.step / steps_per_epoch
+  est_args = estimator_args(config, schedule_progress(config, epoch, total_epochs))
+  if distill_teacher is None:
+    distill_teacher, distill_apply = teacher, teacher_apply
+  teacher_logits = None
+  if distill_teacher is not None:
+    teacher_logits = distill_apply(jax.lax.stop_gradient(distill_teacher), batch["image"],
+                                   train=False, estimator_args=est_args)
+
+  def inputs_fn(params):
+    logits, updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+        estimator_args=est_args, mutable=["batch_stats"])
+    inputs = objective.Inputs(
+        params=params, logits=logits, labels=batch["label"], epoch=epoch,
+        teacher_params=None if teacher is None else teacher["params"],
+        teacher_logits=teacher_logits, kurtosis_layers=kurtosis_layers, wdm_layers=wdm_layers)
+    return inputs, updates["batch_stats"]
+
+  return inputs_fn, est_args
+
+
 def train_step(state: TrainState, batch: dict, teacher: dict | None,
                distill_teacher: dict | None = None, *, config, learning_rate_fn,
                steps_per_epoch: int, total_epochs: float, teacher_apply=None,
@@ -155,25 +183,15 @@ def train_step(state: TrainState, batch: dict, teacher: dict | None,
   order (models.kurtosis_layers); `wdm_layers`: those WDM compares (models.wdm_layers); None:
   the binarized layers. Metrics are global-batch means.
   """
-  epoch = state.step / steps_per_epoch
-  est_args = estimator_args(config, schedule_progress(config, epoch, total_epochs))
-  if distill_teacher is None:
-    distill_teacher, distill_apply = teacher, teacher_apply
-  teacher_logits = None
-  if distill_teacher is not None:
-    teacher_logits = distill_apply(jax.lax.stop_gradient(distill_teacher), batch["image"],
-                                   train=False, estimator_args=est_args)
+  inputs_fn, est_args = _student_inputs(
+      state, batch, teacher, distill_teacher, config=config, steps_per_epoch=steps_per_epoch,
+      total_epochs=total_epochs, teacher_apply=teacher_apply, distill_apply=distill_apply,
+      kurtosis_layers=kurtosis_layers, wdm_layers=wdm_layers)
 
   def loss_fn(params):
-    logits, updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-        estimator_args=est_args, mutable=["batch_stats"])
-    inputs = objective.Inputs(
-        params=params, logits=logits, labels=batch["label"], epoch=epoch,
-        teacher_params=None if teacher is None else teacher["params"],
-        teacher_logits=teacher_logits, kurtosis_layers=kurtosis_layers, wdm_layers=wdm_layers)
+    inputs, new_stats = inputs_fn(params)
     total, parts, extras = objective.objective(config.loss, inputs)
-    return total, (logits, updates["batch_stats"], parts, extras)
+    return total, (inputs.logits, new_stats, parts, extras)
 
   (loss, (logits, new_stats, parts, extras)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
@@ -193,6 +211,25 @@ def train_step(state: TrainState, batch: dict, teacher: dict | None,
       **extras,
   }
   return new_state, metrics
+
+
+def term_gradient_norms(state: TrainState, batch: dict, teacher: dict | None,
+                        distill_teacher: dict | None = None, *, config, learning_rate_fn=None,
+                        **step_options) -> dict:
+  """What each loss term does to the weights: `grads/<term>`, the global l2 norm of the
+  gradient of weight * term alone (0 for a term out of the total), and `grads/<term>_over_ce`,
+  its ratio to cross-entropy's. Arguments as train_step's; the state is not updated. One
+  forward pass, one backward pass per term (jax.jacrev), so the loop runs it per log
+  interval, not per step (config.log_term_gradients)."""
+  del learning_rate_fn  # train_step's argument; nothing is updated here
+  inputs_fn, _ = _student_inputs(state, batch, teacher, distill_teacher, config=config,
+                                 **step_options)
+  per_term = jax.jacrev(lambda p: objective.weighted_terms(config.loss, inputs_fn(p)[0]))(
+      state.params)
+  norms = {name: optax.tree.norm(grads) for name, grads in per_term.items()}
+  ratios = {f"grads/{name}_over_ce": norm / norms["ce"]
+            for name, norm in norms.items() if name != "ce" and "ce" in norms}
+  return {**{f"grads/{name}": norm for name, norm in norms.items()}, **ratios}
 
 
 def eval_step(state: TrainState, batch: dict, *, config, progress: float = 1.0):
@@ -451,9 +488,14 @@ class StepRunner:
       return self._program(state, acc, self._input.split, self._teacher, self._distill,
                            np.int32(step), np.int32(end - step))
     for s in range(step, end):
-      state, acc = self._program(state, acc, self._input.batch(s), self._teacher,
-                                 self._distill, np.int32(s))
+      self._last_batch = self._input.batch(s)
+      state, acc = self._program(state, acc, self._last_batch, self._teacher, self._distill,
+                                 np.int32(s))
     return state, acc
+
+  def last_batch(self, done: int) -> dict:
+    """The batch of the last step run (step done - 1)."""
+    return self._input.batch(done - 1) if self.on_device else self._last_batch
 
   def describe(self) -> str:
     if not self.on_device:
@@ -595,6 +637,10 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer, lock=N
       kurtosis_layers=tuple(kurtosis_layers), wdm_layers=wdm_layers)
   runner = StepRunner(config, step_fn, train_input, mesh, state_shardings, state, teacher,
                       distill_teacher, info.image_shape)
+  term_norms = None
+  if config.get("log_term_gradients", True):
+    term_norms = jax.jit(functools.partial(term_gradient_norms, **step_fn.keywords),
+                         out_shardings=sharding.replicated_sharding(mesh))
   evaluate = create_evaluator(config, datasets, mesh)
   schedule = loop_schedule.Schedule.from_config(config, steps_per_epoch, total_steps,
                                                 runner.max_steps_per_dispatch)
@@ -627,6 +673,9 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer, lock=N
         signs, weight_stats = binary_weight_stats(state.params, signs,
                                                   config.estimators.ste_clip_value)
         summary.update(jax.device_get(weight_stats))
+        if term_norms is not None:
+          summary.update(jax.device_get(term_norms(state, runner.last_batch(done), teacher,
+                                                   distill_teacher)))
         summary["train/images_per_second"] = clock.rate(done, config.batch_size)
         writer.write(done, done / steps_per_epoch, {"stage": stage, **summary})
         bar.set_postfix(loss=f"{summary['train/loss']:.3f}",

@@ -116,6 +116,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.fsdp = False
 
   config.log_every_steps = 50
+  # Each loss term's gradient norm (grads/<term>, and its ratio to cross-entropy's,
+  # grads/<term>_over_ce) at each log line, on the last step's batch: one backward pass a term.
+  config.log_term_gradients = True
   config.eval_every_epochs = 10.0
   # float32 matmuls and convolutions in evaluation ('highest'), so that a GPU's TF32 does not
   # move top-1; 'default' lets the platform choose.
