@@ -144,7 +144,8 @@ def _machine_state(error: BaseException) -> str | None:
   if isinstance(error, ModuleNotFoundError) and not (error.name or "bmd_jax").startswith(
       "bmd_jax"):
     return _missing_package(error.name)
-  code, where = _os_error(error)
+  code, where = paths.os_error(error)
+  where = where or "a file"
   if code in _DISK_FULL:
     return (f"could not write {where}: the disk is full ({os.strerror(code)}). Free space, or "
             "write elsewhere (another --workdir or --out), and run the same command again")
@@ -160,16 +161,6 @@ def _missing_package(name: str) -> str:
   what = " and ".join(urls) if urls else "this command"
   return (f"{what} needs the Python package {name}, which is not installed: pip install "
           f"{name}" + ("; or give a local path" if urls else ""))
-
-
-def _os_error(error: BaseException) -> tuple[int | None, str]:
-  """(errno, path) of an OSError, or of TensorStore's error as Orbax raises it: a ValueError
-  ending in [os_error_code='28'] that quotes the path."""
-  if isinstance(error, OSError):
-    return error.errno, error.filename or "a file"
-  code = re.search(r"\[os_error_code='(\d+)'\]", str(error))
-  where = re.search(r'"((?:/|\w+://)[^"]+)"', str(error))
-  return (int(code[1]) if code else None), (where[1] if where else "a file")
 
 
 def _one_line(text: str) -> str:

@@ -8,6 +8,7 @@ os.path would treat ``gs://b/x`` as a local folder named ``gs:``.
 from __future__ import annotations
 
 import os
+import re
 
 from etils import epath
 
@@ -35,3 +36,15 @@ def blocking_file(path: epath.Path) -> epath.Path | None:
       return None
     probe = probe.parent
   return None if probe.is_dir() else probe
+
+
+def os_error(error: BaseException) -> tuple[int | None, str | None]:
+  """(errno, path) of an OSError, or of TensorStore's I/O error as Orbax raises it: a ValueError
+  ending in [os_error_code='28'] that quotes the path. (None, None) for any other error."""
+  if isinstance(error, OSError):
+    return error.errno, error.filename
+  code = re.search(r"\[os_error_code='(\d+)'\]", str(error))
+  if code is None:
+    return None, None
+  where = re.search(r'"((?:/|\w+://)[^"]+)"', str(error))
+  return int(code[1]), where[1] if where else None
