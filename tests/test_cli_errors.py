@@ -30,7 +30,7 @@ def test_unknown_config_key_is_one_line_without_a_traceback(tmp_path, given, fix
 
 
 @pytest.mark.parametrize("field, value", [("batch_size", 0), ("batch_size", -8),
-                                          ("checkpoint_every_steps", 0)])
+                                          ("checkpoint_keep", 0)])
 def test_a_non_positive_count_is_named(digits_config, tmp_path, field, value):
   setattr(digits_config, field, value)
   with pytest.raises(ValueError, match=f"config.{field}={value}.*positive"):
