@@ -1,69 +1,112 @@
 #!/usr/bin/env bash
-# One prepared command for a short GPU window (issue 14): about 9 minutes with the defaults.
+# One prepared command for a GPU window (issues 14 and 26): training up to a stop time, and
+# nothing lost when the window is cut short.
 #
 #   bench/prepare_gpu_run.sh                 # once, on a CPU machine with network
-#   bench/gpu_run.sh [--out DIR] [--epochs auto|N] [--seeds 0] [--budget_s auto|S]
-#                    [--window_s 540] [--dtype float32]
-#   bench/gpu_run.sh --dry_run               # tiny sizes on the CPU (tests/test_gpu_run.py)
+#   bench/gpu_run.sh [--out DIR] [--epochs auto|N] [--seeds 0,1] [--variants bd_bnn,plain_binary]
+#                    [--minutes M | --window_s 540 | --stop_at UNIX_S] [--margin_s 30]
+#                    [--train_only] [--restart_from_scratch] [--payload DIR] [--dtype float32]
+#                    [-- more bench/gpu_train.py flags, e.g. --checkpoint_every_epochs=5]
+#   bench/gpu_run.sh --dry_run ...           # tiny sizes on the CPU (tests/test_gpu_run.py)
 #   bench/gpu_run.sh --scan_bench ...        # also time steps per dispatch (printed to log.txt)
 #
-# In order, writing to --out (default $OUT; at most 8 files come back from the machine):
+# Writes to --out (default $OUT; at most 8 files come back from the machine, 16 MiB each):
 #   gpu_check.json        one BD-BNN train step on the GPU against the CPU at 'highest'
-#                         matmul precision (bench/gpu_check.py)
-#   train_step.json       the train and eval steps against the PyTorch twin on the same card,
-#   train_step_bf16.json  and bmd_jax's in bfloat16 (bench/train_step.py)
-#   records.json          binary ResNet-20 on CIFAR-10, BD-BNN and the plain binary baseline,
-#                         one record per run (bench/gpu_train.py)
-#   runs_<variant>.tar.gz the runs' workdirs (latest checkpoints, metrics), one file per
-#                         variant (each under 16 MiB): put them in bench/gpu_payload/ and rerun
-#                         with the same flags to continue the schedule in the next window
-#                         (~4.3 MB a run: with the data, two runs fit the 64 MiB that travel;
-#                         prepare_gpu_run.sh prints the total)
+#                         matmul precision (bench/gpu_check.py)            } not with
+#   train_step.json       the train and eval steps against the PyTorch twin } --train_only
+#   train_step_bf16.json  and bmd_jax's in bfloat16 (bench/train_step.py)  }
+#   records.json          one record per run (bench/gpu_train.py), written when training ends
+#   runs_<variant>.tar.gz the runs' workdirs (their newest finished checkpoints, metrics), one
+#                         file per variant, and
+#   manifest.json         each run's finished steps in them: both rewritten (write, then
+#                         rename) as soon as a new checkpoint is finished, so a window killed at
+#                         any moment returns its last checkpoint
+#   jax_cache.tar.gz      the compilation cache, with --train_only (8 files otherwise), when
+#                         under 16 MiB: carried back, the next window does not compile again
 #   log.txt               everything printed
-# --budget_s auto (the default) gives training what is left of --window_s seconds (the whole
-# command's target, kept inside the device call's 600 s limit) after the checks and timings;
-# --epochs auto (the default) then picks the longest schedule that every run finishes in that
-# budget, from the measured BD-BNN step time (bench/gpu_train.py --epochs=0). A continued run
-# must be given the same --epochs N as its record's epochs_per_step, and its runs_*.tar.gz must
-# be in bench/gpu_payload/ before the call that carries it starts (2026-11-27's second window
-# copied them as the call began, they did not travel, and both runs restarted from scratch).
-# Needs bench/gpu_payload/ (wheels and the packed CIFAR-10 JPEGs) from prepare_gpu_run.sh.
-set -uo pipefail
+#
+# To continue, put what came back (runs_*.tar.gz, manifest.json, jax_cache.tar.gz) in
+# bench/gpu_payload/ before the call that carries it starts, and rerun with the same --epochs N
+# (their records' epochs_per_step), usually with --train_only. Commit manifest.json as
+# bench/gpu_manifest.json too: the tracked tree always travels, so a window whose payload did
+# not arrive refuses in its first seconds (one line) instead of restarting runs from scratch
+# (2026-11-27's window 2 did); --restart_from_scratch allows that on purpose.
+#
+# Training stops (saves at a dispatch boundary, then packs) before the stop time: --stop_at, or
+# the command's start + --minutes (or --window_s, the whole command's target, kept inside the
+# device call's 600 s limit) - --margin_s (the last save, packing and the return). --epochs auto
+# (the default) picks the longest schedule that every run finishes by then, from the measured
+# BD-BNN step time (bench/gpu_train.py --epochs=0).
+#
+# The budget of what crosses from one window to the next (all that travels is under 64 MiB =
+# 67,108,864 B; bench/prepare_gpu_run.sh adds it up and names the largest items):
+#   the working tree ~3 MB, wheels 0.17 MB, the CIFAR-10 train JPEGs 46.6 MB with 100 test
+#   images as a stand-in for the learning curve (the whole test split, 9.3 MB, stays home:
+#   bench/evaluate_runs.py evaluates every run's final weights on one device, all alike);
+#   per run, a mid-stage train state is ~2.2 MB (params, batch statistics, momentum) and a
+#   finished stage's weights ~1.1 MB (params + batch statistics): a run in step 2 carries
+#   step 1's last checkpoint and step 2's (~4.4 MB), so ~3 runs in mid-step-2 fit beside the
+#   data. Stage-end weights are committed with their records, and float weights leave the
+#   working tree once the next stage has finished from them (history keeps them); small packed
+#   exports of finished runs stay. A stage cut short continues from its mid-stage state in the
+#   same window where possible, else in the next, carried the same way. A window gives ~9 min
+#   of training: choose the runs (--seeds, --variants) so that a stage of each finishes in it.
+#   The compilation cache is carried only where it fits: it is the first thing to leave.
+set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
-payload=$repo/bench/gpu_payload
+payload=
 out=${OUT:-/tmp/gpu_run_out}
-epochs=auto seeds=0 budget=auto window=540 dtype=float32 dry=0 scan_bench=0
+epochs=auto seeds=0 variants=bd_bnn,plain_binary window=540 margin=30 stop_at=0 dtype=float32
+dry=0 scan_bench=0 train_only=0 restart=0
 while (( $# )); do
   case $1 in
     --dry_run) dry=1 ;;
     --scan_bench) scan_bench=1 ;;  # + bench/steps_per_dispatch.py (lax.scan), ~1 min more
+    --train_only) train_only=1 ;;  # continuation windows: no checks, no timings
+    --restart_from_scratch) restart=1 ;;
     --out) out=$2; shift ;;
+    --payload) payload=$2; shift ;;
     --epochs) epochs=$2; shift ;;
     --seeds) seeds=$2; shift ;;
-    --budget_s) budget=$2; shift ;;
+    --variants) variants=$2; shift ;;
     --window_s) window=$2; shift ;;
+    --minutes) window=$(python3 -c "print(int(float('$2') * 60))"); shift ;;
+    --margin_s) margin=$2; shift ;;
+    --stop_at) stop_at=$2; shift ;;
     --dtype) dtype=$2; shift ;;
-    *) echo "unknown argument $1" >&2; exit 2 ;;
+    --) shift; break ;;
+    *) echo "gpu_run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
+started=$(date +%s)
+(( stop_at > 0 )) || stop_at=$(( started + window - margin ))
 mkdir -p "$out"
-work=$(mktemp -d /tmp/gpu_run.XXXXXX)
+out=$(cd "$out" && pwd)
+work=$(mktemp -d "${TMPDIR:-/tmp}/gpu_run.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+extra_train_args=("$@")
+# A dry run reads no real payload unless given one: its tiny models cannot resume real runs.
+if [[ -z $payload ]]; then
+  if (( dry )); then payload=$work/payload; else payload=$repo/bench/gpu_payload; fi
+fi
+mkdir -p "$payload"
+payload=$(cd "$payload" && pwd)
 exec > >(tee "$out/log.txt") 2>&1
 export PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH}
-# The benchmark's rounds run in fresh processes: compile each program once per window. A cache
-# the caller set wins (the test session's: the dry run then reuses what other tests compiled).
-export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$work/jax_cache}
-export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0.5}
-started=$(date +%s)
 stamp() { echo "== $(( $(date +%s) - started )) s: $*"; }
 status=0
 part() {  # a failed part is reported and the others still run; the exit status says it
   "$@" || { echo "FAILED ($?): $*"; status=1; }
 }
+if [[ $epochs == auto ]] && (( train_only )); then
+  echo "gpu_run.sh: --train_only measures no step time: pass --epochs N" >&2
+  exit 2
+fi
 
-stamp "python $(python3 --version 2>&1), work folder $work, output $out"
+stamp "python $(python3 --version 2>&1), work folder $work, output $out, payload $payload," \
+  "stop at $(date -u -d "@$stop_at" +%H:%M:%S) UTC ($(( stop_at - started )) s from the start)"
 # What the machine lacks, from the prepared wheels (no network there).
 for pair in ml_collections:ml_collections tensorboardX:tensorboardX grain:grain; do
   module=${pair%%:*} package=${pair##*:}
@@ -73,6 +116,38 @@ for pair in ml_collections:ml_collections tensorboardX:tensorboardX grain:grain;
       || echo "could not install $package (the device path does not need grain)"
   fi
 done
+
+# The carried runs first, and the manifests' check, so a window that would restart a run by
+# mistake is refused in its first seconds, before the checks and timings.
+runs=$work/runs
+mkdir -p "$runs"
+for previous in "$payload"/runs_*.tar.gz; do
+  if [[ -f $previous ]]; then
+    tar -xzf "$previous" -C "$runs"
+    stamp "continuing $previous"
+  fi
+done
+# The tracked manifest too (the tree always travels), but not for a dry run's tiny runs.
+manifests=$payload/manifest.json
+(( dry )) || manifests+=,$repo/bench/gpu_manifest.json
+run_args=(--data_dir="$work/cifar10-jpeg" --runs_dir="$runs" --seeds="$seeds"
+          --variants="$variants" --manifests="$manifests")
+(( restart )) && run_args+=(--restart_from_scratch)
+python3 bench/gpu_train.py --check_only "${run_args[@]}" || exit 2
+# The compilation cache: carried from the last window (when it fitted), returned below. A
+# cache the caller set wins (the test session's: the dry run then reuses what other tests
+# compiled), and is not returned.
+own_cache=0
+if [[ -z ${JAX_COMPILATION_CACHE_DIR:-} ]]; then
+  own_cache=1
+  export JAX_COMPILATION_CACHE_DIR=$work/jax_cache
+  mkdir -p "$JAX_COMPILATION_CACHE_DIR"
+  if [[ -f $payload/jax_cache.tar.gz ]]; then
+    tar -xzf "$payload/jax_cache.tar.gz" -C "$JAX_COMPILATION_CACHE_DIR"
+    stamp "compilation cache carried: $(ls "$JAX_COMPILATION_CACHE_DIR" | wc -l) programs"
+  fi
+fi
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0.5}
 
 python3 -c 'from importlib import metadata as m
 def version(p):
@@ -86,7 +161,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 data=$work/cifar10-jpeg
 if (( dry )); then
   export JAX_PLATFORMS=cpu
-  python3 - "$data" <<'EOF'
+  python3 - "$data" <<'PY'
 import os, sys
 import numpy as np
 from PIL import Image
@@ -97,70 +172,122 @@ for split, count in (("train", 4), ("test", 2)):
     for i in range(count):
       Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(
           f"{sys.argv[1]}/{split}/class{c}/{i}.jpg")
-EOF
+PY
   check_args=(--batch=8 --blocks_per_stage=1)
   bench_args=(--quick --batch=8 --variants=full,eval --torch_device=cpu --blocks_per_stage=1)
-  train_args=(--num_train_steps=3 --batch_size=8 --eval_every_epochs=1 --blocks_per_stage=1)
-  budget=900
+  train_args=(--num_train_steps="${BMD_DRY_STEPS:-3}" --batch_size=8 --blocks_per_stage=1)
 else
   if [[ ! -f $payload/cifar10.npz ]]; then
-    echo "no $payload/cifar10.npz: run bench/prepare_gpu_run.sh first (on a machine with the" \
-         "CIFAR-10 JPEG folder and network) and carry bench/gpu_payload" >&2
+    echo "gpu_run.sh: no $payload/cifar10.npz: run bench/prepare_gpu_run.sh first (on a" \
+         "machine with the CIFAR-10 JPEG folder and network) and carry bench/gpu_payload" >&2
     exit 1
   fi
-  python3 bench/jpeg_pack.py unpack "$payload/cifar10.npz" "$data" || exit 1
+  python3 bench/jpeg_pack.py unpack "$payload/cifar10.npz" "$data"
   check_args=()
   bench_args=(--torch_device=cuda --variants=full,ce,eval --rounds=3 --steps=50)
   train_args=()
 fi
+train_args+=("${extra_train_args[@]}")
 stamp "data ready"
 
-part python3 bench/gpu_check.py --out="$out/gpu_check.json" "${check_args[@]}"
-stamp "GPU-CPU check done"
-part python3 bench/train_step.py --json="$out/train_step.json" "${bench_args[@]}"
-part python3 bench/train_step.py --json="$out/train_step_bf16.json" --frameworks=jax \
-  --dtype=bfloat16 "${bench_args[@]}" --variants=full,eval --rounds=1
-if (( scan_bench )); then
-  part python3 bench/steps_per_dispatch.py --dtype="$dtype" \
-    $( (( dry )) && echo --scan=1,2 --steps=4 --batch=8 --examples=256 --blocks_per_stage=1 )
+if (( ! train_only )); then
+  part python3 bench/gpu_check.py --out="$out/gpu_check.json" "${check_args[@]}"
+  stamp "GPU-CPU check done"
+  part python3 bench/train_step.py --json="$out/train_step.json" "${bench_args[@]}"
+  part python3 bench/train_step.py --json="$out/train_step_bf16.json" --frameworks=jax \
+    --dtype=bfloat16 "${bench_args[@]}" --variants=full,eval --rounds=1
+  if (( scan_bench )); then
+    part python3 bench/steps_per_dispatch.py --dtype="$dtype" \
+      $( (( dry )) && echo --scan=1,2 --steps=4 --batch=8 --examples=256 --blocks_per_stage=1 )
+  fi
+  stamp "timings done"
 fi
-stamp "timings done"
 
-runs=$work/runs
-mkdir -p "$runs"
-if (( ! dry )); then
-  for previous in "$payload"/runs_*.tar.gz; do
-    [[ -f $previous ]] && tar -xzf "$previous" -C "$runs" && stamp "continuing $previous"
+# --- returning each checkpoint as soon as it is finished -----------------------------------
+# A loop in this script, not a thread in gpu_train.py: it packs whatever Python does (a crash
+# in XLA, an out-of-memory kill, a hang), shares no interpreter lock with the training, and
+# still packs after gpu_train.py has exited. It polls every 2 s: a checkpoint comes every
+# --checkpoint_every_minutes at most, so the poll costs nothing that matters.
+signature() {  # the finished checkpoints' files, names, sizes and times
+  (cd "$runs" && find . -path '*/checkpoints/*' ! -path '*orbax-checkpoint-tmp*' \
+     -printf '%P %s %T@\n' 2>/dev/null | sort | md5sum) || true
+}
+manifest() {  # {"runs": {run: {"archive", "finished_steps": {stage: step}}}}, as gpu_train reads
+  python3 - "$runs" <<'PY'
+import json, os, sys, time
+root, runs = sys.argv[1], {}
+for run in sorted(os.listdir(root)):
+  stages = os.path.join(root, run, "checkpoints")
+  if "_seed" not in run or not os.path.isdir(stages):
+    continue
+  steps = {s: max((int(d) for d in os.listdir(os.path.join(stages, s)) if d.isdigit()),
+                  default=0) for s in sorted(os.listdir(stages))}
+  runs[run] = {"archive": f"runs_{run.rsplit('_seed', 1)[0]}.tar.gz",
+               "finished_steps": {s: n for s, n in steps.items() if n}}
+print(json.dumps({"runs": runs, "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                 indent=1))
+PY
+}
+packed=
+pack() {  # archives and manifest of one unchanged view of the checkpoints, renamed into $out
+  local before after variant dirs names=()
+  before=$(signature)
+  [[ $before == "$packed" ]] && return 0
+  for variant in $(cd "$runs" && ls -d *_seed* 2>/dev/null | sed 's/_seed[^_]*$//' | sort -u); do
+    dirs=$(cd "$runs" && ls -d "${variant}"_seed*)
+    # tar says 1 when a file (metrics.jsonl) grew while read: the checkpoints are checked below.
+    tar -czf "$out/.runs_$variant.tar.gz.part" -C "$runs" --exclude=tensorboard \
+      --exclude='*orbax-checkpoint-tmp*' $dirs 2>/dev/null || (( $? == 1 )) || return 1
+    names+=("runs_$variant.tar.gz")
   done
-fi
-if [[ $budget == auto ]]; then
-  # Left of the window, less what follows the training: decoding the JPEGs (~15 s), the
-  # archives and a margin.
-  budget=$(( window - ($(date +%s) - started) - 60 ))
-  (( budget > 30 )) || budget=30
-fi
+  manifest > "$out/.manifest.json.part" || return 1
+  after=$(signature)
+  if [[ $after != "$before" ]]; then  # a save finished or a step was removed meanwhile
+    rm -f "$out"/.*.part
+    return 1
+  fi
+  for name in "${names[@]}"; do
+    mv -f "$out/.$name.part" "$out/$name"
+    (( $(stat -c %s "$out/$name") < 16 * 1048576 )) \
+      || echo "WARNING: $name is over 16 MiB and will not come back: train fewer runs"
+  done
+  mv -f "$out/.manifest.json.part" "$out/manifest.json"
+  packed=$before
+}
+pack || true  # the carried runs, so a window that dies before its first save returns them
+( while sleep 2; do pack || true; done ) &
+packer=$!
+trap 'kill $packer 2>/dev/null || true; rm -rf "$work"' EXIT
+
 schedule=(--epochs="$epochs")
 if [[ $epochs == auto ]]; then
-  if ls "$payload"/runs_*.tar.gz >/dev/null 2>&1 && (( ! dry )); then
-    echo "continuing runs need their own schedule: pass --epochs N (their records'" \
-         "epochs_per_step)" >&2
+  if ls "$payload"/runs_*.tar.gz >/dev/null 2>&1; then
+    echo "gpu_run.sh: continuing runs need their own schedule: pass --epochs N (their" \
+         "records' epochs_per_step)" >&2
     exit 2
   fi
   step_s=$(python3 -c 'import json, sys
 print(json.load(open(sys.argv[1]))["results"]["resnet20"]["jax"]["variants"]["full"]["median_s"])' \
-    "$out/train_step.json") || { echo "no measured step time: pass --epochs N" >&2; exit 1; }
+    "$out/train_step.json") \
+    || { echo "gpu_run.sh: no measured step time: pass --epochs N" >&2; exit 1; }
   schedule=(--epochs=0 --step_seconds="$step_s")
 fi
-stamp "training for ${budget} s: ${schedule[*]}"
-part python3 bench/gpu_train.py --data_dir="$data" --runs_dir="$runs" "${schedule[@]}" \
-  --seeds="$seeds" --budget_s="$budget" --dtype="$dtype" --records="$out/records.json" \
-  "${train_args[@]}"
+stamp "training for $(( stop_at - $(date +%s) )) s: ${schedule[*]}"
+part python3 bench/gpu_train.py "${run_args[@]}" "${schedule[@]}" --stop_at="$stop_at" \
+  --dtype="$dtype" --records="$out/records.json" "${train_args[@]}"
 stamp "training done"
-for variant in bd_bnn plain_binary; do
-  dirs=$(cd "$runs" && ls -d ${variant}_seed* 2>/dev/null)
-  [[ -n $dirs ]] && part tar -czf "$out/runs_$variant.tar.gz" -C "$runs" \
-    --exclude=tensorboard $dirs
-done
+kill $packer 2>/dev/null || true
+wait $packer 2>/dev/null || true
+packed=
+until pack; do sleep 1; done  # nothing writes any more: the first try succeeds
+if (( own_cache && train_only )); then
+  tar -czf "$work/jax_cache.tar.gz" -C "$JAX_COMPILATION_CACHE_DIR" .
+  if (( $(stat -c %s "$work/jax_cache.tar.gz") < 16 * 1048576 )); then
+    mv "$work/jax_cache.tar.gz" "$out/jax_cache.tar.gz"
+  else
+    echo "the compilation cache is over 16 MiB: not returned"
+  fi
+fi
 ls -l "$out"
 stamp "finished (status $status)"
 exit $status

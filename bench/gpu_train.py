@@ -1,19 +1,33 @@
-"""Binary ResNet-20 on CIFAR-10, BD-BNN's two steps and the plain binary baseline, within a
-time budget that a later window continues (bench/gpu_run.sh runs it).
+"""Binary ResNet-20 on CIFAR-10, BD-BNN's two steps and the plain binary baseline, up to a stop
+time that a later window continues from (bench/gpu_run.sh runs it).
 
     python bench/gpu_train.py --data_dir=/tmp/cifar10-jpeg --runs_dir=/tmp/runs \
-        --epochs=50 --seeds=0,1 --budget_s=240 --records=/tmp/out/records.json
+        --epochs=50 --seeds=0,1 --stop_at=$(( $(date +%s) + 240 )) \
+        --manifests=bench/gpu_payload/manifest.json --records=/tmp/out/records.json
 
 Each run (variant x seed) is configs/cifar10.py or configs/cifar10_baseline.py with the
 device input path, `--epochs` epochs a step, in its own workdir under --runs_dir. The runs
-share one decoded copy of the data and take turns: each gets the budget left divided by the
-runs left. When its share is spent, a SIGTERM makes the train loop save a checkpoint and stop
-(train.Preempted); the next window, given the same flags and the returned workdirs, resumes
-every run exactly where it stopped (the device path's batches depend on the step alone).
+share one decoded copy of the data and take turns: each gets the time left (to --stop_at and
+within --budget_s) divided by the runs left, as its config.stop_at_time: the train loop saves at
+the last dispatch boundary before it and raises train.Preempted; the next window, given the same
+flags and the returned workdirs, resumes every run exactly where it stopped (the device path's
+batches depend on the step alone).
 
---records gets one docs/results-style record per finished run (model, variant, seed,
-epochs_per_step, top1 over the 10,000 test images, device, wall_seconds summed over windows,
-command, date), and the progress of the unfinished ones.
+Before anything is loaded, each planned run is checked against --manifests (what the last
+window returned: bench/gpu_run.sh writes manifest.json beside its archives): a run whose
+manifest expects a finished checkpoint that is not in --runs_dir is refused in one line, since
+starting it from scratch would silently throw away windows of work (2026-11-27's window 2 did).
+--restart_from_scratch allows it on purpose.
+
+Checkpoints follow the loop's policy (every --checkpoint_every_epochs epochs and every
+--checkpoint_every_minutes minutes, at each stage's end and at the stop time; none at plain
+epoch ends); evaluation runs every --eval_every_epochs epoch(s) at 'highest' precision on
+whatever test split the data folder has (bench/gpu_run.sh carries a stand-in of 100 images: the
+top-1 of record comes from bench/evaluate_runs.py over the whole split afterwards).
+
+--records gets one docs/results-style record per run (model, variant, seed, epochs_per_step,
+top1 and its eval_examples, the best top-1 and its epoch, device, wall_seconds summed over
+windows, command, date), and the progress of the unfinished ones.
 """
 
 from __future__ import annotations
@@ -21,9 +35,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import signal
 import sys
-import threading
 import time
 
 from absl import app, flags
@@ -31,8 +43,8 @@ from absl import app, flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from bmd_jax import checkpoint, input_pipeline, metric_writers, train  # noqa: E402
-from bmd_jax.config_files import load_sibling  # noqa: E402
+# bmd_jax (and so jax) is imported in main(), after the manifest check: a refused window says
+# so in its first seconds, not after the imports and the data.
 
 VARIANTS = {"bd_bnn": "cifar10.py", "plain_binary": "cifar10_baseline.py"}
 
@@ -40,7 +52,7 @@ _DATA = flags.DEFINE_string("data_dir", None, "CIFAR-10 image folder (train/, te
 _RUNS = flags.DEFINE_string("runs_dir", None, "one workdir per run; kept across windows")
 _EPOCHS = flags.DEFINE_float(
     "epochs", 400.0, "epochs of each step (the recipe: 400); 0: the longest schedule that "
-    "every run finishes within --budget_s, from --step_seconds")
+    "every run finishes within the time given, from --step_seconds")
 _STEP_SECONDS = flags.DEFINE_float(
     "step_seconds", 0.0, "with --epochs=0: one BD-BNN train step's time on this device, as "
     "bench/train_step.py measured it (its 'full' variant)")
@@ -49,16 +61,67 @@ _FIXED_SECONDS = flags.DEFINE_float(
     "(compiling four programs, evaluations, loading the teacher: ~25 s on an H200)")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "seeds")
 _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), f"among {sorted(VARIANTS)}")
-_BUDGET = flags.DEFINE_float("budget_s", 240.0, "seconds of training in this window, all runs")
+_STOP_AT = flags.DEFINE_float(
+    "stop_at", 0.0, "unix seconds: every run saves and stops at the last dispatch boundary "
+    "before it (0: no stop time)")
+_BUDGET = flags.DEFINE_float("budget_s", 0.0, "seconds of training from now, all runs (0: up "
+                             "to --stop_at)")
+_MANIFESTS = flags.DEFINE_list(
+    "manifests", [], "manifest.json files of the windows this one continues (absent files are "
+    "skipped): each run must find the finished checkpoints they list")
+_RESTART = flags.DEFINE_bool("restart_from_scratch", False,
+                             "start runs whose carried checkpoints are missing from scratch")
+_CHECK_ONLY = flags.DEFINE_bool("check_only", False, "only check the manifests, then exit")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "config.model.dtype")
 _RECORDS = flags.DEFINE_string("records", "", "write the runs' records (JSON list) here")
 _STEPS = flags.DEFINE_integer("num_train_steps", -1, "override (dry runs): steps per stage")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "global batch size")
-_EVAL_EVERY = flags.DEFINE_float("eval_every_epochs", 25.0, "epochs between evaluations")
+_EVAL_EVERY = flags.DEFINE_float("eval_every_epochs", 1.0, "epochs between evaluations")
+_EVAL_BATCH = flags.DEFINE_integer(
+    "eval_batch_size", 2000, "evaluation batch (at most the eval split): 10,000 = 5 x 2000")
+_CKPT_EPOCHS = flags.DEFINE_float("checkpoint_every_epochs", 10.0, "0: off")
+_CKPT_MINUTES = flags.DEFINE_float(
+    "checkpoint_every_minutes", 2.0, "0: off; a window killed at any moment loses at most "
+    "this much (gpu_run.sh returns each checkpoint as soon as it is finished)")
 _BLOCKS = flags.DEFINE_integer("blocks_per_stage", 0, "dry runs: blocks per stage (0: 3)")
 
 
-def run_config(variant: str, seed: int, epochs: float):
+def run_name(variant: str, seed: int) -> str:
+  return f"{variant}_seed{seed}"
+
+
+def finished_step(runs_dir: str, run: str, stage: str) -> int:
+  """The newest finished checkpoint's step of a run's stage (0: none). Orbax names a step's
+  folder by its number only once the save is complete (checkpoint.finished_steps)."""
+  folder = os.path.join(runs_dir, run, "checkpoints", stage)
+  if not os.path.isdir(folder):
+    return 0
+  return max((int(d) for d in os.listdir(folder) if d.isdigit()), default=0)
+
+
+def missing_checkpoints(manifest_paths, runs_dir: str, runs) -> str:
+  """'' when every planned run has the finished checkpoints the manifests expect, else one
+  line naming the first that does not and what to do."""
+  for path in manifest_paths:
+    if not os.path.exists(path):
+      continue
+    try:
+      expected = json.load(open(path))["runs"]
+    except (OSError, ValueError, KeyError) as e:
+      return f"manifest {path} cannot be read ({e}); fix or remove it"
+    for run in runs:
+      for stage, step in sorted(expected.get(run, {}).get("finished_steps", {}).items()):
+        found = finished_step(runs_dir, run, stage)
+        if found < step:
+          archive = expected[run].get("archive", "its runs_*.tar.gz")
+          return (f"run {run}'s stage {stage} should continue from step {step} ({path}), but "
+                  f"{os.path.join(runs_dir, run)} has {f'step {found}' if found else 'none'}: "
+                  f"carry {archive} in bench/gpu_payload/, or pass --restart_from_scratch")
+  return ""
+
+
+def run_config(variant: str, seed: int, epochs: float, eval_examples: int):
+  from bmd_jax.config_files import load_sibling
   config = load_sibling(os.path.join(REPO, "configs", "x.py"), VARIANTS[variant])
   config.dataset = "image_folder"
   config.data_dir = _DATA.value
@@ -70,39 +133,18 @@ def run_config(variant: str, seed: int, epochs: float):
   config.num_epochs = epochs
   config.num_train_steps = _STEPS.value
   config.batch_size = _BATCH.value
-  config.eval_batch_size = 250 if _BATCH.value >= 250 else _BATCH.value  # 10,000 = 40 x 250
+  config.eval_batch_size = max(1, min(_EVAL_BATCH.value, eval_examples))
   config.eval_every_epochs = _EVAL_EVERY.value
+  config.eval_precision = "highest"
   config.log_every_steps = 100
-  config.checkpoint_every_steps = 10**9  # at epoch ends (and on SIGTERM) only
+  config.steps_per_dispatch = 0  # up to the next log, evaluation or save, on the GPU
+  config.checkpoint_every_epochs = _CKPT_EPOCHS.value
+  config.checkpoint_every_minutes = _CKPT_MINUTES.value
+  # Off in effect: the epochs and the minutes decide (the loop wants a positive number today;
+  # 0 once the lead's change allows it).
+  config.checkpoint_every_steps = 10**9
   config.checkpoint_keep = 1  # what returns from a window stays small
   return config
-
-
-class Deadline:
-  """SIGTERMs this process every second from `seconds` on, until cancelled: the train loop
-  saves and raises train.Preempted at its next step; between stages the signal is ignored."""
-
-  def __init__(self, seconds: float):
-    self._stop = threading.Event()
-    self._seconds = seconds
-    self.fired = False
-    self._thread = threading.Thread(target=self._run, daemon=True)
-
-  def _run(self):
-    if self._stop.wait(self._seconds):
-      return
-    self.fired = True
-    while not self._stop.is_set():
-      os.kill(os.getpid(), signal.SIGTERM)
-      self._stop.wait(1.0)
-
-  def __enter__(self):
-    self._thread.start()
-    return self
-
-  def __exit__(self, *exc):
-    self._stop.set()
-    self._thread.join()
 
 
 def _wall_file(workdir):
@@ -112,20 +154,15 @@ def _wall_file(workdir):
 def _add_wall_seconds(workdir, seconds):
   path = _wall_file(workdir)
   total = json.load(open(path))["wall_seconds"] if os.path.exists(path) else 0.0
+  os.makedirs(workdir, exist_ok=True)
   with open(path, "w") as f:
     json.dump({"wall_seconds": total + seconds}, f)
   return total + seconds
 
 
-def _stage_steps(workdir, stage):
-  manager = checkpoint.create_manager(workdir, stage, 1)
-  step = manager.latest_step()
-  manager.close()
-  return step or 0
-
-
-# Time a step takes inside the loop (dispatch, metrics, epoch-end saves) over the benchmark's:
-# measured on an H200 (2026-11-27), 1.9x in step 1 and 2.4x in BD-BNN's step 2.
+# Time a step takes inside the loop over the benchmark's: measured on an H200 (2026-11-27),
+# 1.9x in step 1 and 2.4x in BD-BNN's step 2, with a step a dispatch and a save every epoch.
+# Kept until a window measures the loop with an epoch a dispatch (issue 26).
 LOOP_SLACK = 2.2
 
 
@@ -139,49 +176,72 @@ def fitted_epochs(budget_s, runs, step_seconds, steps_per_epoch, fixed_seconds):
   return max(1, int(per_run / (2 * epoch_seconds)))
 
 
+def deadline(start: float) -> float:
+  """Unix seconds at which all runs stop: --stop_at and start + --budget_s, the earlier;
+  0: none."""
+  ends = [t for t in (_STOP_AT.value, start + _BUDGET.value if _BUDGET.value > 0 else 0) if t]
+  return min(ends) if ends else 0.0
+
+
 def main(argv):
   del argv
+  start = time.time()
+  runs = [(v, int(s)) for s in _SEEDS.value for v in _VARIANTS.value]
+  unknown = sorted({v for v, _ in runs} - set(VARIANTS))
+  if unknown:
+    sys.exit(f"gpu_train.py: unknown variants {unknown}; choose among {sorted(VARIANTS)}")
+  if not _RESTART.value:
+    problem = missing_checkpoints(_MANIFESTS.value, _RUNS.value,
+                                  [run_name(v, s) for v, s in runs])
+    if problem:
+      sys.exit(f"gpu_train.py: refused: {problem}")
+  if _CHECK_ONLY.value:
+    return
+
   import jax
+  from bmd_jax import input_pipeline, metric_writers, train
   metric_writers.console_logging()
-  signal.signal(signal.SIGTERM, lambda *_: None)  # a late deadline signal between stages
   # Seeds of a variant compile the same programs: compile once per window. A cache the caller
-  # set (bench/gpu_run.sh's, the test session's) wins: windows and runs then share it.
+  # set (bench/gpu_run.sh's, carried between windows; the test session's) wins.
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", os.path.join(_RUNS.value, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  runs = [(v, int(s)) for s in _SEEDS.value for v in _VARIANTS.value]
-  datasets = input_pipeline.create_datasets(run_config(runs[0][0], runs[0][1], 1.0))
+  datasets = input_pipeline.create_datasets(run_config(runs[0][0], runs[0][1], 1.0, 1))
+  eval_examples = datasets.info.num_eval
   device = jax.devices()[0].device_kind
+  stop_at = deadline(start)
   epochs = _EPOCHS.value  # or, where --num_train_steps overrides it (dry runs), what that is
   if epochs <= 0:
     steps_per_epoch = datasets.info.num_train // _BATCH.value
-    if _STEP_SECONDS.value <= 0:
-      raise app.UsageError("--epochs=0 fits the schedule to the budget and needs "
-                           "--step_seconds (bench/train_step.py's 'full' median_s)")
-    epochs = fitted_epochs(_BUDGET.value, len(runs), _STEP_SECONDS.value, steps_per_epoch,
-                           _FIXED_SECONDS.value)
+    if _STEP_SECONDS.value <= 0 or not stop_at:
+      raise app.UsageError("--epochs=0 fits the schedule to the time left and needs "
+                           "--step_seconds (bench/train_step.py's 'full' median_s) and "
+                           "--stop_at or --budget_s")
+    epochs = fitted_epochs(stop_at - time.time(), len(runs), _STEP_SECONDS.value,
+                           steps_per_epoch, _FIXED_SECONDS.value)
     print(f"fitted schedule: {epochs} epochs a step for {len(runs)} runs in "
-          f"{_BUDGET.value:.0f} s ({_STEP_SECONDS.value * 1e3:.2f} ms a step, "
+          f"{stop_at - time.time():.0f} s ({_STEP_SECONDS.value * 1e3:.2f} ms a step, "
           f"{steps_per_epoch} steps an epoch)", flush=True)
   schedule = epochs
   if _STEPS.value > 0:
     epochs = _STEPS.value / (datasets.info.num_train // _BATCH.value)
-  start = time.time()
-  records = []
+  records, sigterm = [], False
   for i, (variant, seed) in enumerate(runs):
-    config = run_config(variant, seed, schedule)
-    workdir = os.path.join(_RUNS.value, f"{variant}_seed{seed}")
-    share = (_BUDGET.value - (time.time() - start)) / (len(runs) - i)
+    config = run_config(variant, seed, schedule, eval_examples)
+    workdir = os.path.join(_RUNS.value, run_name(variant, seed))
+    # Each run gets an equal share of the time left, so a later run is not starved.
+    share = (stop_at - time.time()) / (len(runs) - i) if stop_at else float("inf")
+    config.stop_at_time = time.time() + share if stop_at else 0.0
     began = time.time()
-    results, stopped = {}, False
-    if share > 0:
-      with Deadline(share):
-        try:
-          results = train.train_and_evaluate(config, workdir, datasets)
-        except train.Preempted:
-          stopped = True
-    else:
-      stopped = True
+    results, stopped = {}, True
+    if share > 0 and not sigterm:
+      try:
+        results = train.train_and_evaluate(config, workdir, datasets)
+        stopped = False
+      except train.Preempted as e:
+        # A SIGTERM from outside (the machine going back) ends the window; a run's own stop
+        # time passes the turn to the next run.
+        sigterm = str(e).startswith("SIGTERM")
     wall = _add_wall_seconds(workdir, time.time() - began) if share > 0 else 0.0
     record = {"model": config.model.name, "variant": variant, "seed": seed,
               "epochs_per_step": [epochs, epochs], "device": device,
@@ -191,11 +251,14 @@ def main(argv):
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     if stopped or "step2" not in results:
       record["complete"] = False
-      record["steps_done"] = {s: _stage_steps(workdir, s) for s in ("step1", "step2")}
+      record["steps_done"] = {s: finished_step(_RUNS.value, run_name(variant, seed), s)
+                              for s in ("step1", "step2")}
     else:
-      record["complete"] = True
-      record["top1"] = results["step2"]["eval"]["eval/accuracy"]
-      record["top1_step1"] = results["step1"]["eval"]["eval/accuracy"]
+      final = results["step2"]["eval"]
+      record.update(complete=True, top1=final["eval/accuracy"],
+                    top1_step1=results["step1"]["eval"]["eval/accuracy"],
+                    best_top1=final["eval/best_accuracy"], best_epoch=final["eval/best_epoch"],
+                    eval_examples=eval_examples, eval_precision="highest")
     print(json.dumps(record), flush=True)
     records.append(record)
   if _RECORDS.value:
