@@ -1,11 +1,12 @@
 """Weight-distribution analysis of training runs: is the latent distribution bi-modal?
 
     python -m bmd_jax.analyze --workdir=runs/digits
-    python -m bmd_jax.analyze --workdir=runs/plain,runs/bd_bnn --labels=plain,BD-BNN --out=cmp
+    python -m bmd_jax.analyze --workdir=runs/plain --workdir=runs/bd_bnn --labels=plain,BD-BNN \
+        --out=cmp
 
 For every stage of a run (step 1's teacher and step 2's student in the two-step recipe) it
 compares each binary layer's latent weights at the stage's start and end. Given several
-workdirs (comma-separated), every figure draws each run in its own colour, to compare runs:
+workdirs (--workdir repeated), every figure draws each run in its own colour, to compare runs:
 
 - ``<out>/hist_<stage>.png``: per-layer histograms of the weights standardized per output
   channel (what sign() sees under IR-Net's scaling); the end filled (one run) or a solid line,
@@ -73,9 +74,8 @@ def kurtosis_targets(config, regularized: list[str]) -> dict[str, float]:
 def stage_weights(workdir: str, stage: str) -> dict:
   """{'config', 'start', 'end', 'end_step', 'start_from', 'start_label', 'targets'} of one
   stage's binary latents."""
-  ckpt = checkpoint.list_checkpoints(workdir)[stage][-1]
-  _, config = checkpoint.read_meta(ckpt)
-  end = checkpoint.read_variables(ckpt)
+  # The newest readable checkpoint: a damaged newest one is passed over, as training does.
+  ckpt, _, config, end = checkpoint.read_chosen(workdir, stage, precision=None)
   model, image_shape = models.from_checkpoint(config, end["params"])
   if config.get("init_from"):
     source, start = checkpoint.load_source(config, "init_from", workdir, stage, end)

@@ -103,12 +103,14 @@ def settle(manager: ocp.CheckpointManager) -> tuple[str, BaseException | None]:
   return kept_description(str(manager.directory)), failure
 
 
-def disk_full(error: BaseException) -> OSError | None:
-  """The ENOSPC/EDQUOT OSError in `error`'s chain (Orbax wraps its writers' errors)."""
+def disk_full(error: BaseException) -> BaseException | None:
+  """The ENOSPC/EDQUOT error in `error`'s chain (Orbax wraps its writers' errors): an OSError,
+  or TensorStore's I/O error that quotes the code (paths.os_error)."""
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+    code, _ = paths.os_error(error)
+    if code in (errno.ENOSPC, errno.EDQUOT):
       return error
     error = error.__cause__ or error.__context__
   return None

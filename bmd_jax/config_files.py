@@ -102,7 +102,25 @@ def upgraded(stored: dict) -> dict:
   for section in sections:
     if isinstance(section.get("loss"), dict):
       section["loss"] = _nested(section["loss"])
+  _with_added_options(stored.get("loss"))
   return stored
+
+
+# Loss options added since configs were first stored, with the value every run before them
+# used (2026-12-06: loss.wdm.reduction, loss.kurtosis.view). A stored config without one is
+# read as that value, so the resume check compares it instead of skipping a field only one
+# side has: an old run is never silently continued under a new default.
+ADDED_LOSS_OPTIONS = {"wdm": {"reduction": "channel_mean"}, "kurtosis": {"view": "latent"}}
+
+
+def _with_added_options(loss) -> None:
+  # The top-level loss only: it holds every option; stage overrides change some of them.
+  if not isinstance(loss, dict):
+    return
+  for term, options in ADDED_LOSS_OPTIONS.items():
+    if isinstance(loss.get(term), dict):
+      for option, value in options.items():
+        loss[term].setdefault(option, value)
 
 
 def _nested(loss: dict) -> dict:

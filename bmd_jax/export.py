@@ -359,26 +359,19 @@ def describe_sizes(sizes: dict) -> str:
   ])
 
 
-# What the command line reports in one line: the user's to fix, not bugs.
-ONE_LINE_ERRORS = (NotADirectoryError, FileNotFoundError, checkpoint.CheckpointDamagedError,
-                   checkpoint.NoSuchCheckpointError, NotExportableError)
-
-
 def main(argv):
-  from absl import flags, logging  # pylint: disable=g-import-not-at-top
+  from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 
   logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO
   checkpoint.one_line_orbax_errors()  # a damaged checkpoint is reported once, by the fallback
   if len(argv) > 1:
-    raise SystemExit(f"unexpected arguments: {argv[1:]}")
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  try:
-    if f.format == "stablehlo":
-      _export_stablehlo(f)
-      return
-    manifest = export(f.workdir, f.out, f.stage, f.step, f.fold_batch_norm)
-  except ONE_LINE_ERRORS as e:  # a path or step given wrong, a damaged workdir: no traceback
-    raise SystemExit(f"export: {e}") from None
+  # A path or step given wrong, a damaged workdir: cli.run's boundary makes them one line.
+  if f.format == "stablehlo":
+    _export_stablehlo(f)
+    return
+  manifest = export(f.workdir, f.out, f.stage, f.step, f.fold_batch_norm)
   src = manifest["source"]
   print(f"exported {manifest['model']} ({len(manifest['binary_layers'])} binary layers, "
         f"{len(manifest['folded_batch_norms'])} batch norms folded) from stage {src['stage']} "
@@ -404,7 +397,9 @@ def _export_stablehlo(f) -> None:
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  from bmd_jax import cli  # pylint: disable=g-import-not-at-top
 
   flags.DEFINE_string("workdir", None, "A training run's workdir.")
   flags.DEFINE_string("out", None, "The export file to write (.npz, or the program's file "
@@ -417,4 +412,4 @@ if __name__ == "__main__":
   flags.DEFINE_integer("step", None, "Step to export (default: the stage's newest).")
   flags.DEFINE_bool("fold_batch_norm", True, "Fold batch norms into the binary layers' affine.")
   flags.mark_flags_as_required(["workdir", "out"])
-  app.run(main)
+  cli.run(main)

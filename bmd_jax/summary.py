@@ -286,7 +286,9 @@ def num_classes_of(config) -> int | None:
   if "num_classes" in config:
     return int(config.num_classes)
   dataset = config.get("dataset")
-  if dataset in ("tfds", "auto"):
+  if dataset == "synthetic" and config.get("synthetic_classes", 0) > 0:
+    return int(config.synthetic_classes)
+  if dataset in ("tfds", "auto", "synthetic"):  # synthetic: the class count of tfds_name
     dataset = config.get("tfds_name", "").split(":")[0]
   return KNOWN_NUM_CLASSES.get(dataset)
 

@@ -453,10 +453,7 @@ class StepRunner:
     self._replicated = sharding.replicated_sharding(mesh)
     self._input = train_input
     self.on_device = isinstance(train_input, on_device.DeviceTrainInput)
-    limit = int(config.get("steps_per_dispatch", 0))
-    if limit < 0:
-      raise ValueError(f"config.steps_per_dispatch={limit}: give 0 (up to the next log, "
-                       "evaluation or checkpoint) or a positive number of steps")
+    limit = config.get("steps_per_dispatch", 0)  # config_checks: 0 or more
     platform = mesh.devices.flat[0].platform
     if limit == 0 and platform == "cpu":
       limit = 1  # XLA:CPU ran the step 2-15x slower inside a while loop (docs/BENCHMARKS.md)

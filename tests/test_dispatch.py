@@ -166,3 +166,27 @@ def test_a_run_stops_and_saves_before_its_stop_time(tmp_path):
   assert 0 < step < 2000
   from bmd_jax import checkpoint
   assert checkpoint.finished_steps(tmp_path / "checkpoints" / "train")[-1] == step
+
+
+def test_the_cifar10_recipe_saves_by_policy_not_at_each_epoch_end():
+  from configs import cifar10
+  config = cifar10.get_config()
+  steps_per_epoch = 50_000 // config.batch_size
+  schedule = loop_schedule.Schedule.from_config(config, steps_per_epoch, 400 * steps_per_epoch,
+                                                0)
+  saved = [s for s in range(1, 400 * steps_per_epoch + 1)
+           if schedule.save_due(s, minutes_since_save=0.0)]
+  assert saved[:2] == [10 * steps_per_epoch, 20 * steps_per_epoch] and len(saved) == 40
+  assert schedule.save_due(123, minutes_since_save=10.5)
+
+
+@pytest.mark.parametrize("field, value", [("checkpoint_every_steps", -1),
+                                          ("checkpoint_every_epochs", -0.5),
+                                          ("steps_per_dispatch", -3),
+                                          ("eval_precision", "fp64")])
+def test_bad_loop_fields_are_named(field, value):
+  from bmd_jax import config_checks
+  config = short_digits_config(30, 10)
+  config[field] = value
+  with pytest.raises(config_checks.ConfigValueError, match=f"config.{field}="):
+    config_checks.check(config)

@@ -162,8 +162,6 @@ def test_analyze_of_a_read_only_workdir_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="export.py's entry still calls app.run, not cli.run "
-                   "(its owner's change; remove this mark with it)")
 def test_export_to_a_read_only_folder_is_one_line(digits_run, tmp_path):
   out = tmp_path / "exports" / "model.npz"
   result = _run([str(tmp_path / "exports"), "bmd_jax.export", f"--workdir={digits_run[1]}",

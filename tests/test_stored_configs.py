@@ -74,3 +74,22 @@ def test_an_old_field_in_a_loss_config_is_refused_with_the_layout():
                                         ("loss.kurtosis.weight", None)])
 def test_the_new_name_of_an_old_command_line_field(field, new):
   assert config_files.renamed_loss_field(field) == new
+
+
+def test_a_stored_config_from_before_the_wdm_reduction_reads_as_the_old_one():
+  """A CIFAR-10 step-2 checkpoint written before loss.wdm.reduction existed trained with
+  'channel_mean'; today's recipe says 'weight_sum', so resuming it must be refused (a field
+  only one side has would otherwise not be compared), and allowed under the old value."""
+  from bmd_jax import stages
+  from configs import cifar10
+  step2 = stages.stage_list(cifar10.get_config())[1].config
+  stored = json.loads(step2.to_json())
+  del stored["loss"]["wdm"]["reduction"]
+  del stored["loss"]["kurtosis"]["view"]
+  meta = {"config": json.dumps(stored)}
+  with pytest.raises(checkpoint.ConfigChangedError,
+                     match=r"loss\.wdm\.reduction: 'channel_mean' in the checkpoint, "
+                           r"'weight_sum' now"):
+    checkpoint.check_resume_config(meta, step2, "step 100")
+  step2.loss.wdm.reduction = "channel_mean"
+  assert checkpoint.check_resume_config(meta, step2, "step 100") == []
