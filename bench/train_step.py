@@ -247,7 +247,9 @@ def run_torch(model_name, variants=VARIANTS, steps=20, warmup=3, image_size=None
   ref.set_estimator_args(student, est)
   ref.set_estimator_args(teacher, est)
   loss_kwargs = {"kurtosis_target": config.loss.kurtosis.target,
-                 "wdm_temperature": config.loss.wdm.temperature}
+                 "wdm_temperature": config.loss.wdm.temperature,
+                 "wdm_reduction": config.loss.wdm.reduction,
+                 "kurtosis_view": config.loss.kurtosis.view}
   results = {}
   for variant in variants:
     if variant in ("full", "ce_kurt", "ce"):

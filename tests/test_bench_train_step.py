@@ -90,7 +90,9 @@ def test_torch_twin_has_the_loss_and_gradients_of_the_jax_train_step():
   labels = torch.from_numpy(np.asarray(batch["label"]).astype(np.int64))
   total, _, parts = ref.bdbnn_loss(student, images, labels, twin_teacher,
                                    kurtosis_target=config.loss.kurtosis.target,
-                                   wdm_temperature=config.loss.wdm.temperature)
+                                   wdm_temperature=config.loss.wdm.temperature,
+                                   wdm_reduction=config.loss.wdm.reduction,
+                                   kurtosis_view=config.loss.kurtosis.view)
   total.backward()
 
   # WDM's KL is a small difference of sums over every kernel entry (~270k float32 terms), so
