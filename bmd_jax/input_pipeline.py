@@ -39,6 +39,7 @@ from absl import flags, logging
 from etils import epath
 
 from bmd_jax import sharding
+from bmd_jax.config_checks import ConfigValueError
 from bmd_jax.data import digits, image_folder, in_memory, on_device, synthetic
 
 AUGMENTATIONS = ("none", "cifar", "imagenet")
@@ -138,22 +139,22 @@ def create_datasets(config: ml_collections.ConfigDict) -> Datasets:
   """The train and eval sources named by config.dataset, with their description."""
   name = config.dataset
   if name not in DATASETS:
-    raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+    raise ConfigValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
   if config.get("augment", "none") not in AUGMENTATIONS:
-    raise ValueError(f"unknown augment {config.augment!r}; choose one of {AUGMENTATIONS}")
+    raise ConfigValueError(f"unknown augment {config.augment!r}; choose one of {AUGMENTATIONS}")
   channels = digits.IMAGE_SHAPE[-1] if name == "digits" else config.channels
   if channels not in (1, 3):
-    raise ValueError(f"config.channels must be 1 (greyscale) or 3 (RGB), got {channels}")
+    raise ConfigValueError(f"config.channels must be 1 (greyscale) or 3 (RGB), got {channels}")
   for field in ("mean", "std"):
     if len(config[field]) not in (1, channels):
-      raise ValueError(f"config.{field} has {len(config[field])} values for images of "
-                       f"{channels} channels; give {channels} (or 1)")
+      raise ConfigValueError(f"config.{field} has {len(config[field])} values for images of "
+                             f"{channels} channels; give {channels} (or 1)")
   input_path = config.get("input_path", "grain")
   if input_path not in INPUT_PATHS:
-    raise ValueError(f"unknown input_path {input_path!r}; choose one of {INPUT_PATHS}")
+    raise ConfigValueError(f"unknown input_path {input_path!r}; choose one of {INPUT_PATHS}")
   if input_path == "device" and config.get("augment", "none") == "imagenet":
-    raise ValueError("config.input_path='device' does not do the ImageNet augmentation; "
-                     "use config.input_path='grain'")
+    raise ConfigValueError("config.input_path='device' does not do the ImageNet augmentation; "
+                           "use config.input_path='grain'")
   datasets = DATASETS[name](config)
   # The device path needs the decoded arrays in memory to upload them.
   if (config.get("cache_decoded_images", False) or input_path == "device") and name != "digits":
@@ -166,8 +167,9 @@ def create_datasets(config: ml_collections.ConfigDict) -> Datasets:
 def _check_device_path(config, datasets: Datasets) -> None:
   shape = datasets.train.image_shape
   if tuple(shape[:2]) != (config.image_size, config.image_size):
-    raise ValueError(f"config.input_path='device' needs images of image_size={config.image_size}"
-                     f" square, but these are {shape}; use config.input_path='grain'")
+    raise ConfigValueError(
+        f"config.input_path='device' needs images of image_size={config.image_size}"
+        f" square, but these are {shape}; use config.input_path='grain'")
 
 
 def _fixed_size(config, source) -> list:
@@ -210,8 +212,9 @@ def eval_operations(config, source, batch_size: int) -> list:
 def local_batch_size(global_batch_size: int, process_count: int | None = None) -> int:
   process_count = process_count or jax.process_count()
   if global_batch_size % process_count:
-    raise ValueError(f"batch_size {global_batch_size} is not divisible by the {process_count} "
-                     "processes; choose a multiple of the process count")
+    raise ConfigValueError(
+        f"batch_size {global_batch_size} is not divisible by the {process_count} "
+        "processes; choose a multiple of the process count")
   return global_batch_size // process_count
 
 

@@ -23,6 +23,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from bmd_jax.config_checks import ConfigValueError
+
 DATA_AXIS = "data"
 # Leaves smaller than this stay replicated under FSDP: splitting them saves nothing and
 # costs a gather each.
@@ -126,13 +128,13 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> N
   if batch_size % devices:
     lower = batch_size // devices * devices
     suggestion = f"{lower} or {lower + devices}" if lower else f"{devices}"
-    raise ValueError(
+    raise ConfigValueError(
         f"config.{what}={batch_size} is not divisible by the {devices} devices of the mesh "
         f"({processes} process(es)); the global batch is split evenly over devices: "
         f"choose a multiple of {devices}, e.g. {suggestion}")
   if batch_size % processes:
-    raise ValueError(f"config.{what}={batch_size} is not divisible by the {processes} "
-                     f"processes; choose a multiple of {processes}")
+    raise ConfigValueError(f"config.{what}={batch_size} is not divisible by the {processes} "
+                           f"processes; choose a multiple of {processes}")
 
 
 # --- shardings --------------------------------------------------------------------------

@@ -16,6 +16,8 @@ import dataclasses
 
 import ml_collections
 
+from bmd_jax.config_checks import ConfigValueError
+
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
@@ -27,13 +29,13 @@ def stage_list(config: ml_collections.ConfigDict) -> list[Stage]:
   """The stages to run, in order, each with its resolved config."""
   names = [n.strip() for n in config.stages.split(",") if n.strip()]
   if not names:
-    raise ValueError("config.stages names no stage; e.g. --config.stages=step1,step2")
+    raise ConfigValueError("config.stages names no stage; e.g. --config.stages=step1,step2")
   overrides = config.get("stage_overrides", ml_collections.ConfigDict())
   result = []
   for name in names:
     if name not in overrides:
-      raise ValueError(f"stage {name!r} has no entry in config.stage_overrides; "
-                       f"defined stages: {sorted(overrides.keys())}")
+      raise ConfigValueError(f"stage {name!r} has no entry in config.stage_overrides; "
+                             f"defined stages: {sorted(overrides.keys())}")
     stage_config = ml_collections.ConfigDict(config.to_dict())
     stage_config.update(overrides[name].to_dict())
     result.append(Stage(name, stage_config))

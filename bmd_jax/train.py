@@ -34,6 +34,7 @@ from flax.training import train_state
 from bmd_jax import (bimodality, checkpoint, config_checks, cpu_barriers, dispatch,
                      input_pipeline, loop_schedule, losses, metric_writers, models, objective,
                      quantizers, run_record, sharding, workdir_lock)
+from bmd_jax.config_checks import ConfigValueError
 from bmd_jax.data import on_device
 from bmd_jax import stages as stages_lib
 # Building a model and its variables is the models' knowledge; the loop uses it.
@@ -60,8 +61,8 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict, steps_per_epoch: 
   elif config.lr_schedule == "constant":
     decay = optax.constant_schedule(config.learning_rate)
   else:
-    raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; "
-                     "choose 'cosine', 'linear' or 'constant'")
+    raise ConfigValueError(f"unknown lr_schedule {config.lr_schedule!r}; "
+                           "choose 'cosine', 'linear' or 'constant'")
   if warmup == 0:
     return decay
   ramp = optax.linear_schedule(0.0, config.learning_rate, warmup)
@@ -83,7 +84,7 @@ def create_optimizer(config: ml_collections.ConfigDict, learning_rate_fn):
   elif config.optimizer == "adam":
     update = optax.adam(learning_rate_fn)
   else:
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose 'sgd' or 'adam'")
+    raise ConfigValueError(f"unknown optimizer {config.optimizer!r}; choose 'sgd' or 'adam'")
   return optax.chain(decay, update) if config.weight_decay else update
 
 
@@ -102,7 +103,7 @@ def create_train_state(rng, config, model, image_shape, learning_rate_fn,
 def _check_same_structure(expected, given, what):
   shapes = lambda t: jax.tree_util.tree_map(lambda a: tuple(np.shape(a)), t)
   if flax.core.unfreeze(shapes(expected)) != flax.core.unfreeze(shapes(given)):
-    raise ValueError(f"the given {what} do not match the model's: the tree or shapes differ")
+    raise ConfigValueError(f"the given {what} do not match the model's: the tree or shapes differ")
 
 
 def num_train_steps(config, steps_per_epoch: int) -> int:
@@ -119,7 +120,7 @@ def schedule_progress(config: ml_collections.ConfigDict, epoch, total_epochs: fl
   a few epochs, where an epoch-wise t would hardly move)."""
   per = config.estimators.get("schedule_per", "epoch")
   if per not in ("epoch", "step"):
-    raise ValueError(f"estimators.schedule_per={per!r}; choose 'epoch' or 'step'")
+    raise ConfigValueError(f"estimators.schedule_per={per!r}; choose 'epoch' or 'step'")
   position = jnp.floor(epoch) if per == "epoch" else epoch
   return jnp.minimum(position / max(total_epochs, 1e-9), 1.0)
 
@@ -308,7 +309,7 @@ class NonFiniteLossError(FloatingPointError):
 
 class Preempted(Exception):
   """Raised after SIGTERM (or before config.stop_at_time) once a checkpoint is written;
-  main.py exits cleanly on it."""
+  cli.py exits 75 on it."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -391,7 +392,7 @@ def _teacher_variables(config, stage, workdir, model_for_teacher, image_shape):
     return checkpoint.load_source(config, "teacher", workdir, stage,
                                   variable_shapes(model_for_teacher, image_shape))[1]
   except ValueError as e:
-    raise ValueError(
+    raise ConfigValueError(
         f"stage {stage!r}: config.teacher={config.teacher!r} is the WDM teacher, which must be "
         f"the student's architecture ({config.model.name}): {e}. To distil from a model of "
         "another architecture, set config.distill_teacher (its checkpoint) and "
@@ -412,9 +413,9 @@ def _distill_teacher(config, stage, workdir, num_classes, image_shape):
   named = (config.get("distill_teacher_model") or {}).get("name")
   if not config.get("distill_teacher"):
     if named:
-      raise ValueError(f"stage {stage!r}: config.distill_teacher_model names {named!r} but "
-                       "config.distill_teacher gives no checkpoint for it; set "
-                       "--config.distill_teacher=<stage name or checkpoint folder>")
+      raise ConfigValueError(f"stage {stage!r}: config.distill_teacher_model names {named!r} but "
+                             "config.distill_teacher gives no checkpoint for it; set "
+                             "--config.distill_teacher=<stage name or checkpoint folder>")
     return None
   model = create_distill_teacher_model(config, num_classes)
   return model, checkpoint.load_source(config, "distill_teacher", workdir, stage,
@@ -428,11 +429,12 @@ def _check_teachers(config, stage):
   if wdm_weight and not config.get("teacher"):
     hint = (" (config.distill_teacher serves output distillation only)"
             if config.get("distill_teacher") else "")
-    raise ValueError(f"stage {stage!r}: loss.wdm.weight={wdm_weight} needs a WDM teacher of the "
-                     "student's architecture in config.teacher" + hint)
+    raise ConfigValueError(
+        f"stage {stage!r}: loss.wdm.weight={wdm_weight} needs a WDM teacher of the "
+        "student's architecture in config.teacher" + hint)
   if kd_weight and not (config.get("teacher") or config.get("distill_teacher")):
-    raise ValueError(f"stage {stage!r}: loss.kd.weight={kd_weight} needs a teacher: "
-                     "config.distill_teacher or config.teacher")
+    raise ConfigValueError(f"stage {stage!r}: loss.kd.weight={kd_weight} needs a teacher: "
+                           "config.distill_teacher or config.teacher")
 
 
 class StepRunner:
@@ -574,8 +576,8 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer, lock=N
   info = datasets.info
   steps_per_epoch = info.num_train // config.batch_size
   if steps_per_epoch == 0:
-    raise ValueError(f"batch_size {config.batch_size} is larger than the {info.num_train} "
-                     "training examples; lower it")
+    raise ConfigValueError(f"batch_size {config.batch_size} is larger than the {info.num_train} "
+                           "training examples; lower it")
   total_steps = num_train_steps(config, steps_per_epoch)
   total_epochs = total_steps / steps_per_epoch
 
@@ -682,7 +684,8 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer, lock=N
       if schedule.eval_due(done):
         eval_metrics = _with_best(evaluate(state), best, done / steps_per_epoch)
         writer.write(done, done / steps_per_epoch, {"stage": stage, **eval_metrics})
-      stopping = sigterm.received or clock.stop_before(done, schedule.dispatch_end(done) - done, acc)
+      stopping = (sigterm.received
+                  or clock.stop_before(done, schedule.dispatch_end(done) - done, acc))
       if schedule.save_due(done, clock.minutes_since_save()) or stopping:
         _check_no_nonfinite_step(acc)  # never save a state that came from a non-finite step
         _check_state_finite(state, done)

@@ -285,3 +285,11 @@ def test_a_full_disk_seen_by_tensorstore_is_one_line(tmp_path):
                 code=_TENSORSTORE_FULL, timeout=300)
   line = _short(_without_progress(result), 1)
   assert "disk is full" in line and "5.orbax-checkpoint-tmp" in line, line
+
+
+@pytest.mark.parametrize("given", ["--config.optimizer=adagrad", "--config.lr_schedule=step",
+                                   "--config.stages=step9", "--config.augment=mixup"])
+def test_a_config_value_nothing_can_run_with_is_one_line(tmp_path, given):
+  result = _run([*MAIN, f"--workdir={tmp_path / 'run'}", given, "--config.num_train_steps=2"])
+  line = _short(result, 1)
+  assert given.split("=")[1] in line, line
