@@ -104,6 +104,11 @@ if [[ $epochs == auto ]] && (( train_only )); then
   echo "gpu_run.sh: --train_only measures no step time: pass --epochs N" >&2
   exit 2
 fi
+if [[ $epochs == auto ]] && ls "$payload"/runs_*.tar.gz >/dev/null 2>&1; then
+  echo "gpu_run.sh: continuing runs need their own schedule: pass --epochs N (their records'" \
+       "epochs_per_step)" >&2
+  exit 2
+fi
 
 stamp "python $(python3 --version 2>&1), work folder $work, output $out, payload $payload," \
   "stop at $(date -u -d "@$stop_at" +%H:%M:%S) UTC ($(( stop_at - started )) s from the start)"
@@ -209,13 +214,18 @@ fi
 # still packs after gpu_train.py has exited. It polls every 2 s: a checkpoint comes every
 # --checkpoint_every_minutes at most, so the poll costs nothing that matters.
 signature() {  # the finished checkpoints' files, names, sizes and times
-  (cd "$runs" && find . -path '*/checkpoints/*' ! -path '*orbax-checkpoint-tmp*' \
+  (cd "$runs" && find . -type f -path '*/checkpoints/*' ! -path '*orbax-checkpoint-tmp*' \
      -printf '%P %s %T@\n' 2>/dev/null | sort | md5sum) || true
 }
-manifest() {  # {"runs": {run: {"archive", "finished_steps": {stage: step}}}}, as gpu_train reads
-  python3 - "$runs" <<'PY'
+# {"runs": {run: {"archive", "finished_steps": {stage: step}}}}, as gpu_train.py reads it. A run
+# carried by the last manifest but absent here (not trained in this window, and its archive
+# left behind) keeps its entry, so a later window still refuses to restart it.
+manifest() {
+  python3 - "$runs" "$payload/manifest.json" <<'PY'
 import json, os, sys, time
 root, runs = sys.argv[1], {}
+if os.path.exists(sys.argv[2]):
+  runs.update(json.load(open(sys.argv[2]))["runs"])
 for run in sorted(os.listdir(root)):
   stages = os.path.join(root, run, "checkpoints")
   if "_seed" not in run or not os.path.isdir(stages):
@@ -261,11 +271,6 @@ trap 'kill $packer 2>/dev/null || true; rm -rf "$work"' EXIT
 
 schedule=(--epochs="$epochs")
 if [[ $epochs == auto ]]; then
-  if ls "$payload"/runs_*.tar.gz >/dev/null 2>&1; then
-    echo "gpu_run.sh: continuing runs need their own schedule: pass --epochs N (their" \
-         "records' epochs_per_step)" >&2
-    exit 2
-  fi
   step_s=$(python3 -c 'import json, sys
 print(json.load(open(sys.argv[1]))["results"]["resnet20"]["jax"]["variants"]["full"]["median_s"])' \
     "$out/train_step.json") \

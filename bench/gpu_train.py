@@ -239,6 +239,7 @@ def main(argv):
         results = train.train_and_evaluate(config, workdir, datasets)
         stopped = False
       except train.Preempted as e:
+        print(f"{run_name(variant, seed)}: {e}", flush=True)
         # A SIGTERM from outside (the machine going back) ends the window; a run's own stop
         # time passes the turn to the next run.
         sigterm = str(e).startswith("SIGTERM")
