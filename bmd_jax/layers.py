@@ -16,7 +16,10 @@ step 2 directly.
 A conv on a block's shortcut path (a real downsample / projection conv, or a binary one) is
 marked by its field ``shortcut``, which ``Conv`` (Flax's full-precision conv) and
 ``BinaryConv`` have: which layers a loss covers, and in what order, is read from that mark
-(models/layer_order.py), whatever the module is named.
+(models/layer_order.py), whatever the module is named. A layer's field ``regularize`` (on
+``Conv``, ``BinaryConv`` and ``BinaryDense``) overrides that rule for it: True puts it under
+the kurtosis and WDM terms, False leaves it out of both, None (the default) keeps the rule,
+so a user's network built from these layers chooses per layer.
 
 Input and kernel quantizers are separate and named (see `quantizers.ESTIMATORS`). Their
 traced arguments (EDE's t and k, a clip value, ...) arrive at call time through
@@ -45,6 +48,13 @@ EstimatorArgs = Mapping[str, Mapping[str, Any]] | None
 def is_shortcut(module: nn.Module) -> bool:
   """Whether a module is a conv marked as a shortcut/downsample conv (its ``shortcut`` field)."""
   return bool(getattr(module, "shortcut", False))
+
+
+def regularize_mark(module: nn.Module) -> bool | None:
+  """A layer's own choice of the kurtosis and WDM terms (its ``regularize`` field): True in,
+  False out, None where the models' rule decides (models/layer_order.py)."""
+  mark = getattr(module, "regularize", None)
+  return None if mark is None else bool(mark)
 
 
 def check_precision(precision: str) -> str:
@@ -93,6 +103,7 @@ class _BinaryBase(BinaryFields):
   """What binary conv and dense share: the latent kernel, the operands, the bias."""
 
   use_bias: bool = keyword(False)
+  regularize: bool | None = keyword(None)  # under the kurtosis and WDM terms (module docstring)
 
   def binary_operands(self, x, latent, estimator_args):
     check_precision(self.precision)
@@ -155,6 +166,7 @@ class Conv(nn.Conv):
   conv_grads' (chunked over the batch on CPU where that is faster)."""
 
   shortcut: bool = keyword(False)
+  regularize: bool | None = keyword(None)  # under the kurtosis and WDM terms (module docstring)
   conv_general_dilated: Any = conv_grads.conv_general_dilated
 
 

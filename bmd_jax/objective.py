@@ -7,7 +7,9 @@ config block ``loss.<term>`` (its weight and options), returning its value and a
 metrics (the kurtosis of each layer), or None where it does not apply (no teacher).
 `objective` returns the total and every term by name, which the train step logs as
 ``train/<term>``; it adds nothing of its own. A new term is one function here (on a pure loss
-in losses.py) plus its block ``loss.<term> = {"weight": ..., <options>}`` in the config.
+in losses.py) plus its block ``loss.<term> = {"weight": ..., <options>}`` in the config; a
+term outside the package is named in its block by its import path, ``loss.<name>.term =
+"package.module:attribute"`` (`terms`, docs/EXTENDING.md).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from bmd_jax import losses
+from bmd_jax import components, losses
 
 Array = jax.Array
 
@@ -119,6 +121,48 @@ TERMS: dict[str, Term] = {
     "wdm": Term(_wdm),
     "kd": Term(_distillation),
 }
+# The block field that names a user's term by its import path (components.py): a config key
+# cannot hold the path, so loss.<name>.term = "package.module:attribute" says where it is.
+TERM_FIELD = "term"
+
+
+def register(name: str, term: Term | Callable[[Mapping, Inputs], TermResult],
+             replace: bool = False) -> Term:
+  """Registers a term in this process (a notebook's way; a config read by other processes
+  names it in its block, loss.<name>.term = "package.module:attribute"). A bare function is
+  a term that is always active. Returns the entry."""
+  return components.register(TERMS, name, as_term(term, name), "loss term", replace)
+
+
+def as_term(found, name: str) -> Term:
+  """A `Term` as it is, a bare value function (cfg, inputs) -> TermResult as an always active
+  one."""
+  if isinstance(found, Term):
+    return found
+  if callable(found):
+    return Term(found)
+  raise components.ComponentError(
+      f"loss.{name}.{TERM_FIELD} names {found!r}, neither an objective.Term nor a function "
+      "(cfg, inputs) -> (value, metrics) or None")
+
+
+def terms(loss_cfg: Mapping) -> dict[str, Term]:
+  """The terms of a loss config: every registered one, then each block that names its own
+  term by import path (loss.<name>.term), in the config's order."""
+  found = dict(TERMS)
+  for name, block in loss_cfg.items():
+    path = block.get(TERM_FIELD) if hasattr(block, "get") else None
+    if path is None:
+      continue
+    if name in TERMS:
+      raise ValueError(f"loss.{name}.{TERM_FIELD}={path!r}: {name!r} is bmd_jax's own term; "
+                       f"give yours a block of another name (loss.my_{name}.{TERM_FIELD})")
+    if not components.is_import_path(path):
+      raise components.ComponentError(
+          f"loss.{name}.{TERM_FIELD}={path!r}: give the import path of the term's function, "
+          "'package.module:attribute'")
+    found[name] = as_term(components.resolve(path, f"loss.{name}.{TERM_FIELD}"), name)
+  return found
 
 
 def objective(loss_cfg: Mapping, inputs: Inputs) -> tuple[Array, dict[str, Array],
@@ -146,7 +190,7 @@ def _evaluated(loss_cfg: Mapping, inputs: Inputs) -> dict[str, tuple]:
   """{term: (value, extra metrics, weighted value or None where it is out of the total)}."""
   check_blocks(loss_cfg)
   evaluated = {}
-  for name, term in TERMS.items():
+  for name, term in terms(loss_cfg).items():
     cfg = loss_cfg.get(name) or {}
     result = term.value(cfg, inputs)
     if result is None:
@@ -159,10 +203,14 @@ def _evaluated(loss_cfg: Mapping, inputs: Inputs) -> dict[str, tuple]:
 
 
 def check_blocks(loss_cfg: Mapping) -> None:
-  """Every entry of the loss config is the block of a term in TERMS: a misspelt or old-style
-  field (loss.kurtosis_weight, before 2026-11-28) is an error, not a term silently left out."""
+  """Every entry of the loss config is the block of a term in TERMS or of a term named by its
+  import path (loss.<name>.term): a misspelt or old-style field (loss.kurtosis_weight, before
+  2026-11-28) is an error, not a term silently left out; so is a path that does not import."""
+  known = terms(loss_cfg)
   for name, block in loss_cfg.items():
-    if name not in TERMS or not hasattr(block, "get"):  # a dict or a ConfigDict
+    if name not in known or not hasattr(block, "get"):  # a dict or a ConfigDict
       raise ValueError(
           f"loss.{name}: the loss config holds one block per term, loss.<term>.<option> "
-          f"with a term of {sorted(TERMS)} (e.g. loss.kurtosis.weight, loss.wdm.form)")
+          f"with a term of {sorted(TERMS)} (e.g. loss.kurtosis.weight, loss.wdm.form), or a "
+          f"term of your own named by its import path: loss.{name}.{TERM_FIELD} = "
+          "'package.module:attribute'")

@@ -12,6 +12,9 @@ Usable on their own::
     from bmd_jax import quantizers
     y = quantizers.ede_sign(x, t=2.0, k=1.0)
     fn = quantizers.get_quantizer("approx_sign")
+
+A config names an estimator of its own by its import path, ``package.module:attribute``
+(components.py, docs/EXTENDING.md), wherever it names a registered one.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+
+from bmd_jax import components
 
 
 def binarize(x: jax.Array) -> jax.Array:
@@ -154,7 +159,11 @@ class Estimator:
   ``arguments(settings, progress)`` gives the function's keyword arguments from the config's
   ``estimators`` section and where training stands (``progress`` in [0, 1], possibly a traced
   value); ``scheduled`` names those that change with progress, which the train loop logs.
-  A new estimator is one entry here (plus its settings in the config).
+  A new estimator is one entry here (plus its settings in the config), or, outside the
+  package, an Estimator that a config names by its import path (docs/EXTENDING.md). Its
+  settings are the config's ``estimators`` fields; those that are its own, read them with
+  ``settings.get(field, default)``, since the arguments of every estimator a process has met
+  are computed under each config it runs.
   """
 
   sign: Callable[..., jax.Array]
@@ -175,27 +184,54 @@ ESTIMATORS: dict[str, Estimator] = {
 }
 
 
-def get_estimator(name: str) -> Estimator:
-  """The registry entry of `name` (a config's string)."""
-  try:
-    return ESTIMATORS[name]
-  except KeyError:
-    raise ValueError(
-        f"unknown quantizer {name!r}; choose one of {sorted(ESTIMATORS)}") from None
+# Estimators met by their import path in this process (components.py), by path: the train
+# step computes their arguments too. Kept apart from ESTIMATORS, which lists the registered.
+_IMPORTED: dict[str, Estimator] = {}
+
+
+def register(name: str, estimator: Estimator | Callable[..., jax.Array],
+             replace: bool = False) -> Estimator:
+  """Registers an estimator in this process (a notebook's way; a config read by other
+  processes names it by its import path instead). A bare sign function takes no traced
+  arguments. Returns the entry."""
+  return components.register(ESTIMATORS, name, as_estimator(estimator), "estimator", replace)
+
+
+def as_estimator(found, name: str = "") -> Estimator:
+  """An `Estimator` as it is, a bare sign function as one without traced arguments."""
+  if isinstance(found, Estimator):
+    return found
+  if callable(found):
+    return Estimator(found)
+  raise components.ComponentError(
+      f"quantizer {name!r} names {found!r}, neither a quantizers.Estimator nor a sign function")
+
+
+def get_estimator(name: str, what: str | None = None) -> Estimator:
+  """The registry entry of `name` (a config's string): a registered name, or an import path
+  ``package.module:attribute`` to an `Estimator` or a sign function. `what` names the config
+  field in an error."""
+  if name in _IMPORTED:
+    return _IMPORTED[name]
+  found = components.lookup(ESTIMATORS, name, "quantizer", what)
+  if components.is_import_path(name):
+    found = _IMPORTED[name] = as_estimator(found, name)
+  return found
 
 
 def get_quantizer(name: str) -> Callable[..., jax.Array]:
-  """The sign function registered under `name`."""
+  """The sign function registered under `name` (or at the import path `name`)."""
   return get_estimator(name).sign
 
 
 def traced_arguments(settings, progress, names=None) -> dict[str, dict]:
-  """{estimator name: its keyword arguments} at `progress`, for `names` (default: all).
+  """{estimator name: its keyword arguments} at `progress`, for `names` (default: every
+  registered one and every one imported by its path in this process).
 
   These are what binary layers receive as ``estimator_args``; values may be traced, so a
   schedule moves them without recompiling.
   """
-  names = sorted(ESTIMATORS) if names is None else names
+  names = [*sorted(ESTIMATORS), *sorted(_IMPORTED)] if names is None else names
   return {name: get_estimator(name).arguments(settings, progress) for name in names}
 
 

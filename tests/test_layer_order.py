@@ -14,6 +14,7 @@ from narrow_models import CASES
 
 from bmd_jax import losses, models, objective, train
 from bmd_jax.layers import BinaryConv, Conv
+from bmd_jax.layers import BinaryDense, regularize_mark
 
 BIRCONV, REAL = "latent_kernel", "kernel"
 
@@ -243,3 +244,57 @@ def test_wdm_layers_leave_out_the_marked_binarized_convs():
       losses.wdm_loss(params, student, layers=layers),
       losses.wdm_loss({k: params[k] for k in kept}, {k: student[k] for k in kept},
                       include_shortcuts=True), rtol=1e-6)
+
+
+# --- a layer's own choice: its field `regularize` ----------------------------------------------
+
+class _OwnChoices(nn.Module):
+  """A user's network: the stem opts in, `b` opts out, a shortcut opts in past
+  include_shortcuts=False, a real conv opts out, a binary dense layer opts in."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = Conv(4, (3, 3), regularize=True, name="stem")(x)
+    residual = BinaryConv(8, (1, 1), shortcut=True, regularize=True, name="proj")(x)
+    y = BinaryConv(8, name="a")(x)
+    y = BinaryConv(8, regularize=False, name="b")(y)
+    y = Conv(8, (3, 3), regularize=False, name="real")(y)
+    y = BinaryConv(8, name="c")(y) + residual
+    y = BinaryDense(3, regularize=True, name="head")(y.mean(axis=(1, 2)))
+    return BinaryDense(3, name="plain_head")(y)
+
+
+def test_a_layer_mark_overrides_the_rule_in_both_lists():
+  model, shape = _OwnChoices(), (8, 8, 3)
+  expected = ["stem/kernel", "a/latent_kernel", "c/latent_kernel", "head/latent_kernel",
+              "proj/latent_kernel"]  # a shortcut after its siblings, as the rule orders it
+  assert models.kurtosis_layers(model, shape) == expected
+  assert models.kurtosis_layers(model, shape, include_shortcuts=False) == expected
+  # WDM: the binarized layers in sorted order, `b` out, the marked real stem in.
+  assert models.wdm_layers(model, shape) == [
+      "a/latent_kernel", "c/latent_kernel", "head/latent_kernel", "plain_head/latent_kernel",
+      "proj/latent_kernel", "stem/kernel"]
+  # The conv list itself is unchanged by marks: every conv, the dense layers not among them.
+  assert models.conv_kernel_paths(model, shape) == [
+      "stem/kernel", "a/latent_kernel", "b/latent_kernel", "real/kernel", "c/latent_kernel",
+      "proj/latent_kernel"]
+
+
+def test_layers_are_unmarked_by_default():
+  # None: the rule decides, so the registered models' lists above are the rule's.
+  assert [regularize_mark(m) for m in (
+      Conv(1, (3, 3)), BinaryConv(1), BinaryDense(1))] == [None, None, None]
+  assert regularize_mark(BinaryDense(1, regularize=False)) is False
+
+
+def test_every_layer_opted_out_is_an_error_naming_the_mark():
+  class AllOut(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      x = Conv(4, (3, 3), name="stem")(x)
+      return BinaryConv(4, regularize=False, name="only")(x)
+
+  with pytest.raises(ValueError, match="regularize=True"):
+    models.kurtosis_layers(AllOut(), (8, 8, 3))
+  with pytest.raises(ValueError, match="regularize=False"):
+    models.wdm_layers(AllOut(), (8, 8, 3))

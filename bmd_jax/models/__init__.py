@@ -14,6 +14,11 @@ and returns float32 logits. kwargs set the model's fields: ``num_classes``, ``pr
     resnet34_torchvision  ImageNet, real   models/resnet_torchvision.py (ReActNet's teacher)
     reactnet_a      ImageNet, ReActNet-A   models/reactnet.py
 
+A name may also be an import path, ``package.module:Attribute`` (components.py): a user's
+model, a Flax module or a function returning one, taking the fields above and its own. A
+config that names it so is rebuilt by every tool, in any process where the module imports
+(docs/EXTENDING.md); ``register(name, factory)`` adds a name in this process only.
+
 The parameter tree does not depend on the precision, so a model trained with binary
 activations (step 1) initializes the binary model (step 2) as it is.
 
@@ -32,6 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bmd_jax import components, quantizers
 from bmd_jax.models.layer_order import conv_kernel_paths, kurtosis_layers, wdm_layers
 from bmd_jax.models.reactnet import reactnet_a
 from bmd_jax.models.resnet_cifar import resnet18_cifar, resnet20
@@ -62,12 +68,17 @@ def list_models(binary_only: bool = False) -> list[str]:
   return sorted(n for n in MODELS if not (binary_only and n in REAL_VALUED_MODELS))
 
 
+def register(name: str, factory: Callable[..., nn.Module], replace: bool = False):
+  """Registers a model in this process (a notebook's way; a config read by other processes
+  names it by its import path instead). Returns `factory`."""
+  return components.register(MODELS, name, factory, "model", replace)
+
+
 def get_model(name: str, **kwargs) -> nn.Module:
-  """The model registered as `name`, built with the given fields."""
-  if name not in MODELS:
-    raise ValueError(f"unknown model {name!r}; registered models: {list_models()}")
+  """The model registered as `name`, or at the import path `name`, built with the fields."""
+  factory = components.lookup(MODELS, name, "model")
   try:
-    return MODELS[name](**kwargs)
+    return factory(**kwargs)
   except TypeError as e:
     raise ValueError(f"model {name!r} does not accept these options {sorted(kwargs)}: {e}") from e
 
@@ -80,6 +91,11 @@ def from_config(model_config: Mapping[str, Any], num_classes: int, **overrides) 
   """
   fields = {**dict(model_config), **overrides}
   name = fields.pop("name")
+  # The quantizers are looked up now, so that a wrong name fails before any tracing, and an
+  # import path is imported before the train step asks for every estimator's arguments.
+  for field in ("input_quantizer", "kernel_quantizer"):
+    if field in fields:
+      quantizers.get_estimator(fields[field], what=f"model.{field}")
   if isinstance(fields.get("dtype"), str):
     fields["dtype"] = jnp.dtype(fields["dtype"])
   return get_model(name, num_classes=num_classes, **fields)

@@ -19,6 +19,10 @@ order is taken from the model:
 
 The result is a list of ``/``-joined parameter paths (``stage2_block0/conv1/latent_kernel``),
 which is all the losses get; the mark, not a module's name, says which convs are shortcuts.
+
+A layer's own ``regularize`` field (layers.py) overrides the rule for it in both lists: True
+covers it (a first conv, a shortcut, a ``BinaryDense``), False leaves it out. The registered
+models set none, so their lists are the rule's.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ import jax.numpy as jnp
 from bmd_jax import layers, losses
 
 CONV_TYPES = (nn.Conv, layers.BinaryConv)
+# Layers the rule never covers but that a ``regularize=True`` may bring in.
+OTHER_LAYER_TYPES = (layers.BinaryDense,)
 KERNEL_NAMES = (losses.LATENT_KERNEL, "kernel")
 
 
@@ -40,21 +46,31 @@ KERNEL_NAMES = (losses.LATENT_KERNEL, "kernel")
 class _Trace:
   """What one shape-only init of the model shows of its modules."""
 
-  convs: list  # conv module paths, in first-call order
+  convs: list  # conv module paths (and those of other layers marked regularize=True), in
+  # first-call order
   kinds: dict  # module path -> its class
   shortcuts: set  # paths of the convs marked as shortcuts
+  marks: dict  # module path -> its regularize field, where it is set
   params: dict  # parameter shapes
 
 
 def _traced_calls(model: nn.Module, image_shape) -> _Trace:
-  trace = _Trace([], {(): type(model)}, set(), {})
+  trace = _Trace([], {(): type(model)}, set(), {}, {})
 
   def record(method, args, kwargs, context):
-    path = tuple(context.module.path)
-    trace.kinds.setdefault(path, type(context.module))
-    if isinstance(context.module, CONV_TYPES) and path not in trace.convs:
+    module = context.module
+    path = tuple(module.path)
+    trace.kinds.setdefault(path, type(module))
+    layer = isinstance(module, (*CONV_TYPES, *OTHER_LAYER_TYPES))
+    mark = layers.regularize_mark(module) if layer else None
+    if mark is not None:
+      trace.marks[path] = mark
+    # Only a dense layer marked in joins the ordered list, so that the convs' order (and the
+    # first conv) stay those of the originals wherever nothing is marked.
+    ordered = isinstance(module, CONV_TYPES) or (layer and mark)
+    if ordered and path not in trace.convs:
       trace.convs.append(path)
-      if layers.is_shortcut(context.module):
+      if layers.is_shortcut(module):
         trace.shortcuts.add(path)
     return method(*args, **kwargs)
 
@@ -97,8 +113,19 @@ def _kernel_name(params, path) -> str:
   raise ValueError(f"conv {'/'.join(path)} has none of the kernel params {KERNEL_NAMES}")
 
 
-def _ordered_convs(model: nn.Module, image_shape) -> list[tuple[str, bool]]:
-  """(kernel path, marked as a shortcut) of every conv, in the original's definition order."""
+@dataclasses.dataclass(frozen=True)
+class _Layer:
+  """One layer of the ordered list."""
+
+  path: str  # its kernel's parameter path
+  conv: bool
+  shortcut: bool
+  regularize: bool | None  # its own mark
+
+
+def _ordered_layers(model: nn.Module, image_shape) -> list[_Layer]:
+  """Every conv (and every other layer marked regularize=True), in the original's definition
+  order."""
   trace = _traced_calls(model, image_shape)
   first_call = {}
   for index, path in enumerate(trace.convs):
@@ -107,20 +134,22 @@ def _ordered_convs(model: nn.Module, image_shape) -> list[tuple[str, bool]]:
   shortcut_modules = _shortcut_modules(trace)
   ordered = sorted(trace.convs,
                    key=lambda p: _sort_key(p, trace.kinds, first_call, shortcut_modules))
-  return [("/".join((*p, _kernel_name(trace.params, p))), p in trace.shortcuts)
-          for p in ordered]
+  return [_Layer("/".join((*p, _kernel_name(trace.params, p))),
+                 issubclass(trace.kinds[p], CONV_TYPES), p in trace.shortcuts,
+                 trace.marks.get(p)) for p in ordered]
 
 
 def conv_kernel_paths(model: nn.Module, image_shape) -> list[str]:
   """Every conv's kernel path, the first included, in the original's definition order."""
-  return [path for path, _ in _ordered_convs(model, image_shape)]
+  return [layer.path for layer in _ordered_layers(model, image_shape) if layer.conv]
 
 
 def kurtosis_layers(model: nn.Module, image_shape, include_shortcuts: bool = True) -> list[str]:
   """The release's kurtosis selection: every conv but the first, in definition order.
 
   Shortcut convs (those marked ``shortcut=True``, layers.py) are included unless
-  ``include_shortcuts`` is false.
+  ``include_shortcuts`` is false. A layer's own ``regularize`` field, where set, decides for
+  it instead (True: in, even the first conv, a shortcut or a BinaryDense; False: out).
 
   Args:
     model: a registered model (any precision: the selection does not depend on it).
@@ -130,11 +159,19 @@ def kurtosis_layers(model: nn.Module, image_shape, include_shortcuts: bool = Tru
   Returns:
     ``/``-joined parameter paths, in the order per-layer kurtosis targets are given.
   """
-  paths = [path for path, shortcut in _ordered_convs(model, image_shape)[1:]
-           if include_shortcuts or not shortcut]
+  ordered = _ordered_layers(model, image_shape)
+  first_conv = next((layer for layer in ordered if layer.conv), None)
+
+  def by_rule(layer):
+    return (layer.conv and layer is not first_conv
+            and (include_shortcuts or not layer.shortcut))
+
+  paths = [layer.path for layer in ordered
+           if (by_rule(layer) if layer.regularize is None else layer.regularize)]
   if not paths:
     raise ValueError(f"{type(model).__name__} has no convolution besides the first "
-                     f"{'' if include_shortcuts else 'that is not a shortcut '}to regularize")
+                     f"{'' if include_shortcuts else 'that is not a shortcut '}to regularize "
+                     "(nor a layer marked regularize=True)")
   return paths
 
 
@@ -142,16 +179,22 @@ def wdm_layers(model: nn.Module, image_shape, include_shortcuts: bool = False) -
   """The release's WDM selection: every binarized layer (a ``latent_kernel``), sorted.
 
   Marked shortcut convs are left out unless ``include_shortcuts`` is true (the release leaves
-  its downsample convs out; on the registered models they are real, so never binarized).
+  its downsample convs out; on the registered models they are real, so never binarized). A
+  layer's own ``regularize`` field, where set, decides for it instead (True brings in a real
+  conv too).
 
   Returns:
     ``/``-joined parameter paths, in the sorted order ``losses.binarized_kernels`` gives.
   """
   trace = _traced_calls(model, image_shape)
   shortcuts = {"/".join((*p, layers.LATENT_KERNEL)) for p in trace.shortcuts}
+  marks = {"/".join((*p, _kernel_name(trace.params, p))): mark
+           for p, mark in trace.marks.items()}
   paths = [p for p in losses.binarized_kernels(trace.params)
-           if include_shortcuts or p not in shortcuts]
+           if marks.get(p, include_shortcuts or p not in shortcuts)]
+  paths = sorted({*paths, *(p for p, mark in marks.items() if mark)})
   if not paths:
-    raise ValueError(f"{type(model).__name__}: every binarized layer is a shortcut conv, so "
-                     f"WDM without shortcuts has no layer to mimic; include the shortcuts")
+    raise ValueError(f"{type(model).__name__}: every binarized layer is a shortcut conv or "
+                     "marked regularize=False, so WDM has no layer to mimic; include the "
+                     "shortcuts (loss.wdm.include_shortcuts) or mark a layer regularize=True")
   return paths
