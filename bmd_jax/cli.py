@@ -46,6 +46,7 @@ USER_ERRORS = frozenset({
     "bmd_jax.checkpoint.CheckpointWriteError",
     "bmd_jax.checkpoint.ConfigChangedError",
     "bmd_jax.checkpoint.NoSuchCheckpointError",
+    "bmd_jax.components.ComponentError",
     "bmd_jax.config_checks.ConfigValueError",
     "bmd_jax.convert.StateDictError",
     "bmd_jax.data.image_folder.ImageFolderError",

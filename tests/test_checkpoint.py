@@ -146,3 +146,18 @@ def test_written_variables_are_checked_when_loaded(tmp_path):
   record.write_text(json.dumps(saved))
   with pytest.raises(checkpoint.ChecksumMismatchError, match="params/classifier/kernel"):
     checkpoint.load_variables(tmp_path / "converted", variables, "init_from checkpoint")
+
+
+def test_a_state_with_empty_optimizer_nodes_is_saved_and_verified(tmp_path):
+  """Weight decay puts an empty node (optax's EmptyState) in the optimizer state, as in the
+  CIFAR-10 recipe: the checksums are still written and checked."""
+  import optax
+  params = _variables(default.get_config())["params"]
+  tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1, momentum=0.9))
+  state = {"params": params, "opt_state": tx.init(params)}
+  manager = checkpoint.create_manager(str(tmp_path), "train")
+  checkpoint.save(manager, 1, state, None, {"stage": "train"}, wait=True)
+  manager.close()
+  restored = checkpoint.read_state(tmp_path / "checkpoints" / "train" / "1" / "state")
+  np.testing.assert_array_equal(restored["params"]["conv1"]["latent_kernel"],
+                                params["conv1"]["latent_kernel"])
