@@ -140,8 +140,6 @@ def run_config(variant: str, seed: int, epochs: float, eval_examples: int):
   config.steps_per_dispatch = 0  # up to the next log, evaluation or save, on the GPU
   config.checkpoint_every_epochs = _CKPT_EPOCHS.value
   config.checkpoint_every_minutes = _CKPT_MINUTES.value
-  # Off in effect: the epochs and the minutes decide (the loop wants a positive number today;
-  # 0 once the lead's change allows it).
   config.checkpoint_every_steps = 0  # off: by epochs and minutes (loop_schedule.py)
   config.checkpoint_keep = 1  # what returns from a window stays small
   return config
