@@ -36,6 +36,10 @@ throughput_<device>_<model>_<what>.json (device: JAX's device_kind, slugged).
 --xla_gpu_command_buffer sets XLA_FLAGS' --xla_gpu_enable_command_buffer (the op types XLA:GPU
 may capture into CUDA graphs; '' leaves XLA's default) after checking, in a child process,
 that this jaxlib accepts the value; on CPU it is parsed but has no effect.
+
+Measured on CPU: docs/BENCHMARKS.md, "Steps per dispatch, 2026-12-06" (there the looped
+program runs 8-14x slower: XLA:CPU leaves the conv gradients inside a loop body in forms it
+runs as naive loops).
 """
 
 from __future__ import annotations
@@ -103,7 +107,10 @@ def set_command_buffer_flag(value: str) -> None:
                          env={**os.environ, "XLA_FLAGS": flags}, capture_output=True,
                          text=True, timeout=300)
   if probe.returncode:
-    sys.exit(f"this jaxlib refuses XLA_FLAGS={flags!r}:\n{probe.stderr.strip()[-2000:]}")
+    # XLA prints its whole flag list after the reason: keep the lines that give the reason.
+    reason = [line for line in probe.stderr.splitlines()
+              if any(word in line for word in ("Illegal", "Unknown", "Check failed"))]
+    sys.exit(f"this jaxlib refuses XLA_FLAGS={flags!r}:\n" + "\n".join(reason[:5]))
   os.environ["XLA_FLAGS"] = flags
 
 

@@ -43,3 +43,12 @@ def test_runs_other_than_one_refused():
   result = subprocess.run([sys.executable, os.path.join(REPO, "bench", "steps_per_dispatch.py"),
                            "--runs=2"], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0 and "only 1 for now" in result.stderr
+
+
+def test_command_buffer_value_checked_before_use():
+  # XLA aborts at backend start on a value it does not parse: the script says so first.
+  result = subprocess.run([sys.executable, os.path.join(REPO, "bench", "steps_per_dispatch.py"),
+                           "--xla_gpu_command_buffer=NOT_AN_OP_TYPE", "--dispatch=",
+                           "--torch="], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0 and "this jaxlib refuses" in result.stderr
+  assert "NOT_AN_OP_TYPE" in result.stderr
