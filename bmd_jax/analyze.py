@@ -359,6 +359,7 @@ def main(argv):
   from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 
   logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO
+  checkpoint.one_line_orbax_errors()  # a damaged checkpoint is reported once, by the fallback
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS

@@ -65,7 +65,8 @@ def _flip_a_bit(workdir, step=30):
 def _one_line_error(result):
   assert result.returncode != 0, result.stdout[-2000:]
   assert "Traceback" not in result.stderr, result.stderr[-4000:]
-  lines = [l for l in result.stderr.splitlines() if l.startswith("export:")]
+  # cli.py's boundary: "bmd_jax.export: <message> (traceback in <workdir>/error.log)"
+  lines = [l for l in result.stderr.splitlines() if l.startswith("bmd_jax.export:")]
   assert len(lines) == 1, result.stderr[-4000:]
   return lines[0]
 
