@@ -316,11 +316,7 @@ def create_train_input(config, datasets: Datasets, mesh, seed: int):
 
 
 def global_eval_batches(config, datasets: Datasets, mesh) -> Iterator[dict]:
-  """One pass over the eval split as global batches with a `mask` of the valid rows."""
-  if config.get("input_path", "grain") == "grain":
-    for batch in sharding.equal_batch_count(eval_batches(config, datasets.eval)):
-      yield sharding.global_batch(batch, mesh)
-    return
-  batch_size = config.get("eval_batch_size", config.batch_size)
-  split = on_device.upload_source(datasets.eval, mesh, batch_size)
-  yield from on_device.eval_batches(split, mesh, batch_size, config.mean, config.std)
+  """One pass over the eval split as global batches with a `mask` of the valid rows (the grain
+  path; the device path evaluates the whole split in one program, train.create_evaluator)."""
+  for batch in sharding.equal_batch_count(eval_batches(config, datasets.eval)):
+    yield sharding.global_batch(batch, mesh)

@@ -30,7 +30,7 @@ class Schedule:
   total_steps: int
   steps_per_epoch: int
   log_every: int
-  eval_every: int  # steps; <= 0: only at the end
+  eval_every: int  # steps
   save_every_steps: int  # <= 0: off
   save_every_epochs: float  # <= 0: off
   save_every_minutes: float  # <= 0: off

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -154,19 +154,6 @@ class DeviceTrainInput:
 
   def batch(self, step: int) -> dict:
     return self._batch(self.split, np.int32(step))
-
-
-@functools.lru_cache(maxsize=8)
-def _jitted_eval_batch(mesh: Mesh, batch_size: int, mean: tuple, std: tuple):
-  return jax.jit(functools.partial(eval_batch, batch_size=batch_size, mean=mean, std=std),
-                 out_shardings=split_sharding(mesh))
-
-
-def eval_batches(split: DeviceSplit, mesh: Mesh, batch_size: int, mean, std) -> Iterator[dict]:
-  """One ordered pass over an eval split, in global batches of batch_size (the last masked)."""
-  fn = _jitted_eval_batch(mesh, batch_size, tuple(mean), tuple(std))
-  for index in range(-(-split.num_examples // batch_size)):
-    yield fn(split, np.int32(index))
 
 
 def eval_sums(sums_fn, split: DeviceSplit, *, batch_size: int, num_batches: int, mean,
