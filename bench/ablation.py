@@ -40,7 +40,8 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
 
 import bmd_jax  # noqa: E402
-from bmd_jax import checkpoint, input_pipeline, metric_writers, stages, train  # noqa: E402
+from bmd_jax.infra import checkpoint  # noqa: E402
+from bmd_jax.training import input_pipeline, metric_writers, stages, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/cifar10.py", "Base config (two stages).")

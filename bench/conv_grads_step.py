@@ -33,7 +33,8 @@ def build(variant: str, change: str, on: bool, batch_size: int, model: str = "re
   """(a function that runs one step, the step's loss), with `change` on or off."""
   import jax
   import train_step
-  from bmd_jax import conv_grads, cpu_barriers, train
+  from bmd_jax.xla_cpu import conv_grads, cpu_barriers
+  from bmd_jax.training import train
   image_size, _, classes = train_step.SIZES[model]
   barriers_off = change == "barriers" and not on
   with _config_without_barriers(train_step) if barriers_off else contextlib.nullcontext():

@@ -1,4 +1,4 @@
-"""A 3x3 convolution's weight gradient: XLA's against bmd_jax.conv_grads' (summed over batch
+"""A 3x3 convolution's weight gradient: XLA's against bmd_jax.xla_cpu.conv_grads' (summed over batch
 chunks on CPU).
 
     python bench/conv_weight_grad.py                    # ResNet-20's stage 1, batch 128
@@ -25,7 +25,7 @@ def main():
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from bmd_jax import conv_grads
+  from bmd_jax.xla_cpu import conv_grads
 
   x = jnp.sign(jax.random.normal(jax.random.PRNGKey(0), shape))  # a binary layer's input
   channels = shape[-1]

@@ -9,7 +9,7 @@ curve, and a GPU's TF32 moved top-1 by 0.4 points on 2026-11-27).
 the runs_*.tar.gz archives a window returned (unpacked into a temporary folder first). Each
 run's newest readable checkpoint of its last binary stage (checkpoint.read_chosen) is evaluated
 over the whole test split of --data_dir at float32 'highest' precision with the training's own
-evaluator (train.create_evaluator), on this process's first device. --json gets one record a
+evaluator (evaluation.create_evaluator), on this process's first device. --json gets one record a
 run: run, stage, step, top1, loss, eval_examples, precision, device, data_dir, command, date.
 """
 
@@ -56,7 +56,8 @@ def run_folders(runs: str, scratch: str) -> list[str]:
 
 def evaluate(workdir: str, data_dir: str, batch: int, datasets_cache: dict) -> dict:
   import jax
-  from bmd_jax import checkpoint, input_pipeline, sharding, train
+  from bmd_jax.infra import checkpoint
+  from bmd_jax.training import evaluation, input_pipeline, sharding, train
   from bmd_jax.models import create_model
   ckpt, stage, config, variables = checkpoint.read_chosen(workdir)
   # Alike for every run: the whole split, one device, float32 'highest', the device input path.
@@ -77,7 +78,7 @@ def evaluate(workdir: str, data_dir: str, batch: int, datasets_cache: dict) -> d
       jax.random.PRNGKey(0), config, model, datasets.info.image_shape,
       train.create_learning_rate_fn(config, steps_per_epoch), params=variables["params"],
       batch_stats=variables["batch_stats"])
-  metrics = train.create_evaluator(config, datasets, mesh)(sharding.replicate(state, mesh))
+  metrics = evaluation.create_evaluator(config, datasets, mesh)(sharding.replicate(state, mesh))
   return {"run": os.path.basename(workdir.rstrip("/")), "stage": stage, "step": ckpt.step,
           "top1": metrics["eval/accuracy"], "loss": metrics["eval/loss"],
           "eval_examples": datasets.info.num_eval, "precision": "highest",

@@ -31,7 +31,7 @@ def parse_args():
 
 def one_step(device, setup):
   import jax
-  from bmd_jax import train
+  from bmd_jax.training import train
   config, teacher_model, state, teacher, batch, lr_fn = setup
   step = functools.partial(train.train_step, config=config, learning_rate_fn=lr_fn,
                            steps_per_epoch=1000, total_epochs=config.num_epochs,

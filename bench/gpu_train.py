@@ -121,7 +121,7 @@ def missing_checkpoints(manifest_paths, runs_dir: str, runs) -> str:
 
 
 def run_config(variant: str, seed: int, epochs: float, eval_examples: int):
-  from bmd_jax.config_files import load_sibling
+  from bmd_jax.infra.config_files import load_sibling
   config = load_sibling(os.path.join(REPO, "configs", "x.py"), VARIANTS[variant])
   config.dataset = "image_folder"
   config.data_dir = _DATA.value
@@ -197,7 +197,7 @@ def main(argv):
     return
 
   import jax
-  from bmd_jax import input_pipeline, metric_writers, train
+  from bmd_jax.training import input_pipeline, metric_writers, train
   metric_writers.console_logging()
   # Seeds of a variant compile the same programs: compile once per window. A cache the caller
   # set (bench/gpu_run.sh's, carried between windows; the test session's) wins.

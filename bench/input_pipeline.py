@@ -1,4 +1,4 @@
-"""Images per second delivered by the input pipeline (bmd_jax.input_pipeline), per worker count.
+"""Images per second delivered by the input pipeline (bmd_jax.training.input_pipeline), per worker count.
 
 Cases:
 - cifar10 folder: the CIFAR-10 JPEG folder (BMD_CIFAR10_DIR, default ../shared/data/cifar10-jpeg),
@@ -34,8 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bmd_jax import input_pipeline  # noqa: E402
-from configs import default  # noqa: E402
+from bmd_jax.training import input_pipeline  # noqa: E402
+from bmd_jax.configs import default  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = ("cifar10_folder", "cifar10_cached", "imagenet_train", "imagenet_eval",

@@ -1,4 +1,4 @@
-"""Max pool forward and backward: Flax's nn.max_pool against bmd_jax.pooling.max_pool.
+"""Max pool forward and backward: Flax's nn.max_pool against bmd_jax.xla_cpu.pooling.max_pool.
 
     python bench/max_pool_grad.py                      # ResNet-18's stem pool, batch 32
     python bench/max_pool_grad.py --shape=8,112,112,64
@@ -23,7 +23,7 @@ def main():
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from bmd_jax import pooling
+  from bmd_jax.xla_cpu import pooling
 
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
   pools = {"flax": lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))),

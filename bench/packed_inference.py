@@ -63,7 +63,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import bmd_jax
-from bmd_jax import export, layers, models, packed
+from bmd_jax.tools import export, packed
+from bmd_jax.core import layers
+from bmd_jax import models
 
 INPUTS = {"resnet20": (32, 32, 3), "resnet18": (224, 224, 3)}
 CLASSES = {"resnet20": 10, "resnet18": 1000}

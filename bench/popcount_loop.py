@@ -78,7 +78,7 @@ def main():
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from bmd_jax import packed
+  from bmd_jax.tools import packed
 
   rng = np.random.default_rng(0)
   a = jnp.asarray(rng.integers(0, 2**32, (args.positions, args.words), dtype=np.uint32))

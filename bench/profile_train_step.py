@@ -74,7 +74,8 @@ def main(argv):
   del argv
   bmd_jax.configure_cpu()  # before any JAX computation; BMD_JAX_CPU_FLAGS=off skips it
   import jax
-  from bmd_jax import cpu_barriers, train
+  from bmd_jax.xla_cpu import cpu_barriers
+  from bmd_jax.training import evaluation, train
   image_size, batch_size, classes = bench._sizes(_MODEL.value)
   config, _, teacher_model, state, teacher, batch, lr_fn = bench.jax_setup(
       _MODEL.value, image_size, batch_size, classes, blocks_per_stage=bench._BLOCKS.value)
@@ -83,7 +84,7 @@ def main(argv):
                            teacher_apply=teacher_model.apply)
   full = _VARIANT.value == "full"
   if _VARIANT.value == "eval":
-    compiled = jax.jit(functools.partial(train.eval_step, config=config)).lower(
+    compiled = jax.jit(functools.partial(evaluation.eval_step, config=config)).lower(
         state, batch).compile()
     run = lambda: jax.block_until_ready(compiled(state, batch))
   else:

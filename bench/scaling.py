@@ -5,7 +5,7 @@
 With --simulated_devices=N (CPU), XLA splits this machine's cores into N devices, so the
 figures show the cost of sharding (collectives, smaller per-device work), not a speed-up;
 on a GPU/TPU host leave it out and the mesh runs over the real devices. For each device count
-that divides the global batch (1, 2, 4, ...), the train step of bmd_jax.train is jitted over
+that divides the global batch (1, 2, 4, ...), the train step of bmd_jax.training.train is jitted over
 a mesh of that many devices, exactly as train.train_stage does, and timed on random data:
 --rounds rounds, the device counts alternating within each, --steps steps per round. Prints
 one JSON line per device count (ms per step per round, their median, images/s from it).
@@ -43,10 +43,10 @@ def main():
   import jax
   import numpy as np
   import bmd_jax
-  from bmd_jax import sharding, train
+  from bmd_jax.training import sharding, train
 
   bmd_jax.configure_cpu()  # before any JAX computation
-  from configs import default
+  from bmd_jax.configs import default
 
   config = default.get_config()
   config.model.name = args.model

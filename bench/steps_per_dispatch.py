@@ -15,7 +15,7 @@ config) on a CIFAR-sized split held on the device (data/on_device.py; random uin
              in mode "reduce-overhead" (CUDA graphs) on a GPU; on CPU, where CUDA graphs do not
              apply, in the default mode.
 
-The JAX programs are train.StepRunner's (so cpu_barriers.jit, as the loop compiles them);
+The JAX programs are step_runner.StepRunner's (so cpu_barriers.jit, as the loop compiles them);
 'old' is StepRunner's host-batch path fed by DeviceTrainInput.batch, which is exactly what the
 loop did. Every configuration starts from the same weights and trains on the same steps'
 batches. Each round times every configuration once, in turn (bench/alternating_rounds.py's
@@ -133,7 +133,8 @@ def jax_setup(args):
   import jax
   import numpy as np
   import train_step as bench_train_step
-  from bmd_jax import models, sharding, train
+  from bmd_jax import models
+  from bmd_jax.training import sharding, train
   from bmd_jax.data import on_device
 
   config = bench_train_step.jax_config("resnet20", args.blocks_per_stage, args.dtype)
@@ -177,7 +178,7 @@ class JaxWay:
   def __init__(self, what, setup):
     import jax
     import jax.numpy as jnp
-    from bmd_jax import train
+    from bmd_jax.training import step_runner
     config, state, teacher, step_fn, device_input, mesh, shardings, image_shape = setup
     config = copy.deepcopy(config)
     self.what = what
@@ -188,7 +189,7 @@ class JaxWay:
       self.steps_per_dispatch = int(what)
       train_input = device_input
     config.steps_per_dispatch = self.steps_per_dispatch
-    self._runner = train.StepRunner(config, step_fn, train_input, mesh, shardings, state,
+    self._runner = step_runner.StepRunner(config, step_fn, train_input, mesh, shardings, state,
                                     teacher, None, image_shape)
     assert self._runner.on_device == (what != "old")
     self._state = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), state)  # donated
@@ -197,7 +198,7 @@ class JaxWay:
   def run(self, steps: int) -> int:
     """Runs at least `steps` steps in whole dispatches, reads the metric sums once; the count."""
     import jax
-    from bmd_jax import dispatch
+    from bmd_jax.training import dispatch
     acc = self._runner.empty()
     dispatches = -(-steps // self.steps_per_dispatch)
     for _ in range(dispatches):

@@ -7,11 +7,11 @@ for PyTorch eager so that both frameworks do the same work.
 - ResNet-18 as bmd_jax.models.resnet_imagenet.BiRealResNet (Bi-Real / ReActNet with RSign and
   RPReLU when ``react``): 7x7 stride-2 stem, max pool, per-conv shortcuts, real downsample
   (2x2 avg pool, 1x1 conv, BN).
-- Estimators as autograd Functions with the gradients of bmd_jax.quantizers: EDE, clipped STE,
+- Estimators as autograd Functions with the gradients of bmd_jax.core.quantizers: EDE, clipped STE,
   ApproxSign; sign(0) = +1. Weight scaling: IR-Net's standardization with a power-of-two scale
   (detached, multiplying the gradient), or mean |W| per output channel (ReActNet's
   HardBinaryConv: detached and left out of the gradient), as in bmd_jax.
-- Losses as bmd_jax.losses: cross-entropy, kurtosis loss (ddof=1 variance, per layer
+- Losses as bmd_jax.core.losses: cross-entropy, kurtosis loss (ddof=1 variance, per layer
   (kurt - target)^2, mean), WDM softmax_kl (per output channel over the fan-in, T^2 scaled,
   reduced over channels as loss.wdm.reduction says, shortcut convs excluded), output
   distillation.
@@ -81,7 +81,7 @@ class ApproxSign(torch.autograd.Function):
 
 
 def quantize(x, name, est):
-  """est: the estimator arguments, as bmd_jax.train.estimator_args returns them (floats)."""
+  """est: the estimator arguments, as bmd_jax.training.train.estimator_args returns them (floats)."""
   if name == "ede":
     return EDESign.apply(x, est["ede"]["t"], est["ede"]["k"])
   if name == "ste":
@@ -104,7 +104,7 @@ def default_estimator_args(progress=0.0):
 # --- layers -----------------------------------------------------------------------
 
 class BinaryConv2d(nn.Conv2d):
-  """Conv2d with binarized input and weight; ``precision`` as bmd_jax.layers."""
+  """Conv2d with binarized input and weight; ``precision`` as bmd_jax.core.layers."""
 
   def __init__(self, cin, cout, kernel, stride, precision, input_quantizer, kernel_quantizer,
                scale_mode):
@@ -364,7 +364,7 @@ def kurtosis_loss(model, target=1.8, view="latent"):
   return ((per_layer - target) ** 2).mean()
 
 
-# bmd_jax.losses.WDM_REDUCTIONS: a layer's per-channel KLs (and its fan-in) to one number.
+# bmd_jax.core.losses.WDM_REDUCTIONS: a layer's per-channel KLs (and its fan-in) to one number.
 WDM_REDUCTIONS = {
     "channel_mean": lambda kl, fan_in: kl.mean(),
     "channel_sum": lambda kl, fan_in: kl.sum(),
@@ -394,7 +394,7 @@ def distillation_loss(student_logits, teacher_logits):
 def bdbnn_loss(model, images, labels, teacher=None, kurtosis_weight=1.0, wdm_weight=1.0,
                kd_weight=1.0, kurtosis_target=1.8, wdm_temperature=4.0,
                wdm_reduction="channel_mean", kurtosis_view="latent"):
-  """(total, logits, parts) as bmd_jax.train.train_step's loss_fn; teacher runs in eval mode."""
+  """(total, logits, parts) as bmd_jax.training.train.train_step's loss_fn; teacher runs in eval mode."""
   logits = model(images)
   parts = {"ce": F.cross_entropy(logits, labels)}
   total = parts["ce"]
@@ -412,7 +412,7 @@ def bdbnn_loss(model, images, labels, teacher=None, kurtosis_weight=1.0, wdm_wei
 
 def make_optimizer(model, name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=1e-4,
                    kernels_only=False):
-  """SGD with momentum (or Adam) and L2 added to the gradient, as bmd_jax.train."""
+  """SGD with momentum (or Adam) and L2 added to the gradient, as bmd_jax.training.train."""
   if kernels_only:
     decay = [p for p in model.parameters() if p.ndim == 4]
     other = [p for p in model.parameters() if p.ndim != 4]

@@ -6,7 +6,7 @@ PyTorch eager implementation (bench/torch_reference.py) timed in the same run.
     python bench/train_step.py --quick                # fewer steps
     python bench/train_step.py --malloc=tuned         # both frameworks with PERF-NOTES' glibc tunables
     python bench/train_step.py --frameworks=jax,torch,jax_xla_defaults  # + bmd_jax without its
-                                                      # XLA:CPU flags (bmd_jax/xla_flags.py)
+                                                      # XLA:CPU flags (bmd_jax/xla_cpu/xla_flags.py)
 
 Variants, each timed as the median of --steps steps after --warmup steps (fixed random batch,
 no input pipeline), per framework:
@@ -59,7 +59,7 @@ SIZES = {"resnet20": (32, 128, 10), "resnet18": (224, 32, 1000)}
 _MODELS = flags.DEFINE_list("models", ["resnet20"], f"models among {sorted(SIZES)}")
 _FRAMEWORKS = flags.DEFINE_list(
     "frameworks", ["jax", "torch"], "among jax, torch and jax_xla_defaults (bmd_jax with "
-    "BMD_JAX_CPU_FLAGS=off: jaxlib's own XLA:CPU flags, see bmd_jax/xla_flags.py)")
+    "BMD_JAX_CPU_FLAGS=off: jaxlib's own XLA:CPU flags, see bmd_jax/xla_cpu/xla_flags.py)")
 _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), f"among {VARIANTS}")
 _STEPS = flags.DEFINE_integer("steps", 20, "timed steps per variant (median reported)")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "untimed steps before timing")
@@ -106,7 +106,7 @@ def _maxrss_mib():
 
 def jax_config(model_name, blocks_per_stage=0, dtype="float32"):
   """The recipe's config with kurtosis, WDM and distillation on."""
-  from configs import cifar10, imagenet
+  from bmd_jax.configs import cifar10, imagenet
   config = (cifar10 if model_name == "resnet20" else imagenet).get_config()
   config.model.name = model_name
   if blocks_per_stage:
@@ -126,7 +126,7 @@ def jax_config(model_name, blocks_per_stage=0, dtype="float32"):
 def _without_kurtosis():
   """train.train_step traced with L_K = 0 and no per-layer kurtosis: the CE-alone step."""
   import jax.numpy as jnp
-  from bmd_jax import losses
+  from bmd_jax.core import losses
   with mock.patch.object(losses, "kurtosis_loss", lambda *a, **k: (jnp.zeros(()), {})):
     yield
 
@@ -136,7 +136,7 @@ def jax_setup(model_name, image_size, batch_size, num_classes, seed=0, blocks_pe
   """(config, model, teacher_model, state, teacher variables, batch, lr_fn)."""
   import jax
   import numpy as np
-  from bmd_jax import train
+  from bmd_jax.training import train
   config = jax_config(model_name, blocks_per_stage, dtype)
   model = train.create_model(config, num_classes)
   teacher_model = train.create_model(config, num_classes, config.teacher_precision)
@@ -158,7 +158,8 @@ def jax_runners(model_name, variants=VARIANTS, image_size=None, batch_size=None,
   bmd_jax variant, compiled beforehand from scratch."""
   import jax
   import jax.numpy as jnp
-  from bmd_jax import cpu_barriers, train
+  from bmd_jax.xla_cpu import cpu_barriers
+  from bmd_jax.training import evaluation, train
   default_size, default_batch, classes = SIZES[model_name]
   image_size, batch_size = image_size or default_size, batch_size or default_batch
   config, _, teacher_model, state, teacher, batch, lr_fn = jax_setup(
@@ -189,7 +190,7 @@ def jax_runners(model_name, variants=VARIANTS, image_size=None, batch_size=None,
           v, x, train=False, estimator_args=est)).lower(teacher, batch["image"]).compile()
       run = lambda compiled=compiled: compiled(teacher, batch["image"]).block_until_ready()
     elif variant == "eval":
-      compiled = jax.jit(functools.partial(train.eval_step, config=config)).lower(
+      compiled = jax.jit(functools.partial(evaluation.eval_step, config=config)).lower(
           fresh, batch).compile()
       run = lambda compiled=compiled, fresh=fresh: jax.block_until_ready(compiled(fresh, batch))
     else:

@@ -26,11 +26,13 @@ import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from bmd_jax import losses, models, train  # noqa: E402  pylint: disable=wrong-import-position
+from bmd_jax.core import losses  # noqa: E402  pylint: disable=wrong-import-position
+from bmd_jax import models
+from bmd_jax.training import train
 
 
 def recipe():
-  from configs import cifar10  # pylint: disable=import-outside-toplevel
+  from bmd_jax.configs import cifar10  # pylint: disable=import-outside-toplevel
   return cifar10.get_config()
 
 

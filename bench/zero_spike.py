@@ -24,7 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from bmd_jax import checkpoint, losses, models  # noqa: E402  pylint: disable=wrong-import-position
+from bmd_jax.infra import checkpoint  # noqa: E402  pylint: disable=wrong-import-position
+from bmd_jax.core import losses
+from bmd_jax import models
 
 
 def kernels(tree) -> dict[str, np.ndarray]:

@@ -10,7 +10,7 @@ Several processes (hosts) run the same command; JAX's distributed runtime joins 
 --process_id=I`` (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), or nothing
 on a TPU pod or under srun, where it is detected. See launch/ and the README.
 
-Errors, exit statuses and Ctrl-C: see bmd_jax/cli.py (one line naming a user's mistake and
+Errors, exit statuses and Ctrl-C: see bmd_jax/infra/cli.py (one line naming a user's mistake and
 its fix; 75 after SIGTERM once the checkpoint is written, so a scheduler can requeue the job
 and the same command resumes; 130 after Ctrl-C; 2 for a bad command line).
 """
@@ -26,9 +26,11 @@ if __name__ == "__mp_main__":
 from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags  # pylint: disable=wrong-import-position
 
-from bmd_jax import checkpoint, cli, config_files, metric_writers, sharding, train, xla_flags
+from bmd_jax.infra import checkpoint, cli, config_files
 
 # A bare KeyboardInterrupt's line (the run's own stop says which checkpoint it kept).
+from bmd_jax.training import metric_writers, sharding, train
+from bmd_jax.xla_cpu import xla_flags
 INTERRUPTED = ("interrupted (Ctrl-C): the checkpoints completed before it are kept; run the "
                "same command to resume from the newest")
 

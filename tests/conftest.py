@@ -55,7 +55,7 @@ def digits_config():
 def digits_run(tmp_path_factory):
   """(config, workdir) of a 12-step digits run with its checkpoint, shared by the tests that
   read a trained run (export, analyze)."""
-  from bmd_jax import train
+  from bmd_jax.training import train
   from step_setup import short_digits_config
 
   config = short_digits_config(12, 6)

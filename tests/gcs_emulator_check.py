@@ -22,8 +22,10 @@ import bmd_jax  # noqa: E402  pylint: disable=wrong-import-position
 
 bmd_jax.configure_cpu()
 
-from bmd_jax import analyze, checkpoint, export, metric_writers, train  # noqa: E402,E501  pylint: disable=wrong-import-position
-from configs import default  # noqa: E402  pylint: disable=wrong-import-position
+from bmd_jax.tools import analyze, export  # noqa: E402,E501  pylint: disable=wrong-import-position
+from bmd_jax.infra import checkpoint
+from bmd_jax.training import metric_writers, train
+from bmd_jax.configs import default  # noqa: E402  pylint: disable=wrong-import-position
 
 
 class _Lines(logging.Handler):

@@ -12,8 +12,8 @@ sys.modules["tensorflow"] = None
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from bmd_jax import input_pipeline, sharding, train
-from configs import default
+from bmd_jax.training import input_pipeline, sharding, train
+from bmd_jax.configs import default
 
 
 def max_diff(a, b):

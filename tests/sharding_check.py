@@ -11,8 +11,8 @@ import sys
 import jax
 import numpy as np
 
-from bmd_jax import sharding
-from configs import default
+from bmd_jax.training import sharding
+from bmd_jax.configs import default
 from step_setup import step_setup
 
 

@@ -4,13 +4,13 @@ import functools
 
 import jax
 
-from bmd_jax import input_pipeline, train
+from bmd_jax.training import input_pipeline, train
 
 
 def short_digits_config(steps: int, log_every: int, **fields):
   """configs/default.py (the built-in digits) shrunk to `steps` steps, no evaluation before
   the end; `fields` set other top-level fields (checkpoint_every_steps, ...)."""
-  from configs import default
+  from bmd_jax.configs import default
 
   config = default.get_config()
   config.num_train_steps = steps

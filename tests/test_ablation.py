@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from bmd_jax import checkpoint
+from bmd_jax.infra import checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TWO_STEP_DIGITS = """
-from bmd_jax.config_files import use_two_steps
-from configs import default
+from bmd_jax.infra.config_files import use_two_steps
+from bmd_jax.configs import default
 
 def get_config():
   config = default.get_config()

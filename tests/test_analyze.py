@@ -1,4 +1,4 @@
-"""python -m bmd_jax.analyze on a short digits run: its files, and its table against losses."""
+"""python -m bmd_jax.tools.analyze on a short digits run: its files, and its table against losses."""
 
 import json
 import os
@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from bmd_jax import analyze, checkpoint, losses
+from bmd_jax.tools import analyze
+from bmd_jax.infra import checkpoint
+from bmd_jax.core import losses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +24,7 @@ def test_analyze_compares_two_workdirs_on_one_figure(digits_run, tmp_path):
   _, workdir = digits_run
   out = str(tmp_path / "compared")
   result = subprocess.run(
-      [sys.executable, "-m", "bmd_jax.analyze", f"--workdir={workdir}", f"--workdir={workdir}",
+      [sys.executable, "-m", "bmd_jax.tools.analyze", f"--workdir={workdir}", f"--workdir={workdir}",
        "--labels=first,second", f"--out={out}"],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
@@ -53,7 +55,7 @@ def test_analyze_writes_figures_and_the_kurtosis_of_the_checkpoint(digits_run, t
   config, workdir = digits_run
   out = str(tmp_path / "analysis")
   result = subprocess.run(
-      [sys.executable, "-m", "bmd_jax.analyze", f"--workdir={workdir}", f"--out={out}"],
+      [sys.executable, "-m", "bmd_jax.tools.analyze", f"--workdir={workdir}", f"--out={out}"],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
   for name in ("hist_train.png", "kurtosis.png", "analysis.json", "analysis.md"):

@@ -1,4 +1,4 @@
-"""bmd_jax.bimodality against independent numpy/scipy computations, on known distributions:
+"""bmd_jax.core.bimodality against independent numpy/scipy computations, on known distributions:
 Gaussian, uniform, a two-Gaussian mixture and a two-point distribution."""
 
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import pytest
 import scipy.special
 import scipy.stats
 
-from bmd_jax import bimodality
+from bmd_jax.core import bimodality
 
 R = 0.54  # the mixture's component std, components at +-1: kurtosis 1.8 (docs/METHOD.md sec. 3)
 N = 400_000

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bmd_jax import channel_sums, layers
+from bmd_jax.xla_cpu import channel_sums
+from bmd_jax.core import layers
 
 SHAPE = (4, 5, 6, 3)
 

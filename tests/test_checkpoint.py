@@ -9,8 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from bmd_jax import analyze, checkpoint, models
-from configs import default
+from bmd_jax.tools import analyze
+from bmd_jax.infra import checkpoint
+from bmd_jax import models
+from bmd_jax.configs import default
 
 IMAGE_SHAPE = (8, 8, 1)
 

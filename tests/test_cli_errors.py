@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from bmd_jax import export, train
+from bmd_jax.tools import export
+from bmd_jax.training import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

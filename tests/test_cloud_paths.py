@@ -16,7 +16,8 @@ from etils import epath
 from etils.epath import backend as epath_backend
 from fsspec.implementations.memory import MemoryFileSystem
 
-from bmd_jax import checkpoint, paths, workdir_lock
+from bmd_jax.infra import checkpoint, paths
+from bmd_jax.training import workdir_lock
 
 
 class FakeGcs(MemoryFileSystem):
@@ -151,7 +152,7 @@ def test_checkpoints_of_a_url_workdir_are_listed_and_their_meta_read(gcs, digits
 
 @pytest.mark.slow  # over 4 s on 2 cores: the fast tier stays under 3 minutes
 def test_an_export_written_to_a_url_loads_back(gcs, digits_run, tmp_path):
-  from bmd_jax import export, portable_export  # pylint: disable=g-import-not-at-top
+  from bmd_jax.tools import export, portable_export  # pylint: disable=g-import-not-at-top
 
   _, workdir = digits_run
   manifest = export.export(workdir, "gs://b/exports/digits.npz")
@@ -175,7 +176,7 @@ def test_an_export_written_to_a_url_loads_back(gcs, digits_run, tmp_path):
 
 @pytest.mark.slow  # over 4 s on 2 cores: the fast tier stays under 3 minutes
 def test_analyze_writes_its_figures_and_table_to_a_url(gcs, digits_run):
-  from bmd_jax import analyze  # pylint: disable=g-import-not-at-top
+  from bmd_jax.tools import analyze  # pylint: disable=g-import-not-at-top
 
   _, workdir = digits_run
   record = analyze.analyze(workdir, out="gs://b/analysis")
@@ -189,7 +190,7 @@ def test_analyze_writes_its_figures_and_table_to_a_url(gcs, digits_run):
 def test_convert_reads_a_state_dict_from_a_url(gcs):
   import io  # pylint: disable=g-import-not-at-top
 
-  from bmd_jax import convert  # pylint: disable=g-import-not-at-top
+  from bmd_jax.tools import convert  # pylint: disable=g-import-not-at-top
 
   buffer = io.BytesIO()
   np.savez(buffer, **{"module.fc.weight": np.ones((2, 3)), "module.bn.num_batches_tracked": 1})
@@ -318,7 +319,7 @@ def test_a_run_with_its_workdir_on_a_gcs_emulator(gcs_emulator, tmp_path):
 def test_data_dir_auto_finds_an_image_folder_at_a_url(gcs, monkeypatch):
   import ml_collections  # pylint: disable=g-import-not-at-top
 
-  from bmd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from bmd_jax.training import input_pipeline  # pylint: disable=g-import-not-at-top
 
   for split in ("train", "val"):
     _png(gcs, f"gs://b/data/{split}/cat/a.png")
@@ -331,7 +332,7 @@ def test_data_dir_auto_finds_an_image_folder_at_a_url(gcs, monkeypatch):
 
 def test_metrics_tensorboard_and_run_record_go_to_the_url(gcs, digits_config, tmp_path,
                                                          monkeypatch):
-  from bmd_jax import metric_writers, run_record
+  from bmd_jax.training import metric_writers, run_record
 
   monkeypatch.chdir(tmp_path)  # a local "gs:" folder would appear here
   workdir = "gs://bucket/runs/metrics"

@@ -5,10 +5,12 @@ import os
 
 import pytest
 
-from bmd_jax import models, stages
-from bmd_jax.config_files import load_sibling
+from bmd_jax import models
+from bmd_jax.training import stages
+from bmd_jax.infra.config_files import load_sibling
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bmd_jax",
+                       "configs")
 FILES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CONFIGS, "*.py"))
                if not os.path.basename(p).startswith("_"))
 

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bmd_jax import conv_grads, layers
+from bmd_jax.xla_cpu import conv_grads
+from bmd_jax.core import layers
 
 LAYOUT = ("NHWC", "HWIO", "NHWC")
 

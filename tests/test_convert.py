@@ -1,4 +1,4 @@
-"""bmd_jax.convert: state dicts of PyTorch networks built to the originals' definitions
+"""bmd_jax.tools.convert: state dicts of PyTorch networks built to the originals' definitions
 (torch_originals.py, narrow widths), with random weights and batch-norm statistics, convert into
 checkpoints that load as ``init_from``/``teacher``/``distill_teacher`` load them and give the
 originals' logits (eval mode, to 1e-5; measured about 3e-7).
@@ -18,7 +18,9 @@ import pytest
 import torch
 
 import torch_originals as originals
-from bmd_jax import checkpoint, convert, models
+from bmd_jax.infra import checkpoint
+from bmd_jax.tools import convert
+from bmd_jax import models
 from narrow_models import FAST_COMPILE, NARROW_REACTNET, NARROW_RESNET
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -180,7 +182,7 @@ def test_command_line(tmp_path):
   save_as_trainer(randomized(originals.IRNetResNet(widths=(8, 16, 32))), tmp_path / "m.th")
   out = tmp_path / "converted"
   result = subprocess.run(
-      [sys.executable, "-m", "bmd_jax.convert", "--from=irnet_resnet20",
+      [sys.executable, "-m", "bmd_jax.tools.convert", "--from=irnet_resnet20",
        f"--state_dict={tmp_path / 'm.th'}", f"--out={out}"],
       cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True,
       timeout=300)

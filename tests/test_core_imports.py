@@ -33,7 +33,7 @@ class Block(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, Block())
 import jax.numpy as jnp
-from bmd_jax import bimodality, layers, losses, objective, quantizers
+from bmd_jax.core import bimodality, layers, losses, objective, quantizers
 w = jnp.linspace(-1.0, 1.0, 64).reshape(4, 4, 2, 2)
 print(float(losses.kurtosis(w)), quantizers.ste_sign(jnp.zeros(3)).tolist())
 blocked = sorted(m for m in ("orbax", "grain", "tensorflow_datasets", "ml_collections",

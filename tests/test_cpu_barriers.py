@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bmd_jax import cpu_barriers, layers, losses, xla_flags
+from bmd_jax.xla_cpu import cpu_barriers, xla_flags
+from bmd_jax.core import layers, losses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEASURED = xla_flags.measured(xla_flags.installed_jaxlib())
@@ -96,7 +97,7 @@ def test_the_histogram_wdm_gradient_has_no_nested_barrier():
 _NESTED = r"""
 import sys
 import jax, jax.numpy as jnp
-from bmd_jax import cpu_barriers
+from bmd_jax.xla_cpu import cpu_barriers
 def histogram(values, centers, width):
   bump = jax.checkpoint(lambda c: jnp.sum(jnp.exp(-0.5 * ((values - c) / width) ** 2)))
   density = jax.lax.map(bump, centers)

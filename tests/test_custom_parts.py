@@ -1,5 +1,5 @@
 """A user's own model, estimator and loss term, outside the package, named in a config by their
-import paths (bmd_jax/components.py, docs/EXTENDING.md): every process that reads the config
+import paths (bmd_jax/core/components.py, docs/EXTENDING.md): every process that reads the config
 rebuilds them, and the worked example in examples/custom_parts trains through
 `python -m bmd_jax.main` and is read by export and analyze from a folder off bmd_jax's source."""
 
@@ -14,7 +14,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from bmd_jax import components, losses, models, objective, quantizers
+from bmd_jax.core import components, losses, objective, quantizers
+from bmd_jax import models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(REPO, "examples", "custom_parts")
@@ -161,17 +162,17 @@ def test_the_example_trains_and_export_and_analyze_read_the_run(tmp_path):
   assert stored["model"]["name"] == NET and stored["model"]["width"] == 16
 
   out = tmp_path / "export.npz"
-  exported = _run(["bmd_jax.export", f"--workdir={workdir}", f"--out={out}"], tmp_path, env)
+  exported = _run(["bmd_jax.tools.export", f"--workdir={workdir}", f"--out={out}"], tmp_path, env)
   assert f"exported {NET} (3 binary layers" in exported.stdout
   analysis = tmp_path / "analysis"
-  _run(["bmd_jax.analyze", f"--workdir={workdir}", f"--out={analysis}"], tmp_path, env)
+  _run(["bmd_jax.tools.analyze", f"--workdir={workdir}", f"--out={analysis}"], tmp_path, env)
   with open(analysis / "analysis.json") as f:
     rows = json.load(f)["layers"]
   assert sorted(r["layer"] for r in rows) == ["conv0", "conv1", "conv2"]
 
   # Without the user's folder on the path, a tool says what is missing and how to fix it.
   failed = subprocess.run(
-      [sys.executable, "-m", "bmd_jax.export", f"--workdir={workdir}",
+      [sys.executable, "-m", "bmd_jax.tools.export", f"--workdir={workdir}",
        f"--out={tmp_path / 'again.npz'}"],
       cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""}, capture_output=True, text=True,
       timeout=300)

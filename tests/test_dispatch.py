@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bmd_jax import dispatch, input_pipeline, loop_schedule, sharding, train
+from bmd_jax.training import dispatch, evaluation, input_pipeline, loop_schedule, sharding, train
 from step_setup import short_digits_config
 
 
@@ -107,12 +107,12 @@ def test_the_loop_equals_the_separate_batch_and_step_programs():
 def test_the_whole_split_in_one_dispatch_equals_batch_by_batch():
   config, datasets, mesh, _, state, _, _ = _device_setup()
   config.eval_batch_size = 64  # 360 examples: 6 batches, the last one masked
-  whole = train.create_evaluator(config, datasets, mesh)(state)
+  whole = evaluation.create_evaluator(config, datasets, mesh)(state)
   grain_config = short_digits_config(30, 10, eval_batch_size=64)
-  by_batch = train.create_evaluator(grain_config, datasets, mesh)(state)
+  by_batch = evaluation.create_evaluator(grain_config, datasets, mesh)(state)
   assert whole == pytest.approx(by_batch, rel=1e-5)
   config.steps_per_eval = 2  # the first 128 examples only
-  first_two = train.create_evaluator(config, datasets, mesh)(state)
+  first_two = evaluation.create_evaluator(config, datasets, mesh)(state)
   assert first_two["eval/accuracy"] != pytest.approx(whole["eval/accuracy"])
 
 
@@ -164,12 +164,12 @@ def test_a_run_stops_and_saves_before_its_stop_time(tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
   step = int(str(stopped.value).split("saved at step ")[1].split()[0])
   assert 0 < step < 2000
-  from bmd_jax import checkpoint
+  from bmd_jax.infra import checkpoint
   assert checkpoint.finished_steps(tmp_path / "checkpoints" / "train")[-1] == step
 
 
 def test_the_cifar10_recipe_saves_by_policy_not_at_each_epoch_end():
-  from configs import cifar10
+  from bmd_jax.configs import cifar10
   config = cifar10.get_config()
   steps_per_epoch = 50_000 // config.batch_size
   schedule = loop_schedule.Schedule.from_config(config, steps_per_epoch, 400 * steps_per_epoch,
@@ -185,7 +185,7 @@ def test_the_cifar10_recipe_saves_by_policy_not_at_each_epoch_end():
                                           ("steps_per_dispatch", -3),
                                           ("eval_precision", "fp64")])
 def test_bad_loop_fields_are_named(field, value):
-  from bmd_jax import config_checks
+  from bmd_jax.infra import config_checks
   config = short_digits_config(30, 10)
   config[field] = value
   with pytest.raises(config_checks.ConfigValueError, match=f"config.{field}="):

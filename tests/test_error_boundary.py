@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from bmd_jax import cli
+from bmd_jax.infra import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = ["-m", "bmd_jax.main", "--config=configs/default.py"]
@@ -89,16 +89,16 @@ def test_an_image_folder_error_is_one_line(tmp_path, layout):
 def test_summary_of_a_config_file_that_does_not_parse_is_one_line(tmp_path):
   config = tmp_path / "broken.py"
   config.write_text("def get_config(:\n")
-  line = _short(_run(["-m", "bmd_jax.summary", f"--config={config}"]), 2)
+  line = _short(_run(["-m", "bmd_jax.tools.summary", f"--config={config}"]), 2)
   assert str(config) in line and "line 1" in line
 
 
-# python -m bmd_jax.convert with PyTorch absent, as on a machine without the [convert] extra.
+# python -m bmd_jax.tools.convert with PyTorch absent, as on a machine without the [convert] extra.
 _NO_TORCH = """
 import runpy, sys
 sys.modules["torch"] = None
 sys.argv = ["convert", *sys.argv[1:]]
-runpy.run_module("bmd_jax.convert", run_name="__main__", alter_sys=True)
+runpy.run_module("bmd_jax.tools.convert", run_name="__main__", alter_sys=True)
 """
 
 
@@ -116,7 +116,7 @@ def test_convert_of_a_bad_state_dict_is_one_line(tmp_path, content, said):
     path.write_bytes(content)
   args = ["--from=irnet_resnet20", f"--state_dict={path}", f"--out={tmp_path / 'out'}"]
   result = _run(args, code=_NO_TORCH) if content is None else _run(
-      ["-m", "bmd_jax.convert", *args])
+      ["-m", "bmd_jax.tools.convert", *args])
   line = _short(result, 1)
   assert said in line, line
 
@@ -156,7 +156,7 @@ def test_a_read_only_workdir_is_one_line(tmp_path, exists):
 
 
 def test_analyze_of_a_read_only_workdir_is_one_line(tmp_path):
-  result = _run([str(tmp_path), "bmd_jax.analyze", f"--workdir={tmp_path}"], code=_READ_ONLY)
+  result = _run([str(tmp_path), "bmd_jax.tools.analyze", f"--workdir={tmp_path}"], code=_READ_ONLY)
   line = _short(result, 1)
   assert f"{tmp_path}/analysis" in line and "--out" in line
 
@@ -164,7 +164,7 @@ def test_analyze_of_a_read_only_workdir_is_one_line(tmp_path):
 @pytest.mark.slow
 def test_export_to_a_read_only_folder_is_one_line(digits_run, tmp_path):
   out = tmp_path / "exports" / "model.npz"
-  result = _run([str(tmp_path / "exports"), "bmd_jax.export", f"--workdir={digits_run[1]}",
+  result = _run([str(tmp_path / "exports"), "bmd_jax.tools.export", f"--workdir={digits_run[1]}",
                  f"--out={out}"], code=_READ_ONLY, timeout=300)
   line = _short(result, 1)
   assert str(tmp_path / "exports") in line and "Read-only file system" in line
@@ -173,7 +173,7 @@ def test_export_to_a_read_only_folder_is_one_line(digits_run, tmp_path):
 def test_analyze_takes_a_workdir_with_a_comma_whole(tmp_path):
   workdir = tmp_path / "lr=0.005,bs=64"
   workdir.mkdir()
-  line = _short(_run(["-m", "bmd_jax.analyze", f"--workdir={workdir}"]), 1)
+  line = _short(_run(["-m", "bmd_jax.tools.analyze", f"--workdir={workdir}"]), 1)
   assert str(workdir) in line  # named whole: no checkpoint there, not two missing folders
 
 
@@ -181,7 +181,7 @@ def test_analyze_takes_a_workdir_with_a_comma_whole(tmp_path):
 def test_analyze_compares_workdirs_given_by_a_repeated_flag(digits_run, tmp_path):
   with_comma = tmp_path / "lr=0.005,bs=64"
   shutil.copytree(digits_run[1], with_comma)
-  result = _run(["-m", "bmd_jax.analyze", f"--workdir={digits_run[1]}",
+  result = _run(["-m", "bmd_jax.tools.analyze", f"--workdir={digits_run[1]}",
                  f"--workdir={with_comma}", "--labels=first,second", f"--out={tmp_path / 'cmp'}"],
                 timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -190,7 +190,7 @@ def test_analyze_compares_workdirs_given_by_a_repeated_flag(digits_run, tmp_path
 
 
 def test_analyze_of_several_workdirs_without_out_is_a_usage_error(tmp_path):
-  line = _short(_run(["-m", "bmd_jax.analyze", f"--workdir={tmp_path}/a,1",
+  line = _short(_run(["-m", "bmd_jax.tools.analyze", f"--workdir={tmp_path}/a,1",
                       f"--workdir={tmp_path}/b"]), 2)
   assert "--out" in line
 
@@ -203,12 +203,12 @@ def test_analyze_of_damaged_checkpoints_is_one_line(digits_run, tmp_path):
     for name in files:  # every array file of every checkpoint cut short
       if "ocdbt" in folder and os.path.getsize(os.path.join(folder, name)) > 1024:
         os.truncate(os.path.join(folder, name), 100)
-  line = _short(_run(["-m", "bmd_jax.analyze", f"--workdir={workdir}"], timeout=300), 1)
+  line = _short(_run(["-m", "bmd_jax.tools.analyze", f"--workdir={workdir}"], timeout=300), 1)
   assert str(workdir / "checkpoints") in line
 
 
 def test_a_bug_keeps_its_traceback_and_logs_it_in_the_workdir(tmp_path):
-  bug = ("import runpy, sys\nfrom bmd_jax import train\n"
+  bug = ("import runpy, sys\nfrom bmd_jax.training import train\n"
          "def broken(config, workdir):\n  raise TypeError('a bug')\n"
          "train.train_and_evaluate = broken\nsys.argv = ['main', *sys.argv[1:]]\n"
          "runpy.run_module('bmd_jax.main', run_name='__main__')\n")

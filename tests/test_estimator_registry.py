@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bmd_jax import components, quantizers
+from bmd_jax.core import components, quantizers
 from step_setup import step_setup
 
 
@@ -70,7 +70,7 @@ def test_made_up_estimator_trains_with_its_schedule_and_only_it_is_logged(
 
 
 def test_made_up_estimator_gets_its_arguments_in_a_layer(made_up_estimator, digits_config):
-  from bmd_jax import layers
+  from bmd_jax.core import layers
 
   layer = layers.BinaryDense(3, input_quantizer="gain_sign", precision="binary_activations")
   x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 5)), jnp.float32)
@@ -101,7 +101,7 @@ def test_an_estimator_named_by_import_path_gets_its_scheduled_arguments(
     example_on_path, digits_config):
   from custom_parts import estimator
 
-  from bmd_jax import layers
+  from bmd_jax.core import layers
 
   assert quantizers.get_estimator(NARROWING) is estimator.NARROWING_STE
   settings = digits_config.estimators  # without the estimator's own fields: their defaults

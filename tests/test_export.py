@@ -10,7 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bmd_jax import checkpoint, export, input_pipeline, layers, models, packed
+from bmd_jax.infra import checkpoint
+from bmd_jax.tools import export, packed
+from bmd_jax.training import input_pipeline
+from bmd_jax.core import layers
+from bmd_jax import models
 from narrow_models import CASES, FAST_COMPILE, initial_variables
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -166,7 +170,7 @@ def test_export_command_reloaded_gives_the_same_predictions(digits_run, tmp_path
   config, workdir = digits_run
   out = str(tmp_path / "digits.npz")
   result = subprocess.run(
-      [sys.executable, "-m", "bmd_jax.export", f"--workdir={workdir}", f"--out={out}"],
+      [sys.executable, "-m", "bmd_jax.tools.export", f"--workdir={workdir}", f"--out={out}"],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
   assert "smaller" in result.stdout

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from bmd_jax import export
+from bmd_jax.tools import export
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,7 @@ def test_a_run_split_over_windows_equals_one_run(tmp_path):
   """bench/gpu_train.py stopped by its budget, then continued: the same weights, bitwise."""
   import jax
   import numpy as np
-  from bmd_jax import checkpoint
+  from bmd_jax.infra import checkpoint
   _tiny_cifar(tmp_path / "data")
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bmd_jax import input_pipeline
+from bmd_jax.training import input_pipeline
 from bmd_jax.data import image_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +40,7 @@ def digits_folder(root, kind, count=200):
 def digits_folder_config(data_dir):
   """configs/default.py with the issue's overrides: --config.dataset=image_folder
   --config.channels=1 --config.image_size=8 --config.data_dir=..."""
-  from configs import default
+  from bmd_jax.configs import default
 
   config = default.get_config()
   config.dataset, config.data_dir = "image_folder", data_dir

@@ -5,10 +5,13 @@ import os
 
 import pytest
 
-from bmd_jax import models, objective, stages, train
-from bmd_jax.config_files import load_sibling
+from bmd_jax import models
+from bmd_jax.core import objective
+from bmd_jax.training import stages, train
+from bmd_jax.infra.config_files import load_sibling
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bmd_jax",
+                       "configs")
 
 
 def load(name):
@@ -35,7 +38,7 @@ def test_reactnet_recipe_distils_from_a_real_resnet34_in_both_steps():
 
 @pytest.mark.parametrize("variant", ["", "diffkurt"])
 def test_bdbnn_recipe(variant):
-  from configs import imagenet_bdbnn
+  from bmd_jax.configs import imagenet_bdbnn
   config = imagenet_bdbnn.get_config(variant)
   step1, step2 = stages.stage_list(config)
   assert step2.config.teacher == "step1" and not step2.config.distill_teacher

@@ -1,4 +1,4 @@
-"""Tests of bmd_jax.input_pipeline and bmd_jax.data.transforms: the shared CIFAR-10 folder,
+"""Tests of bmd_jax.training.input_pipeline and bmd_jax.data.transforms: the shared CIFAR-10 folder,
 TFDS (on tfds.testing.mock_data), the recipes' transforms, restored iterators, worker
 processes and per-host shards."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bmd_jax import input_pipeline
+from bmd_jax.training import input_pipeline
 from bmd_jax.data import transforms
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,7 +20,7 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 
 def make_config(**overrides):
-  from configs import default
+  from bmd_jax.configs import default
 
   config = default.get_config()
   config.dataset = "image_folder"

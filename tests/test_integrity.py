@@ -13,8 +13,11 @@ import jax
 import numpy as np
 import pytest
 
-from bmd_jax import analyze, checkpoint, config_files, models, stages
-from configs import default
+from bmd_jax.tools import analyze
+from bmd_jax.infra import checkpoint, config_files
+from bmd_jax import models
+from bmd_jax.training import stages
+from bmd_jax.configs import default
 
 pytestmark = pytest.mark.slow  # the module trains a 30-step run through the command line
 
@@ -65,14 +68,14 @@ def _flip_a_bit(workdir, step=30):
 def _one_line_error(result):
   assert result.returncode != 0, result.stdout[-2000:]
   assert "Traceback" not in result.stderr, result.stderr[-4000:]
-  # cli.py's boundary: "bmd_jax.export: <message> (traceback in <workdir>/error.log)"
-  lines = [l for l in result.stderr.splitlines() if l.startswith("bmd_jax.export:")]
+  # cli.py's boundary: "bmd_jax.tools.export: <message> (traceback in <workdir>/error.log)"
+  lines = [l for l in result.stderr.splitlines() if l.startswith("bmd_jax.tools.export:")]
   assert len(lines) == 1, result.stderr[-4000:]
   return lines[0]
 
 
 def _export(workdir, out, *flags):
-  return _run("bmd_jax.export", f"--workdir={workdir}", f"--out={out}", *flags)
+  return _run("bmd_jax.tools.export", f"--workdir={workdir}", f"--out={out}", *flags)
 
 
 def _exported_step(out):

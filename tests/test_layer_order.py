@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 from narrow_models import CASES
 
-from bmd_jax import losses, models, objective, train
-from bmd_jax.layers import BinaryConv, Conv
-from bmd_jax.layers import BinaryDense, regularize_mark
+from bmd_jax.core import losses, objective
+from bmd_jax import models
+from bmd_jax.training import train
+from bmd_jax.core.layers import BinaryConv, Conv
+from bmd_jax.core.layers import BinaryDense, regularize_mark
 
 BIRCONV, REAL = "latent_kernel", "kernel"
 
@@ -189,7 +191,7 @@ def test_a_list_of_targets_has_its_own_config_field(digits_config):
 
 
 def test_summary_lists_the_kurtosis_layers_in_order(digits_config):
-  from bmd_jax import summary
+  from bmd_jax.tools import summary
   model, shape = narrow_model("resnet18")
   s = summary.summarize(model, (1, *shape))
   assert s.kurtosis_layers == RESNET18

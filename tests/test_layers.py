@@ -1,4 +1,4 @@
-"""Tests for bmd_jax.layers: BinaryConv / BinaryDense precisions, parameters, RPReLU.
+"""Tests for bmd_jax.core.layers: BinaryConv / BinaryDense precisions, parameters, RPReLU.
 
 References are computed independently in the test: numpy sign with sign(0) = +1, a numpy
 convolution (checked against scipy), and hand-derived gradients.
@@ -12,8 +12,8 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from bmd_jax import layers
-from bmd_jax import quantizers as q
+from bmd_jax.core import layers
+from bmd_jax.core import quantizers as q
 
 F32 = np.float32
 PRECISIONS = ("full", "binary_activations", "binary")

@@ -15,14 +15,15 @@ import sys
 import numpy as np
 import pytest
 
-from bmd_jax import config_files, metric_writers, run_record, train
+from bmd_jax.infra import config_files
+from bmd_jax.training import metric_writers, run_record, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 log = logging.getLogger("bmd_jax")
 
 
 def _digits_config(steps):
-  from configs import default
+  from bmd_jax.configs import default
   config = default.get_config()
   config.num_train_steps = steps
   config.log_every_steps = 2

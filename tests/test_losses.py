@@ -1,4 +1,4 @@
-"""Tests of bmd_jax.losses against independent numpy/scipy computations."""
+"""Tests of bmd_jax.core.losses against independent numpy/scipy computations."""
 
 import functools
 
@@ -9,7 +9,7 @@ import pytest
 import scipy.stats
 from flax.core import FrozenDict
 
-from bmd_jax import losses
+from bmd_jax.core import losses
 
 RNG = np.random.default_rng(0)
 

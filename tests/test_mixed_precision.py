@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 from jax.extend import core as jax_core
 
-from bmd_jax import train
+from bmd_jax.training import train
 from step_setup import step_setup
 
 

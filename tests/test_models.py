@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bmd_jax import layers, models
+from bmd_jax.core import layers
+from bmd_jax import models
 from narrow_models import (CASES, FAST_COMPILE, NARROW_REACTNET, NARROW_RESNET, NARROW_VGG,
                            abstract_variables, initial_variables)
 

@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from bmd_jax import losses, metric_writers, objective
+from bmd_jax.core import losses, objective
+from bmd_jax.training import metric_writers
 
 
 def _inputs(seed=0, teacher=True):
@@ -26,7 +27,7 @@ def _inputs(seed=0, teacher=True):
 
 def _loss_config(**blocks):
   """configs/default.py's loss config with some of each term's fields changed."""
-  from configs import default
+  from bmd_jax.configs import default
 
   config = default.get_config().loss
   config.update(blocks)  # merges each block's fields

@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from bmd_jax import checkpoint, sharding
+from bmd_jax.infra import checkpoint
+from bmd_jax.training import sharding
 from bmd_jax.data import on_device, transforms
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,8 +121,8 @@ def test_eval_batches_cover_the_split_once_in_order():
 
 
 def test_imagenet_augmentation_is_refused_on_the_device_path():
-  from bmd_jax import input_pipeline
-  from configs import default
+  from bmd_jax.training import input_pipeline
+  from bmd_jax.configs import default
   config = default.get_config()
   config.input_path, config.augment = "device", "imagenet"
   with pytest.raises(ValueError, match="input_path='grain'"):

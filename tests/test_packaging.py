@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from bmd_jax import config_files
+from bmd_jax.infra import config_files
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ def _normalized(name: str) -> str:
 
 
 # Modules that one tool imports only when used, saying which extra to install where they are
-# missing (bmd_jax.convert reads PyTorch files): module -> that extra.
+# missing (bmd_jax.tools.convert reads PyTorch files): module -> that extra.
 OPTIONAL = {"torch": "convert"}
 
 
@@ -65,7 +65,7 @@ def test_config_found_from_any_working_directory(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   config = config_files.load("configs/cifar10.py")
   assert config.model.name == "resnet20"
-  assert config_files.resolve("configs/default.py") == REPO / "configs" / "default.py"
+  assert config_files.resolve("configs/default.py") == REPO / "bmd_jax" / "configs" / "default.py"
 
 
 def test_missing_config_says_where_configs_are(tmp_path, monkeypatch):
@@ -73,7 +73,7 @@ def test_missing_config_says_where_configs_are(tmp_path, monkeypatch):
   with pytest.raises(FileNotFoundError) as error:
     config_files.resolve("configs/no_such_recipe.py")
   message = str(error.value)
-  assert "no_such_recipe.py" in message and str(REPO / "configs") in message
+  assert "no_such_recipe.py" in message and str(REPO / "bmd_jax" / "configs") in message
   assert "cifar10.py" in message  # the configs that exist are listed
 
 
@@ -100,10 +100,10 @@ def test_main_finds_configs_from_another_folder_and_prints_them(tmp_path):
 
 def test_tools_import_no_training_code():
   code = ("import sys\n"
-          "import bmd_jax.export, bmd_jax.analyze, bmd_jax.summary, bmd_jax.convert\n"
-          "import bmd_jax.portable_export\n"
-          "print(sorted(m for m in sys.modules if m in ('bmd_jax.train',"
-          " 'bmd_jax.input_pipeline')))")
+          "import bmd_jax.tools.export, bmd_jax.tools.analyze, bmd_jax.tools.summary, bmd_jax.tools.convert\n"
+          "import bmd_jax.tools.portable_export\n"
+          "print(sorted(m for m in sys.modules if m in ('bmd_jax.training.train',"
+          " 'bmd_jax.training.input_pipeline')))")
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300, check=True)
   assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bmd_jax import pooling
+from bmd_jax.xla_cpu import pooling
 
 CASES = [(3, 2, 1, (2, 9, 8, 3)), (3, 2, 1, (1, 7, 7, 2)), (2, 2, 0, (2, 6, 6, 3))]
 

@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from bmd_jax import checkpoint, export
+from bmd_jax.infra import checkpoint
+from bmd_jax.tools import export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +30,7 @@ assert not any(name.startswith("bmd_jax") for name in sys.modules), "bmd_jax was
 
 def _export(workdir, out, *extra):
   result = subprocess.run(
-      [sys.executable, "-m", "bmd_jax.export", f"--workdir={workdir}", f"--out={out}", *extra],
+      [sys.executable, "-m", "bmd_jax.tools.export", f"--workdir={workdir}", f"--out={out}", *extra],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   return result
@@ -99,7 +100,7 @@ def test_npz_read_with_numpy_alone_gives_the_checkpoints_signs(digits_run, tmp_p
 
 
 def test_manifest_config_leaves_out_local_paths_and_keeps_stage_names():
-  from configs import cifar10
+  from bmd_jax.configs import cifar10
 
   config = cifar10.get_config()
   config.data_dir = "/home/me/data/cifar10-jpeg"

@@ -1,4 +1,4 @@
-"""Tests for bmd_jax.quantizers: sign forward, surrogate gradients, schedules, scaling.
+"""Tests for bmd_jax.core.quantizers: sign forward, surrogate gradients, schedules, scaling.
 
 Every expected value is computed independently of the module: numpy formulas derived by
 hand from docs/METHOD.md section 1, or (for SwishSign) autodiff of the smooth function.
@@ -12,7 +12,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from bmd_jax import quantizers as q
+from bmd_jax.core import quantizers as q
 
 F32 = np.float32
 

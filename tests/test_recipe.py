@@ -11,7 +11,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from bmd_jax import checkpoint, train
+from bmd_jax.infra import checkpoint
+from bmd_jax.training import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from bmd_jax import metric_writers
+from bmd_jax.training import metric_writers
 from test_cloud_paths import FakeGcs, gcs  # noqa: F401  (the gs:// stand-in and its fixture)
 from test_logs import _events
 

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bmd_jax import checkpoint, train
+from bmd_jax.infra import checkpoint
+from bmd_jax.training import train
 
 pytestmark = pytest.mark.slow  # each test trains a few steps end to end
 

@@ -9,7 +9,8 @@ import shutil
 
 import pytest
 
-from bmd_jax import checkpoint, train
+from bmd_jax.infra import checkpoint
+from bmd_jax.training import train
 from step_setup import short_digits_config
 
 pytestmark = pytest.mark.slow  # the module trains a 10-step run first

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bmd_jax import checkpoint, sharding
+from bmd_jax.infra import checkpoint
+from bmd_jax.training import sharding
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARAMS_ATOL, STATS_ATOL, LOSS_RTOL = 1e-4, 1e-5, 1e-6

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from bmd_jax import checkpoint, config_files, objective
+from bmd_jax.infra import checkpoint, config_files
+from bmd_jax.core import objective
 
 
 def _flat_loss(loss: dict) -> dict:
@@ -80,8 +81,8 @@ def test_a_stored_config_from_before_the_wdm_reduction_reads_as_the_old_one():
   """A CIFAR-10 step-2 checkpoint written before loss.wdm.reduction existed trained with
   'channel_mean'; today's recipe says 'weight_sum', so resuming it must be refused (a field
   only one side has would otherwise not be compared), and allowed under the old value."""
-  from bmd_jax import stages
-  from configs import cifar10
+  from bmd_jax.training import stages
+  from bmd_jax.configs import cifar10
   step2 = stages.stage_list(cifar10.get_config())[1].config
   stored = json.loads(step2.to_json())
   del stored["loss"]["wdm"]["reduction"]

@@ -1,4 +1,4 @@
-"""Tests of bmd_jax.summary: counts against hand arithmetic and the parameter tree, the table,
+"""Tests of bmd_jax.tools.summary: counts against hand arithmetic and the parameter tree, the table,
 the configs and the command line. Everything here traces models (``jax.eval_shape``); nothing
 is compiled, so the papers' full sizes are cheap."""
 
@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from bmd_jax import models, summary
+from bmd_jax import models
+from bmd_jax.tools import summary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -151,7 +152,7 @@ def test_table_lists_every_layer_totals_and_assumptions():
 
 def load_config(name):
   spec = importlib.util.spec_from_file_location(f"config_{name}",
-                                                os.path.join(REPO, "configs", f"{name}.py"))
+                                                os.path.join(REPO, "bmd_jax", "configs", f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
@@ -198,7 +199,7 @@ def test_summary_needs_a_class_count_it_can_find():
 
 def test_command_line_with_overrides():
   result = subprocess.run(
-      [sys.executable, "-m", "bmd_jax.summary", f"--config={REPO}/configs/cifar10.py",
+      [sys.executable, "-m", "bmd_jax.tools.summary", f"--config={REPO}/bmd_jax/configs/cifar10.py",
        "--config.model.name=vgg_small", "--config.model.precision=binary_activations"],
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr

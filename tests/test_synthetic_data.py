@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from bmd_jax import config_files, input_pipeline
+from bmd_jax.infra import config_files
+from bmd_jax.training import input_pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

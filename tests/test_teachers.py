@@ -11,9 +11,11 @@ import orbax.checkpoint as ocp
 import pytest
 from narrow_models import FAST_COMPILE
 
-from bmd_jax import losses, models, train
+from bmd_jax.core import losses
 
 # The same blocks at one block a stage and a few channels: cheap to compile on a CPU.
+from bmd_jax import models
+from bmd_jax.training import train
 NARROW_TORCHVISION = {"widths": (4, 8, 8, 8), "stage_sizes": (1, 1, 1, 1)}
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from bmd_jax import losses, objective, train
+from bmd_jax.core import losses, objective
+from bmd_jax.training import train
 from step_setup import short_digits_config, step_setup
 
 

@@ -12,7 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bmd_jax import losses, models, train, xla_flags
+from bmd_jax.core import losses
+from bmd_jax import models
+from bmd_jax.training import train
+from bmd_jax.xla_cpu import xla_flags
 from step_setup import step_setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

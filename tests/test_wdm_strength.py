@@ -16,7 +16,8 @@ import numpy as np
 import optax
 import pytest
 
-from bmd_jax import losses, models
+from bmd_jax.core import losses
+from bmd_jax import models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "bench"))

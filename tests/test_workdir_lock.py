@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from bmd_jax import train, workdir_lock
+from bmd_jax.training import train, workdir_lock
 from test_cloud_paths import FakeGcs, gcs  # noqa: F401  (the gs:// stand-in and its fixture)
 
 

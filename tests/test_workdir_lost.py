@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from bmd_jax import cli, workdir_lock
+from bmd_jax.infra import cli
+from bmd_jax.training import workdir_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEARTBEAT = 2.0
@@ -17,7 +18,7 @@ HEARTBEAT = 2.0
 # The command line with a short heartbeat (acquire reads HEARTBEAT_SECONDS when called).
 _MAIN = f"""
 import runpy, sys
-from bmd_jax import workdir_lock
+from bmd_jax.training import workdir_lock
 workdir_lock.HEARTBEAT_SECONDS = {HEARTBEAT}
 sys.argv = ["main"] + sys.argv[1:]
 runpy.run_module("bmd_jax.main", run_name="__main__")
@@ -67,7 +68,7 @@ def test_a_workdir_deleted_mid_run_stops_it_within_one_heartbeat(tmp_path):
 
 def _one_line_once_wired(lines):
   # Until main's error boundary lists WorkdirLostError, the error keeps its traceback.
-  if "bmd_jax.workdir_lock.WorkdirLostError" in cli.USER_ERRORS:
+  if "bmd_jax.training.workdir_lock.WorkdirLostError" in cli.USER_ERRORS:
     assert "Traceback" not in "".join(lines), "".join(lines[-30:])
 
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from bmd_jax import xla_flags
+from bmd_jax.xla_cpu import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTING = f"{xla_flags.FLAG}={xla_flags.VALUE}"
@@ -116,7 +116,8 @@ for name in sys.argv[1:]:  # third-party libraries imported first: grain sets TF
   importlib.import_module(name)
 before = dict(os.environ)
 import bmd_jax
-from bmd_jax import layers, losses, models, quantizers
+from bmd_jax.core import layers, losses, quantizers
+from bmd_jax import models
 pure = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k))
 for module in pkgutil.walk_packages(bmd_jax.__path__, "bmd_jax."):
   importlib.import_module(module.name)

@@ -33,7 +33,7 @@ from absl import logging
 from etils import epath
 from PIL import Image
 
-from bmd_jax import paths
+from bmd_jax.infra import paths
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff",
                     ".webp")

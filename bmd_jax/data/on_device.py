@@ -159,7 +159,7 @@ class DeviceTrainInput:
 def eval_sums(sums_fn, split: DeviceSplit, *, batch_size: int, num_batches: int, mean,
               std) -> dict:
   """The sum over eval batches 0 .. num_batches-1 (traced inside one program: the whole split
-  in one dispatch) of `sums_fn(batch)`, a dict of scalars (e.g. train.eval_step's)."""
+  in one dispatch) of `sums_fn(batch)`, a dict of scalars (e.g. evaluation.eval_step's)."""
   def body(index, totals):
     sums = sums_fn(eval_batch(split, index, batch_size=batch_size, mean=mean, std=std))
     return {k: totals[k] + v for k, v in sums.items()}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bmd_jax.config_checks import ConfigValueError
+from bmd_jax.infra.config_checks import ConfigValueError
 
 SPLITS = ("train", "eval")
 

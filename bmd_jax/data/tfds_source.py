@@ -13,7 +13,7 @@ import logging
 import numpy as np
 from PIL import Image
 
-from bmd_jax.config_checks import ConfigValueError
+from bmd_jax.infra.config_checks import ConfigValueError
 from bmd_jax.data.image_folder import convert_channels
 
 EVAL_SPLITS = ("validation", "test")  # the first present is the eval split
@@ -26,7 +26,7 @@ class DatasetNotPreparedError(FileNotFoundError):
 
 
 def _prepare_command(name: str, data_dir: str | None) -> str:
-  """One shell line: the message may be printed as one line (bmd_jax/cli.py)."""
+  """One shell line: the message may be printed as one line (bmd_jax/infra/cli.py)."""
   where = f", data_dir={data_dir!r}" if data_dir else ""
   return ("pip install tensorflow importlib_resources && "
           f"python -c \"import tensorflow_datasets as tfds; tfds.builder({name!r}{where})"

@@ -37,7 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bmd_jax import components, quantizers
+from bmd_jax.core import components, quantizers
 from bmd_jax.models.layer_order import conv_kernel_paths, kurtosis_layers, wdm_layers
 from bmd_jax.models.reactnet import reactnet_a
 from bmd_jax.models.resnet_cifar import resnet18_cifar, resnet20

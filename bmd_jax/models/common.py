@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bmd_jax import layers
+from bmd_jax.core import layers
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bmd_jax import layers, losses
+from bmd_jax.core import layers, losses
 
 CONV_TYPES = (nn.Conv, layers.BinaryConv)
 # Layers the rule never covers but that a ``regularize=True`` may bring in.

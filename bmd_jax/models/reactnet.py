@@ -25,8 +25,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from bmd_jax import layers
-from bmd_jax.layers import keyword
+from bmd_jax.core import layers
+from bmd_jax.core.layers import keyword
 from bmd_jax.models.common import (BinaryNetwork, BinarySpec, avg_pool_2x2, batch_norm,
                                    hardtanh, real_conv, torch_padding)
 

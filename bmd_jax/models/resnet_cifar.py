@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from bmd_jax.layers import keyword
+from bmd_jax.core.layers import keyword
 from bmd_jax.models.common import (BinaryNetwork, BinarySpec, batch_norm, hardtanh,
                                     real_conv, torch_padding)
 

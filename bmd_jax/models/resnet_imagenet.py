@@ -25,8 +25,9 @@ from typing import ClassVar, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from bmd_jax import layers, pooling
-from bmd_jax.layers import keyword
+from bmd_jax.core import layers
+from bmd_jax.xla_cpu import pooling
+from bmd_jax.core.layers import keyword
 from bmd_jax.models.common import (BinaryNetwork, BinarySpec, avg_pool_2x2, batch_norm,
                                    hardtanh, real_conv, torch_padding)
 

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from bmd_jax import pooling
+from bmd_jax.xla_cpu import pooling
 from bmd_jax.models.common import batch_norm, real_conv
 
 

@@ -15,7 +15,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from bmd_jax.layers import keyword
+from bmd_jax.core.layers import keyword
 from bmd_jax.models.common import BinaryNetwork, batch_norm, hardtanh, real_conv, torch_padding
 
 

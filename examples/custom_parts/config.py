@@ -8,7 +8,7 @@ Their options are fields this file adds, so the command line may change them lik
 (``--config.model.width=64``); a field no config file has is still refused.
 """
 
-from bmd_jax import config_files
+from bmd_jax.infra import config_files
 
 
 def get_config():

@@ -12,7 +12,7 @@ process that reads the run (training, export, analyze) imports.
 import jax
 import jax.numpy as jnp
 
-from bmd_jax import quantizers
+from bmd_jax.core import quantizers
 
 
 @jax.custom_vjp

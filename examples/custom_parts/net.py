@@ -11,7 +11,7 @@ convs before it are regularized by bmd_jax's rule (every conv but the first), it
 import flax.linen as nn
 import jax.numpy as jnp
 
-from bmd_jax import layers
+from bmd_jax.core import layers
 from bmd_jax.models.common import batch_norm, hardtanh
 
 

@@ -10,7 +10,7 @@ beside its weight and its own option ``margin``; the train step logs it as
 
 import jax.numpy as jnp
 
-from bmd_jax import losses
+from bmd_jax.core import losses
 
 
 def outside_clip(cfg, inputs):

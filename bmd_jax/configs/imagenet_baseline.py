@@ -1,0 +1,10 @@
+"""Ablation baseline for imagenet.py: the same schedule and stages without kurtosis and WDM.
+
+    python -m bmd_jax.main --config=configs/imagenet_baseline.py --workdir=runs/imagenet_baseline
+"""
+
+from bmd_jax.infra.config_files import load_sibling, without_bd_bnn_terms
+
+
+def get_config():
+  return without_bd_bnn_terms(load_sibling(__file__, "imagenet.py"))
