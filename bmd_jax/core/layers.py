@@ -36,7 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bmd_jax.xla_cpu import channel_sums, conv_grads
+from bmd_jax import xla_cpu
 from bmd_jax.core import quantizers
 
 PRECISIONS = ("full", "binary_activations", "binary")
@@ -137,7 +137,7 @@ class _BinaryBase(BinaryFields):
     if not self.use_bias:
       return y
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-    return y + channel_sums.per_channel(bias, y.shape, dtype)
+    return y + xla_cpu.per_channel(bias, y.shape, dtype)
 
 
 class BinaryConv(_BinaryBase):
@@ -155,7 +155,7 @@ class BinaryConv(_BinaryBase):
     kernel_shape = (*self.kernel_size, x.shape[-1], self.features)
     x, kernel, dtype = self.operands(x, kernel_shape, estimator_args)
     strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
-    y = conv_grads.conv_general_dilated(
+    y = xla_cpu.conv_general_dilated(
         x, kernel, window_strides=strides, padding=self.padding,
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return self.add_bias(y, dtype)
@@ -168,7 +168,7 @@ class Conv(nn.Conv):
 
   shortcut: bool = keyword(False)
   regularize: bool | None = keyword(None)  # under the kurtosis and WDM terms (module docstring)
-  conv_general_dilated: Any = conv_grads.conv_general_dilated
+  conv_general_dilated: Any = xla_cpu.conv_general_dilated
 
 
 class BinaryDense(_BinaryBase):
@@ -189,7 +189,7 @@ class LearnableBias(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
-    return x + channel_sums.per_channel(bias, x.shape, x.dtype)
+    return x + xla_cpu.per_channel(bias, x.shape, x.dtype)
 
 
 class RPReLU(nn.Module):
@@ -204,7 +204,7 @@ class RPReLU(nn.Module):
     slope = self.param("slope", nn.initializers.constant(self.slope_init), channels, jnp.float32)
     shift_out = self.param("shift_out", nn.initializers.zeros, channels, jnp.float32)
     def broadcast(v):  # its gradient is a fast channel sum (channel_sums)
-      return channel_sums.per_channel(v, x.shape, x.dtype)
+      return xla_cpu.per_channel(v, x.shape, x.dtype)
     y = x + broadcast(shift_in)
     y = jnp.where(y >= 0, y, broadcast(slope) * y)
     return y + broadcast(shift_out)
@@ -234,11 +234,11 @@ class BatchNorm(nn.BatchNorm):
     out_dtype = self.dtype or jnp.result_type(x.dtype, self.param_dtype)
     if use_running_average:
       mul = jax.lax.rsqrt(ra_var.value + self.epsilon) * scale
-      y = ((x.astype(jnp.float32) - channel_sums.per_channel(ra_mean.value, x.shape, jnp.float32))
-           * channel_sums.per_channel(mul, x.shape, jnp.float32)
-           + channel_sums.per_channel(bias, x.shape, jnp.float32))
+      y = ((x.astype(jnp.float32) - xla_cpu.per_channel(ra_mean.value, x.shape, jnp.float32))
+           * xla_cpu.per_channel(mul, x.shape, jnp.float32)
+           + xla_cpu.per_channel(bias, x.shape, jnp.float32))
       return y.astype(out_dtype)
-    y, mean, var = channel_sums.batch_norm_train(x, scale, bias, self.epsilon)
+    y, mean, var = xla_cpu.batch_norm_train(x, scale, bias, self.epsilon)
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var

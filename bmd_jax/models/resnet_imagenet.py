@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bmd_jax.core import layers
-from bmd_jax.xla_cpu import pooling
+from bmd_jax import xla_cpu
 from bmd_jax.core.layers import keyword
 from bmd_jax.models.common import (BinaryNetwork, BinarySpec, avg_pool_2x2, batch_norm,
                                    hardtanh, real_conv, torch_padding)
@@ -79,7 +79,7 @@ class BiRealResNet(BinaryNetwork):
     x = batch_norm(train, "stem_bn", self.dtype)(x)
     if not self.react:
       x = hardtanh(x)
-    x = pooling.max_pool(x, 3, 2, 1)  # nn.max_pool with a fast gradient on CPU
+    x = xla_cpu.max_pool(x, 3, 2, 1)  # nn.max_pool with a fast gradient on CPU
     for stage, (blocks, features) in enumerate(zip(self.stage_sizes, self.widths)):
       for block in range(blocks):
         strides = 2 if stage > 0 and block == 0 else 1

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from bmd_jax.xla_cpu import pooling
+from bmd_jax import xla_cpu
 from bmd_jax.models.common import batch_norm, real_conv
 
 
@@ -60,7 +60,7 @@ class TorchvisionResNet(nn.Module):
     x = x.astype(self.dtype or jnp.float32)
     x = real_conv(self.widths[0], (7, 7), strides=2, dtype=self.dtype, name="stem_conv")(x)
     x = nn.relu(batch_norm(train, "stem_bn", self.dtype)(x))
-    x = pooling.max_pool(x, 3, 2, 1)  # nn.max_pool with a fast gradient on CPU
+    x = xla_cpu.max_pool(x, 3, 2, 1)  # nn.max_pool with a fast gradient on CPU
     for stage, (blocks, features) in enumerate(zip(self.stage_sizes, self.widths)):
       for block in range(blocks):
         strides = 2 if stage > 0 and block == 0 else 1
