@@ -1,4 +1,4 @@
-"""A 3x3 convolution's weight gradient: XLA's against bmd_jax.xla_cpu.conv_grads' (summed over batch
+"""A 3x3 convolution's weight gradient: XLA's against xla_cpu.conv_grads' (summed over batch
 chunks on CPU).
 
     python bench/conv_weight_grad.py                    # ResNet-20's stage 1, batch 128

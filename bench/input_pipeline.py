@@ -1,4 +1,4 @@
-"""Images per second delivered by the input pipeline (bmd_jax.training.input_pipeline), per worker count.
+"""Images per second delivered by the input pipeline (training/input_pipeline.py), per worker count.
 
 Cases:
 - cifar10 folder: the CIFAR-10 JPEG folder (BMD_CIFAR10_DIR, default ../shared/data/cifar10-jpeg),

@@ -5,7 +5,7 @@
 With --simulated_devices=N (CPU), XLA splits this machine's cores into N devices, so the
 figures show the cost of sharding (collectives, smaller per-device work), not a speed-up;
 on a GPU/TPU host leave it out and the mesh runs over the real devices. For each device count
-that divides the global batch (1, 2, 4, ...), the train step of bmd_jax.training.train is jitted over
+that divides the global batch (1, 2, 4, ...), the train step (training/train.py) is jitted over
 a mesh of that many devices, exactly as train.train_stage does, and timed on random data:
 --rounds rounds, the device counts alternating within each, --steps steps per round. Prints
 one JSON line per device count (ms per step per round, their median, images/s from it).

@@ -81,7 +81,7 @@ class ApproxSign(torch.autograd.Function):
 
 
 def quantize(x, name, est):
-  """est: the estimator arguments, as bmd_jax.training.train.estimator_args returns them (floats)."""
+  """est: the estimator arguments, as training.train.estimator_args returns them (floats)."""
   if name == "ede":
     return EDESign.apply(x, est["ede"]["t"], est["ede"]["k"])
   if name == "ste":
@@ -394,7 +394,7 @@ def distillation_loss(student_logits, teacher_logits):
 def bdbnn_loss(model, images, labels, teacher=None, kurtosis_weight=1.0, wdm_weight=1.0,
                kd_weight=1.0, kurtosis_target=1.8, wdm_temperature=4.0,
                wdm_reduction="channel_mean", kurtosis_view="latent"):
-  """(total, logits, parts) as bmd_jax.training.train.train_step's loss_fn; teacher runs in eval mode."""
+  """(total, logits, parts) as training.train.train_step's loss_fn; teacher in eval mode."""
   logits = model(images)
   parts = {"ce": F.cross_entropy(logits, labels)}
   total = parts["ce"]

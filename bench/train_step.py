@@ -6,7 +6,7 @@ PyTorch eager implementation (bench/torch_reference.py) timed in the same run.
     python bench/train_step.py --quick                # fewer steps
     python bench/train_step.py --malloc=tuned         # both frameworks with PERF-NOTES' glibc tunables
     python bench/train_step.py --frameworks=jax,torch,jax_xla_defaults  # + bmd_jax without its
-                                                      # XLA:CPU flags (bmd_jax/xla_cpu/xla_flags.py)
+                                                      # XLA:CPU flags (xla_cpu/xla_flags.py)
 
 Variants, each timed as the median of --steps steps after --warmup steps (fixed random batch,
 no input pipeline), per framework:

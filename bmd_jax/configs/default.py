@@ -142,7 +142,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.resume_despite_config_change = False
 
   # Stages, run in order; each applies its overrides to the fields above (see
-  # bmd_jax/training/stages.py). init_from / teacher / distill_teacher: an earlier stage's name or a
+  # training/stages.py). init_from / teacher / distill_teacher: an earlier stage's name or a
   # checkpoint folder. teacher: the student's architecture at teacher_precision; WDM's teacher,
   # and output distillation's unless distill_teacher is set. distill_teacher: output
   # distillation's own teacher, a model of any registered architecture and precision that

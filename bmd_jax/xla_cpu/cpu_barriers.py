@@ -121,7 +121,7 @@ def compile_options(lowered: jax.stages.Lowered, platform: str | None = None,
     return {}
   if not top:
     return {}
-  log.info("XLA:CPU keeps this program's %d optimization barriers (bmd_jax/xla_cpu/cpu_barriers.py)", top)
+  log.info("XLA:CPU keeps this program's %d optimization barriers (xla_cpu/cpu_barriers.py)", top)
   return {OPTION: PASS}
 
 

@@ -68,7 +68,7 @@ def set_cpu_flags(environ: MutableMapping[str, str] = os.environ,
   choice = environ.get(CHOICE_VARIABLE, "on").strip().lower()
   if choice == RETIRED_CHOICE:
     log.warning("%s=barriers is retired and now means 'on': the train step keeps its "
-                "optimization barriers per program, where that is safe (bmd_jax/xla_cpu/cpu_barriers.py)",
+                "optimization barriers per program, where that is safe (xla_cpu/cpu_barriers.py)",
                 CHOICE_VARIABLE)
     choice = "on"
   if choice not in CHOICES:
