@@ -198,8 +198,15 @@ def _evaluated(loss_cfg: Mapping, inputs: Inputs) -> dict[str, tuple]:
       continue
     value, more = result
     weight = cfg.get("weight", 0.0)
-    evaluated[name] = (value, more, weight * term.active(cfg, inputs) * value if weight else None)
+    evaluated[name] = (value, more, weight * term.active(cfg, inputs) * value
+                       if _in_total(weight) else None)
   return evaluated
+
+
+def _in_total(weight) -> bool:
+  """A weight of 0 drops its term at trace time; an array weight (traced: the runs of a
+  group, run_group_step.py) keeps it, since it is 0 in some runs only."""
+  return isinstance(weight, jax.Array) or bool(weight)
 
 
 def check_blocks(loss_cfg: Mapping) -> None:

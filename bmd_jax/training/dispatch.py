@@ -61,17 +61,27 @@ def device_steps(step_fn: Callable, batch_fn: Callable, loop: bool = True) -> Ca
     state, metrics = step_fn(state, batch_fn(split, step), teacher, distill_teacher)
     return state, accumulate(acc, metrics, step)
 
-  def run(state, acc, split, teacher, distill_teacher, first, count):
+  return looped(one_step, loop)
+
+
+def looped(one_step: Callable, loop: bool = True) -> Callable:
+  """fn(state, acc, *inputs, first, count) -> (state, acc): `one_step(state, acc, *inputs,
+  step)` for steps first .. first+count-1 in a lax.while_loop whose trip count is an argument,
+  stopping after the first step with a non-finite loss (in any run, where `acc` holds one
+  accumulator per run: run_group_step.py). loop=False: one call (count must be 1)."""
+
+  def run(state, acc, *args):
+    *inputs, first, count = args
     if not loop:
-      return one_step(state, acc, split, teacher, distill_teacher, first)
+      return one_step(state, acc, *inputs, first)
 
     def cond(carry):
       i, _, acc = carry
-      return (i < count) & (acc["nonfinite_step"] < 0)
+      return (i < count) & jnp.all(acc["nonfinite_step"] < 0)
 
     def body(carry):
       i, state, acc = carry
-      state, acc = one_step(state, acc, split, teacher, distill_teacher, first + i)
+      state, acc = one_step(state, acc, *inputs, first + i)
       return i + 1, state, acc
 
     _, state, acc = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state, acc))

@@ -15,6 +15,15 @@ from bmd_jax.training import dispatch, sharding
 from bmd_jax.xla_cpu import cpu_barriers
 
 
+def dispatch_limit(config, platform: str) -> int:
+  """The most steps one device dispatch runs (0: up to the next event), from
+  config.steps_per_dispatch: its default 0 is one step on CPU."""
+  limit = config.get("steps_per_dispatch", 0)  # config_checks: 0 or more
+  if limit == 0 and platform == "cpu":
+    limit = 1  # XLA:CPU ran the step 2-15x slower inside a while loop (docs/BENCHMARKS.md)
+  return limit
+
+
 class StepRunner:
   """Runs train steps [step, end) from the host. On the device input path that is one
   dispatch (a while loop over the steps, the batches made inside: dispatch.device_steps); on
@@ -33,10 +42,8 @@ class StepRunner:
     self._replicated = sharding.replicated_sharding(mesh)
     self._input = train_input
     self.on_device = isinstance(train_input, on_device.DeviceTrainInput)
-    limit = config.get("steps_per_dispatch", 0)  # config_checks: 0 or more
     platform = mesh.devices.flat[0].platform
-    if limit == 0 and platform == "cpu":
-      limit = 1  # XLA:CPU ran the step 2-15x slower inside a while loop (docs/BENCHMARKS.md)
+    limit = dispatch_limit(config, platform)
     self.max_steps_per_dispatch = limit if self.on_device else 1
     common = dict(out_shardings=(state_shardings, self._replicated), donate_argnums=(0, 1),
                   platform=platform)

@@ -33,8 +33,8 @@ from flax.training import train_state
 from bmd_jax.core import bimodality, losses, objective, quantizers
 from bmd_jax.infra import checkpoint, config_checks
 from bmd_jax.training import (dispatch, estimator_schedule, evaluation, input_pipeline,
-                              loop_schedule, metric_writers, run_record, sharding, step_runner,
-                              workdir_lock)
+                              loop_schedule, metric_writers, run_group_config, run_record,
+                              sharding, step_runner, workdir_lock)
 from bmd_jax import models
 from bmd_jax.infra.config_checks import ConfigValueError
 from bmd_jax.training import stages as stages_lib
@@ -558,7 +558,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   SIGTERM (once the checkpoint is written) and NonFiniteLossError on a non-finite loss.
   `datasets` (from input_pipeline.create_datasets of a config with the same data fields)
   lets several runs share one decoded-image cache; by default they are made from `config`.
+  A config with a run list (config.runs) trains its runs side by side in one program
+  (run_group.py) and returns {run: {stage: results}}.
   """
+  if run_group_config.is_group(config):
+    from bmd_jax.training import run_group  # pylint: disable=g-import-not-at-top  (imports train)
+    return run_group.train_group(config, workdir, datasets)
   config_checks.check(config)
   mesh = sharding.mesh_from_config(config)
   if datasets is None:

@@ -1,0 +1,161 @@
+"""K runs in one program (training/run_group*.py): equal to the same runs trained one by one,
+on 1 and 8 simulated devices; the run list's refusals; a run's folder read by analyze and
+export as a single run's; resume after a kill left the runs at different steps.
+
+Tolerances: the group's step is each run's step under vmap, whose batched convolutions sum
+in another order, and its hyperparameters are traced values instead of constants: equal to
+float rounding. Measured on 2 SGD steps a stage (run_group_check.py, 2026-12-06): parameters
+within 3e-7 (1 device) and 4e-7 (8 devices), batch statistics 2e-7, logged metrics 3e-6
+relative, while the two runs' parameters differ by 1e-1.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from bmd_jax.infra import checkpoint, config_files
+from bmd_jax.infra.config_checks import ConfigValueError
+from bmd_jax.tools import analyze, export
+from bmd_jax.training import run_group_config, run_group_step, train
+from bmd_jax.training import stages as stages_lib
+from run_group_check import group_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PARAMS_ATOL, STATS_ATOL, METRICS_TOL = 1e-5, 1e-5, 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("devices", [1, 8])
+def test_group_equals_the_runs_one_by_one(devices, tmp_path):
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  done = subprocess.run([sys.executable, os.path.join(REPO, "tests", "run_group_check.py"),
+                         str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=900)
+  assert done.returncode == 0, done.stderr[-3000:]
+  out = json.loads(done.stdout.strip().splitlines()[-1])
+  assert out["devices"] == devices
+  assert out["between_runs"] > 1000 * PARAMS_ATOL
+  for name, run in out["runs"].items():
+    assert run["metrics"][0] < METRICS_TOL, (name, run["metrics"])
+    for stage in ("step1", "step2"):
+      assert run[stage]["params"] < PARAMS_ATOL, (name, stage, run[stage])
+      assert run[stage]["batch_stats"] < STATS_ATOL, (name, stage, run[stage])
+
+
+# --- the run list --------------------------------------------------------------------------
+
+def test_an_override_of_an_untraced_field_is_refused_naming_it_and_the_run():
+  config = group_config()
+  config.runs = ({"name": "a", "overrides": {}},
+                 {"name": "b", "overrides": {"model.name": "vgg_small"}})
+  with pytest.raises(ConfigValueError, match=r"run 'b' overrides model\.name, which runs of "
+                     "one group may not change"):
+    run_group_config.run_configs(config)
+
+
+@pytest.mark.parametrize("runs, message", [
+    (({"name": "a"}, {"name": "a"}), "names run 'a' twice"),
+    (({"name": "a/b"},), r"needs a 'name' usable as a folder name"),
+    (({"name": "a", "overrides": {"loss.nope.weight": 1.0}},), r"loss\.nope\.weight=1\.0 does "
+     "not fit the config"),
+    (({"name": "a", "seeds": 1},), r"holds \['seeds'\]"),
+])
+def test_bad_run_entries_are_refused(runs, message):
+  config = group_config()
+  config.runs = runs
+  with pytest.raises(ConfigValueError, match=message):
+    run_group_config.run_configs(config)
+
+
+def test_traced_fields_also_under_a_stage():
+  assert run_group_config.traced_field("stage_overrides.step2.loss.wdm.weight")
+  assert run_group_config.traced_field("loss.my_term.weight")
+  assert not run_group_config.traced_field("stage_overrides.step2.init_from")
+  assert not run_group_config.traced_field("learning_rate_schedule")
+
+
+def test_each_run_config_is_a_single_runs_config():
+  runs = run_group_config.run_configs(group_config())
+  other = runs["other"]
+  assert "runs" not in other and other.seed == 1 and other.learning_rate == 0.02
+  assert other.stage_overrides.step2.loss.wdm.weight == 0.0
+  assert runs["bdbnn"].stage_overrides.step2.loss.wdm.weight == 1.0
+
+
+def test_a_group_needs_the_device_input_path(tmp_path):
+  config = group_config()
+  config.input_path = "grain"
+  with pytest.raises(ConfigValueError, match="input_path=device"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_traced_values_drop_a_term_no_run_weighs_and_spread_per_layer_targets():
+  configs = list(run_group_config.run_configs(group_config()).values())
+  layers = ("a", "b", "c")
+  configs[1].loss.kurtosis.targets = (1.2, 1.4, 1.6)
+  values = run_group_step.traced_values(configs, layers)
+  assert "loss.wdm.weight" not in values  # 0 in both runs (outside step 2): dropped
+  np.testing.assert_array_equal(values["seed"], [0, 1])
+  np.testing.assert_allclose(values["loss.kurtosis.target"], [[1.8] * 3, [1.2, 1.4, 1.6]])
+  np.testing.assert_allclose(values["learning_rate"], [0.05, 0.02])
+
+
+# --- a group's folders, and resume ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def group_run(tmp_path_factory):
+  """Two runs over both steps, 4 steps a stage, a checkpoint every 2."""
+  workdir = str(tmp_path_factory.mktemp("group"))
+  config = group_config(steps=4)
+  config.checkpoint_every_steps = 2
+  results = train.train_and_evaluate(config, workdir)
+  return config, workdir, results
+
+
+@pytest.mark.slow
+def test_a_runs_folder_reads_in_analyze_and_export(group_run, tmp_path):
+  _, workdir, _ = group_run
+  folder = os.path.join(workdir, "other")
+  with open(os.path.join(folder, "config.json")) as f:
+    assert json.load(f)["seed"] == 1
+  record = analyze.analyze(folder, out=str(tmp_path / "analysis"))
+  assert {row["stage"] for row in record["layers"]} == {"step1", "step2"}
+  manifest = export.export(folder, str(tmp_path / "other.npz"))
+  assert manifest["source"] == {"stage": "step2", "step": 4}
+  assert json.loads(manifest["config"])["seed"] == 1
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_that_left_the_runs_apart_is_exact(group_run, tmp_path):
+  config, workdir, results = group_run
+  copy = str(tmp_path / "group")
+  shutil.copytree(workdir, copy)
+  # Killed in step 2 after step 2's saves, once run 'bdbnn' had saved step 4 but 'other' not.
+  shutil.rmtree(checkpoint.stage_directory(os.path.join(copy, "other"), "step2") / "4")
+  resumed = train.train_and_evaluate(config, copy)
+  for name in ("bdbnn", "other"):
+    jax.tree_util.tree_map(np.testing.assert_array_equal, resumed[name]["step2"]["state"].params,
+                           results[name]["step2"]["state"].params)
+    assert checkpoint.finished_steps(
+        checkpoint.stage_directory(os.path.join(copy, name), "step2")) == [2, 4]
+
+
+@pytest.mark.parametrize("recipe, count", [("cifar10_group.py", 8), ("digits_group.py", 4)])
+def test_the_group_recipes_runs_are_bdbnn_and_its_ablations(recipe, count):
+  config = config_files.load(os.path.join(REPO, "bmd_jax", "configs", recipe))
+  runs = run_group_config.run_configs(config)
+  assert len(runs) == count and config.input_path == "device"
+  weights = {name: [(s.config.loss.kurtosis.weight, s.config.loss.wdm.weight,
+                     s.config.loss.kd.weight) for s in stages_lib.stage_list(run)]
+             for name, run in runs.items()}
+  assert weights["bdbnn_s0"] == [(1.0, 0.0, 0.0), (1.0, 1.0, 0.9)]
+  assert weights["kurtosis_only_s0"] == [(1.0, 0.0, 0.0), (1.0, 0.0, 0.9)]
+  assert weights["wdm_only_s0"] == [(0.0, 0.0, 0.0), (0.0, 1.0, 0.9)]
+  assert weights["plain_s0"] == [(0.0, 0.0, 0.0), (0.0, 0.0, 0.9)]
