@@ -123,7 +123,8 @@ def test_drop_last_figures_final_and_best(tmp_path):
 
 @pytest.mark.parametrize("name, variant", [
     ("bd_bnn_seed3", "bd_bnn"), ("bd_bnn-seed12", "bd_bnn"), ("kurt.seed0", "kurt"),
-    ("full_precision", "full_precision"), ("target_1.4_seed2", "target_1.4")])
+    ("full_precision", "full_precision"), ("target_1.4_seed2", "target_1.4"),
+    ("bdbnn_s3", "bdbnn"), ("wdm_only_s10", "wdm_only"), ("plain_seeds", "plain_seeds")])
 def test_a_runs_variant_is_its_name_less_the_seed(tmp_path, name, variant):
   assert compare.variant_of(str(tmp_path / name), {}) == variant
 

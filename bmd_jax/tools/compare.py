@@ -10,8 +10,8 @@ compared is the last of each run's ``config.stages`` (step 2 in the two-step rec
 pull its variant's mean down), unless ``--allow_unfinished``.
 
 Variants. By default a run's variant is its folder's name without a trailing seed suffix
-(``bd_bnn_seed3``, ``bd_bnn-seed3`` and ``bd_bnn.seed3`` are variant ``bd_bnn``; a name without
-one is its own variant). ``--variant_pattern=REGEX`` takes the variant from the folder name
+(``bdbnn_seed3``, ``bdbnn-seed3``, ``bdbnn.seed3`` and a run group's ``bdbnn_s3`` are variant
+``bdbnn``; a name without one is its own variant). ``--variant_pattern=REGEX`` takes the variant from the folder name
 instead: the regex's group ``variant`` (or its first group, or its whole match) where it first
 matches. ``--group_by=FIELD[,FIELD...]`` groups by the stage's config fields instead (dotted
 names, e.g. ``loss.kurtosis.target``): the variant is ``field=value ...``. The baseline is
@@ -57,7 +57,7 @@ from bmd_jax.infra import cli, paths
 from bmd_jax.infra.config_checks import ConfigValueError
 from bmd_jax.tools import welch
 
-SEED_SUFFIX = r"^(?P<variant>.+?)[-_.]seed[-_=]?\d+$"
+SEED_SUFFIX = r"^(?P<variant>.+?)[-_.](?:seed[-_=]?|s)\d+$"
 
 # (key, what it is): the figures, in the order the table gives them.
 FIGURES = (
