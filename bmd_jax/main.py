@@ -1,9 +1,11 @@
-"""Command line: ``python -m bmd_jax.main --config=configs/default.py --workdir=DIR``.
+"""Command line: ``python -m bmd_jax.main --config=default --workdir=DIR``.
 
 A thin entry point: flags in, `train.train_and_evaluate` out. All logic lives in importable
 modules, so notebooks and tests call the same functions. Override any config field with
-``--config.FIELD=VALUE`` (e.g. ``--config.num_epochs=5``); ``--print_config`` lists them. A
-``--config=configs/NAME.py`` is found from any working directory (config_files.resolve).
+``--config.FIELD=VALUE`` (e.g. ``--config.num_epochs=5``); ``--print_config`` lists them.
+``--config`` takes a recipe's short name (bmd_jax/configs/NAME.py, found from any working
+directory and in a wheel install), ``NAME:ARG`` for its get_config's argument, or a path
+(config_files.resolve).
 
 Several processes (hosts) run the same command; JAX's distributed runtime joins them
 (sharding.initialize_distributed): give ``--coordinator_address=HOST:PORT --num_processes=N
@@ -38,9 +40,11 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for metrics, TensorBoard events and checkpoints.")
 config_flags.DEFINE_config_file(
     "config", None,
-    "Training configuration file, found from any working directory when it is one of "
-    f"configs/: {', '.join(config_files.available())}. Override a field with "
-    "--config.FIELD=VALUE; --print_config lists every field with its value.",
+    "Training configuration: a recipe's name, one of "
+    f"{', '.join(config_files.recipes())} (bmd_jax/configs/NAME.py); NAME:ARG passes ARG to "
+    "its get_config (imagenet_bdbnn:diffkurt); or a path to a config file (a path that "
+    "exists wins over a recipe's name). Override a field with --config.FIELD=VALUE; "
+    "--print_config lists every field with its value.",
     lock_config=True)
 flags.DEFINE_bool("print_config", False,
                   "Print the resolved config (every field, and each stage's overrides) and exit "

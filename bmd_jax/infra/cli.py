@@ -210,7 +210,7 @@ def _workdir() -> str | None:
 # --- flags ---------------------------------------------------------------------------------
 
 def parse_flags(argv):
-  """absl's flag parsing, with --config found from any working directory, and a bad flag, an
+  """absl's flag parsing, with --config a path or a recipe's name, and a bad flag, an
   unknown --config.FIELD or a config file that does not parse named in one line (absl and
   ml_collections raise them from deep inside the parser)."""
   argv = [_config_found(a) if a.startswith(("--config=", "-config=")) else a for a in argv]
@@ -226,8 +226,8 @@ def parse_flags(argv):
 
 
 def _config_found(argument: str) -> str:
-  """--config=PATH[:options] with PATH looked up in the checkout's configs/ when it does not
-  exist from here (config_files.resolve)."""
+  """--config=NAME[:options] with NAME, a path or a recipe's short name, made the file's path
+  (config_files.resolve), so ml_collections loads a recipe from any working directory."""
   name, value = argument.split("=", 1)
   path, colon, options = value.partition(":")
   try:
@@ -242,6 +242,6 @@ def _unknown_field(field: str, argv) -> str:
   path = where.removeprefix("--config.").partition("=")[0]
   renamed = config_files.renamed_loss_field(path)
   fix = (f"loss options are one block per term since 2026-11-28: --config.{renamed}"
-         if renamed else "Check its spelling against the config file (configs/default.py "
-         "lists every field)")
+         if renamed else "Check its spelling: --print_config lists every field, "
+         "bmd_jax/configs/default.py explains them")
   return f"{where}: the config has no field {field!r}. {fix}"

@@ -1,46 +1,53 @@
 """Finding and loading config files, so variants build on a single source of truth.
 
-Config files are loaded by path (``--config=configs/x.py``), not as a package, so a variant
-finds its base next to itself: ``config = load_sibling(__file__, "cifar10.py")``. A path
-that does not exist from the working directory is looked up in the package's recipes
-(bmd_jax/configs/), so ``configs/cifar10.py`` works from anywhere.
+``--config`` names a config file by path (``--config=my_config.py``) or one of the recipes
+shipped in the package, bmd_jax/configs/, by its short name (``--config=cifar10``; also
+``cifar10.py`` or ``configs/cifar10.py``), from any working directory and from a wheel install.
+A path that exists wins over a recipe of the same name. ``NAME:ARG`` passes ARG to the file's
+``get_config`` (``--config=imagenet_bdbnn:diffkurt``), as ml_collections does for paths.
+
+Config files are loaded by path, not imported as modules, so a variant finds its base next to
+itself: ``config = load_sibling(__file__, "cifar10.py")``.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.machinery
 import importlib.util
 import pathlib
 
 import ml_collections
 
-# The recipes shipped in the package (bmd_jax/configs/).
-CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+# The recipes: config files inside the package, so that a wheel install has them too.
+RECIPE_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
-def available() -> list[str]:
-  """The recipes in bmd_jax/configs/, by file name."""
-  if not CONFIG_DIR.is_dir():
-    return []
-  return sorted(p.name for p in CONFIG_DIR.glob("*.py") if not p.name.startswith("_"))
+def recipes() -> list[str]:
+  """The recipes' short names, as ``--config=NAME`` takes them."""
+  return sorted(p.stem for p in RECIPE_DIR.glob("*.py") if not p.name.startswith("_"))
 
 
 def resolve(path: str | pathlib.Path) -> pathlib.Path:
-  """`path` itself when it exists, else the same file among the package's recipes."""
+  """The config file that `path` names: the path itself when it is a file, else the recipe of
+  that name (``cifar10``, ``cifar10.py``, ``configs/cifar10.py`` or
+  ``bmd_jax/configs/cifar10.py``)."""
   given = pathlib.Path(path)
   if given.is_file():
     return given
-  in_checkout = CONFIG_DIR / given.name
-  if given.parent.name in ("configs", "") and in_checkout.is_file():
-    return in_checkout
+  # Old commands name the recipes by their path in a checkout: configs/ or bmd_jax/configs/.
+  if (given.suffix in ("", ".py") and given.parent.name in ("configs", "")
+      and given.stem in recipes()):
+    return RECIPE_DIR / f"{given.stem}.py"
   raise FileNotFoundError(
-      f"config file {str(path)!r} does not exist (working directory {pathlib.Path.cwd()}); "
-      f"bmd_jax's configs are in {CONFIG_DIR}: {', '.join(available()) or 'none found'}")
+      f"config {str(path)!r} is neither a file (working directory {pathlib.Path.cwd()}) nor a "
+      f"recipe: give a path, or one of {', '.join(recipes()) or 'none found'} "
+      f"(--config=NAME or NAME:ARG; the recipes are in {RECIPE_DIR})")
 
 
 def load(path: str | pathlib.Path, *variant: str) -> ml_collections.ConfigDict:
-  """get_config(*variant) of the config file at `path` (see `resolve`); a variant is what
-  ``--config=PATH:VARIANT`` passes."""
+  """get_config(*variant) of the config file or recipe that `path` names (see `resolve`); a
+  variant is what ``--config=NAME:VARIANT`` passes."""
   return _get_config(resolve(path), *variant)
 
 
@@ -53,7 +60,10 @@ def load_sibling(this_file: str, name: str) -> ml_collections.ConfigDict:
 
 
 def _get_config(path: pathlib.Path, *variant: str) -> ml_collections.ConfigDict:
-  spec = importlib.util.spec_from_file_location(f"bmd_jax_config_{path.stem}", path)
+  # Python source whatever the file's suffix, as ml_collections' --config loads it.
+  name = f"bmd_jax_config_{path.stem}"
+  spec = importlib.util.spec_from_file_location(
+      name, path, loader=importlib.machinery.SourceFileLoader(name, str(path)))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(*variant)
