@@ -1,6 +1,7 @@
 """conv_grads.conv_general_dilated: XLA's convolution with, on CPU, the weight gradient summed
 over batch chunks where that pays; values and both gradients equal XLA's, and the programs
-lowered for CPU, GPU and TPU hold the convolutions the rule says."""
+lowered for CPU, GPU and TPU hold the convolutions the rule says. (The canonical layout of the
+CPU gradients: tests/test_conv_backward.py.)"""
 
 import jax
 import jax.numpy as jnp
