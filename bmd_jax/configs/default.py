@@ -119,6 +119,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Each loss term's gradient norm (grads/<term>, and its ratio to cross-entropy's,
   # grads/<term>_over_ce) at each log line, on the last step's batch: one backward pass a term.
   config.log_term_gradients = True
+  # Per binary layer at each log line (training/diagnostics.py): the share of pre-sign inputs
+  # and of latent weights where the layer's estimator passes under 1% of its peak gradient,
+  # and the share of weight signs flipped since the last line. One forward pass of one batch.
+  config.log_layer_diagnostics = True
   config.eval_every_epochs = 10.0
   # float32 matmuls and convolutions in evaluation ('highest'), so that a GPU's TF32 does not
   # move top-1; 'default' lets the platform choose.

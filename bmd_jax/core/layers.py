@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from bmd_jax import xla_cpu
-from bmd_jax.core import quantizers
+from bmd_jax.core import quantizers, saturation
 
 PRECISIONS = ("full", "binary_activations", "binary")
 # The parameter name of every binary layer's real-valued latent weight: losses and tools find
@@ -110,13 +110,25 @@ class _BinaryBase(BinaryFields):
     check_precision(self.precision)
     if self.precision == "full":
       return x, latent
+    self.sow_saturation("input_saturation", x, self.input_quantizer, estimator_args)
     x = quantize(x, self.input_quantizer, estimator_args)
     if self.precision == "binary_activations":
       return x, latent
+    seen = quantizers.irnet_standardize(latent)[0] if self.scale_mode == "irnet" else latent
+    self.sow_saturation("weight_saturation", seen, self.kernel_quantizer, estimator_args)
     kwargs = dict((estimator_args or {}).get(self.kernel_quantizer, {}))
     kernel = quantizers.binarize_kernel(
         latent, quantizers.get_quantizer(self.kernel_quantizer), self.scale_mode, **kwargs)
     return x, kernel
+
+  def sow_saturation(self, name, x, quantizer, estimator_args):
+    """Records the share of `x` where the quantizer passes under 1% of its peak gradient
+    (core/saturation.py), only when the caller asked for 'intermediates' (a diagnostics
+    pass, training/diagnostics.py): a train step computes nothing here."""
+    if self.is_mutable_collection("intermediates"):
+      kwargs = dict((estimator_args or {}).get(quantizer, {}))
+      self.sow("intermediates", name, saturation.saturated_share(
+          quantizers.get_quantizer(quantizer), x, **kwargs))
 
   def operands(self, x, kernel_shape, estimator_args):
     """(binary input, binary kernel, compute dtype) from x and the latent kernel.

@@ -268,7 +268,7 @@ RESUMABLE_FIELDS = (
     "log_every_steps", "eval_every_epochs", "steps_per_eval", "eval_batch_size",
     "checkpoint_every_steps", "checkpoint_every_epochs", "checkpoint_every_minutes",
     "checkpoint_keep", "eval_precision", "steps_per_dispatch", "stop_at_time",
-    "log_term_gradients",
+    "log_term_gradients", "log_layer_diagnostics",
     "data_dir", "cache_decoded_images",
     "num_devices", "fsdp",
     "model.store_binary_input",  # where XLA:CPU stores the binary inputs: speed, not values
