@@ -23,7 +23,9 @@ def _normalized(name: str) -> str:
 
 # Modules that one tool imports only when used, saying which extra to install where they are
 # missing (bmd_jax.tools.convert reads PyTorch files): module -> that extra.
-OPTIONAL = {"torch": "convert"}
+# Imported where present only: torch by the converter, scipy by tools/welch.py (without it the
+# t quantile is found by bisection).
+OPTIONAL = {"torch": "convert", "scipy": "test"}
 
 
 def _declared_requirements(extra: str | None = None) -> set[str]:
