@@ -4,9 +4,10 @@ export as a single run's; resume after a kill left the runs at different steps.
 
 Tolerances: the group's step is each run's step under vmap, whose batched convolutions sum
 in another order, and its hyperparameters are traced values instead of constants: equal to
-float rounding. Measured on 2 SGD steps a stage (run_group_check.py, 2026-12-06): parameters
-within 3e-7 (1 device) and 4e-7 (8 devices), batch statistics 2e-7, logged metrics 3e-6
-relative, while the two runs' parameters differ by 1e-1.
+float rounding. Measured on 2 SGD steps a stage (run_group_check.py, 2026-12-06, 1 and 8
+devices): parameters within 2e-7, batch statistics 4e-6, logged metrics 5e-5 (train/wdm, a
+small difference of large sums; relative above 1, absolute below), while the two runs'
+parameters differ by 1.2. Resume is bit for bit: the same program runs the same steps.
 """
 
 import json
@@ -27,7 +28,7 @@ from bmd_jax.training import stages as stages_lib
 from run_group_check import group_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARAMS_ATOL, STATS_ATOL, METRICS_TOL = 1e-5, 1e-5, 1e-4
+PARAMS_ATOL, STATS_ATOL, METRICS_TOL = 1e-5, 3e-5, 5e-4
 
 
 @pytest.mark.slow
@@ -159,3 +160,15 @@ def test_the_group_recipes_runs_are_bdbnn_and_its_ablations(recipe, count):
   assert weights["kurtosis_only_s0"] == [(1.0, 0.0, 0.0), (1.0, 0.0, 0.9)]
   assert weights["wdm_only_s0"] == [(0.0, 0.0, 0.0), (0.0, 1.0, 0.9)]
   assert weights["plain_s0"] == [(0.0, 0.0, 0.0), (0.0, 0.0, 0.9)]
+
+
+def test_the_group_loop_stops_after_the_first_nonfinite_loss_of_any_run():
+  losses = jax.numpy.asarray([[1.0, 2.0, 3.0, 4.0], [1.0, np.nan, 3.0, 4.0]])
+  toy_step = lambda state, batch, teacher, distill, values: (state + 1, {"train/loss": batch})
+  run = jax.jit(run_group_step.group_device_steps(
+      toy_step, lambda split, step, seeds: split[:, step]))
+  acc = run_group_step.empty_accumulators({"train/loss": None}, 2)
+  state, acc = run(jax.numpy.zeros(2), acc, losses, None, None, {"seed": np.arange(2)}, 0, 4)
+  np.testing.assert_array_equal(state, [2, 2])  # no run trained past step 2
+  np.testing.assert_array_equal(acc["nonfinite_step"], [-1, 2])
+  np.testing.assert_array_equal(acc["sums"]["train/loss"][0], 3.0)

@@ -34,7 +34,6 @@ from bmd_jax.training import (dispatch, evaluation, input_pipeline, loop_schedul
                               run_group_config, run_group_step, run_record, sharding,
                               step_runner, train, workdir_lock)
 from bmd_jax.training import stages as stages_lib
-from bmd_jax.xla_cpu import cpu_barriers
 
 log = logging.getLogger("bmd_jax")
 GROUP_FILE = "run_group.json"
@@ -60,13 +59,17 @@ def train_group(config, workdir: str, datasets=None) -> dict:
     for writer in writers.values():
       stack.callback(writer.close)
 
-    def record_once():
-      if not (paths.resolve(workdir) / GROUP_FILE).exists():
-        for name, run in runs.items():
-          run_record.write(folders[name], run)
-        if jax.process_index() == 0:
-          (paths.resolve(workdir) / GROUP_FILE).write_text(json.dumps(
-              {"runs": list(runs), "traced_fields": run_group_config.TRACED_FIELDS}, indent=2))
+    recorded = []
+
+    def record_once():  # at every start, once the first stage's resume check passed
+      if recorded:
+        return
+      for name, run in runs.items():
+        run_record.write(folders[name], run)
+      if jax.process_index() == 0:
+        (paths.resolve(workdir) / GROUP_FILE).write_text(json.dumps(
+            {"runs": list(runs), "traced_fields": run_group_config.TRACED_FIELDS}, indent=2))
+      recorded.append(True)
 
     stage_lists = {name: stages_lib.stage_list(run) for name, run in runs.items()}
     for index, stage in enumerate(stage_lists[next(iter(runs))]):
@@ -161,13 +164,9 @@ def _train_group_stage(configs: dict, stage: str, folders: dict, datasets, mesh,
                       teacher_apply=teacher_model.apply,
                       distill_apply=distill_model and distill_model.apply,
                       kurtosis_layers=kurtosis_layers, wdm_layers=wdm_layers)
-  step_fn = run_group_step.group_step(first, **step_options)
-  batches_fn = run_group_step.group_batches(first, mesh)
-  platform = mesh.devices.flat[0].platform
-  limit = step_runner.dispatch_limit(first, platform)
-  program = cpu_barriers.jit(
-      run_group_step.group_device_steps(step_fn, batches_fn, loop=limit != 1), platform,
-      out_shardings=(replicated, replicated), donate_argnums=(0, 1))
+  limit = step_runner.dispatch_limit(first, mesh.devices.flat[0].platform)
+  program, step_fn, batches_fn = run_group_step.compiled_group_steps(
+      first, mesh, limit != 1, **step_options)
   split = on_device.upload_source(datasets.train, mesh)
   metric_shapes = jax.eval_shape(step_fn, stacked, jax.eval_shape(
       batches_fn, split, 0, values["seed"]), teachers, distills, values)[1]
@@ -193,7 +192,7 @@ def _train_group_stage(configs: dict, stage: str, folders: dict, datasets, mesh,
   for name in names:
     writers[name].start_stage(stage, configs[name], total_steps, first_step)
     train._record_weights(writers[name], stage, first_step, steps_per_epoch,
-                         states[name].params, kurtosis_layers)
+                          states[name].params, kurtosis_layers)
   eval_metrics = {name: {} for name in names}
   acc, done = empty(), first_step
   clock = step_runner.Clock(first_step, first.get("stop_at_time", 0.0))
@@ -248,7 +247,7 @@ def _train_group_stage(configs: dict, stage: str, folders: dict, datasets, mesh,
           writers[name].checkpoint_saved(stage, done, str(managers[name].directory),
                                          finished=wait)
           train._record_weights(writers[name], stage, done, steps_per_epoch, state.params,
-                               kurtosis_layers)
+                                kurtosis_layers)
         clock.saved()
       if stopping:
         why = "SIGTERM received" if sigterm.received else "the stop time is near"

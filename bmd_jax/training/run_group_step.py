@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from bmd_jax.core import objective
 from bmd_jax.data import on_device
 from bmd_jax.training import dispatch, train
+from bmd_jax.xla_cpu import cpu_barriers
 
 # Traced in every group, whether or not the runs differ in them (the loss weights only where
 # some run's is nonzero); the seed reaches the batches, the rest the step.
@@ -121,6 +122,20 @@ def group_device_steps(step_fn: Callable, batches_fn: Callable, loop: bool = Tru
     return state, jax.vmap(dispatch.accumulate, in_axes=(0, 0, None))(acc, metrics, step)
 
   return dispatch.looped(one_step, loop)
+
+
+def compiled_group_steps(config: ml_collections.ConfigDict, mesh: Mesh, loop: bool,
+                         **step_options) -> tuple[Callable, Callable, Callable]:
+  """(program, step_fn, batches_fn): group_device_steps of group_step on group_batches,
+  compiled as the loop compiles a run's steps (cpu_barriers.jit; states and accumulators
+  replicated and donated). `step_options` as group_step's."""
+  step_fn = group_step(config, **step_options)
+  batches_fn = group_batches(config, mesh)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  program = cpu_barriers.jit(group_device_steps(step_fn, batches_fn, loop=loop),
+                             mesh.devices.flat[0].platform,
+                             out_shardings=(replicated, replicated), donate_argnums=(0, 1))
+  return program, step_fn, batches_fn
 
 
 def empty_accumulators(metric_shapes: dict, runs: int) -> dispatch.Accumulator:
