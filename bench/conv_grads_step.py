@@ -1,8 +1,10 @@
 """ResNet-20's (or --model's) train step with one of bmd_jax's CPU changes against the same step
 without it, in one process. --change picks which:
 
-    chunked   conv_grads' chunked weight gradients, against XLA's (conv_grads.MAX_KERNEL_SIZE = 0
-              while tracing)
+    canonical conv_grads' CPU backward pass (canonical-layout convolutions, chunked weight
+              gradients), against autodiff's gradients of lax.conv (no chunks) while tracing
+    chunked   conv_grads' chunked weight gradients, against one convolution each
+              (conv_grads.MAX_KERNEL_SIZE = 0 while tracing)
     barriers  the binary inputs' barriers kept (config.model.store_binary_input, the default, and
               cpu_barriers' compiler option), against none (store_binary_input=False)
 
@@ -45,6 +47,9 @@ def build(variant: str, change: str, on: bool, batch_size: int, model: str = "re
                            teacher_apply=teacher_model.apply)
   t = teacher if variant == "full" else None
   with contextlib.ExitStack() as stack:
+    if change == "canonical" and not on:
+      autodiff = conv_grads._autodiff_grads  # pylint: disable=protected-access
+      stack.enter_context(mock.patch.object(conv_grads, "_cpu_grads", autodiff))
     if change == "chunked" and not on:
       stack.enter_context(mock.patch.object(conv_grads, "MAX_KERNEL_SIZE", 0))
     if variant == "ce":
@@ -82,7 +87,8 @@ def median_ms(run, steps: int) -> float:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--change", default="chunked", choices=("chunked", "barriers"),
+  parser.add_argument("--change", default="chunked",
+                      choices=("canonical", "chunked", "barriers"),
                       help="what is compared, on against off (see the docstring)")
   parser.add_argument("--variants", default="ce,full", help="ce and/or full")
   parser.add_argument("--rounds", type=int, default=3)

@@ -1,5 +1,5 @@
-"""A 3x3 convolution's weight gradient: XLA's against xla_cpu.conv_grads' (summed over batch
-chunks on CPU).
+"""A 3x3 convolution's weight gradient: XLA's against xla_cpu.conv_grads' (canonical-layout
+convolutions summed over batch chunks on CPU).
 
     python bench/conv_weight_grad.py                    # ResNet-20's stage 1, batch 128
     python bench/conv_weight_grad.py --shape=128,16,16,32

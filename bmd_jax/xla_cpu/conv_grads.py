@@ -18,9 +18,10 @@ explicit, for `y = conv(x, w)` with strides s and (low, high) paddings:
 Chunks. XLA:CPU computes a weight gradient as one contraction over the batch and the pixels
 into the few elements of the kernel, on one thread for a small kernel; the same sum over 8
 slices of the batch runs as 8 convolutions that both cores share. In the canonical form, at
-batch 128 (`python bench/conv_weight_grad.py`): 3x3x16x16 on 32x32 pixels 1.4x faster than
-XLA's gradient, 3x3x32x32 on 16x16 1.1-1.9x; wider kernels, fewer pixels or strides gained
-nothing before, so the rule below leaves them one convolution.
+batch 128 (`python bench/conv_weight_grad.py`, 3 rounds, 2026-12-06, load 2.8): 3x3x16x16 on
+32x32 pixels 1.3-1.4x faster than XLA's gradient, 3x3x32x32 on 16x16 1.1-1.2x; wider kernels,
+fewer pixels and strides gained nothing when measured against XLA's own form
+(docs/BENCHMARKS.md), so the rule below leaves them one convolution.
 
 `conv_general_dilated` has `jax.lax.conv_general_dilated`'s signature, so it serves as Flax's
 `nn.Conv(conv_general_dilated=...)` too. The canonical gradients cover every plain 2-D
