@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from bmd_jax.configs import digits_group
-from bmd_jax.training import run_group_config, train
+from bmd_jax.training import input_pipeline, run_group_config, run_group_step, sharding, train
 
 OTHER = {"seed": 1, "learning_rate": 0.02, "loss.kurtosis.target": 1.5,
          "estimators.ede_t_min": 1e-3, "stage_overrides.step2.loss.wdm.weight": 0.0,
@@ -64,6 +64,13 @@ def main(workdir: str):
         for stage, result in single.items()}
     out["runs"][name]["metrics"] = worst_metric(train_lines(f"{workdir}/group/{name}"),
                                                 train_lines(f"{workdir}/{name}"))
+  # Each run's batch is split over the mesh's data axis.
+  mesh = sharding.mesh_from_config(config)
+  batches = jax.jit(run_group_step.group_batches(config, mesh))(
+      input_pipeline.create_train_input(config, input_pipeline.create_datasets(config), mesh,
+                                        0).split, 0, np.arange(2, dtype=np.int32))
+  out["batch_spec"] = str(batches["image"].sharding.spec)
+  out["batch_shards"] = sorted({s.data.shape for s in batches["image"].addressable_shards})
   # The runs really differ (the group did not train one of them twice).
   out["between_runs"] = max_diff(group["bdbnn"]["step2"]["state"].params,
                                  group["other"]["step2"]["state"].params)

@@ -42,6 +42,10 @@ def test_group_equals_the_runs_one_by_one(devices, tmp_path):
   assert done.returncode == 0, done.stderr[-3000:]
   out = json.loads(done.stdout.strip().splitlines()[-1])
   assert out["devices"] == devices
+  # Each run's batch of 64 is split over the data axis: 64 / devices rows a device.
+  assert out["batch_shards"] == [[2, 64 // devices, 8, 8, 1]]
+  if devices > 1:  # (one device's program has no axis to name)
+    assert out["batch_spec"] in ("PartitionSpec(None, 'data')", "P(None, 'data')")
   assert out["between_runs"] > 1000 * PARAMS_ATOL
   for name, run in out["runs"].items():
     assert run["metrics"][0] < METRICS_TOL, (name, run["metrics"])
