@@ -176,3 +176,17 @@ def test_the_group_loop_stops_after_the_first_nonfinite_loss_of_any_run():
   np.testing.assert_array_equal(state, [2, 2])  # no run trained past step 2
   np.testing.assert_array_equal(acc["nonfinite_step"], [-1, 2])
   np.testing.assert_array_equal(acc["sums"]["train/loss"][0], 3.0)
+
+
+@pytest.mark.slow
+def test_a_group_stopped_at_its_stop_time_resumes_exactly(group_run, tmp_path):
+  config, _, results = group_run
+  config = config.copy_and_resolve_references()
+  config.stop_at_time = 1.0  # long past: stop after the first dispatch
+  with pytest.raises(train.Preempted, match="stage step1 of runs bdbnn, other saved at step 1"):
+    train.train_and_evaluate(config, str(tmp_path))
+  config.stop_at_time = 0.0
+  resumed = train.train_and_evaluate(config, str(tmp_path))
+  for name in ("bdbnn", "other"):
+    jax.tree_util.tree_map(np.testing.assert_array_equal, resumed[name]["step2"]["state"].params,
+                           results[name]["step2"]["state"].params)
