@@ -21,6 +21,7 @@ ALLOWED = {
     "configs": {"infra"},
     "training": {"core", "models", "data", "infra", "xla_cpu"},
     "tools": {"core", "models", "data", "infra", "xla_cpu"},
+    "pretrained": {"core", "models", "data", "infra", "tools", "xla_cpu"},
 }
 # Parts whose access to xla_cpu goes through the package's own names (its seam).
 THROUGH_SEAM = {"core", "models"}
