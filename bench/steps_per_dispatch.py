@@ -81,6 +81,9 @@ def parse_args(argv=None):
                       help="step1: CE + kurtosis; step2: + WDM and distillation from a frozen "
                       "binary_activations teacher run inside the step")
   parser.add_argument("--dtype", default="float32", help="config.model.dtype (JAX only)")
+  parser.add_argument("--store_binary_input", type=int, choices=(0, 1), default=1,
+                      help="config.model.store_binary_input: 0 leaves out the binary inputs' "
+                      "barriers, which XLA:CPU keeps in a one-step program but strips in a loop")
   parser.add_argument("--runs", type=int, default=1,
                       help="K runs in one program: only 1 until that engine exists (issue 26)")
   parser.add_argument("--xla_gpu_command_buffer", default=None,
@@ -143,6 +146,7 @@ def jax_setup(args):
     config.loss.wdm.weight = 0.0
     config.loss.kd.weight = 0.0
   config.batch_size = args.batch
+  config.model.store_binary_input = bool(args.store_binary_input)
   mesh = sharding.create_mesh(num_devices=1)
   rng = np.random.default_rng(0)
   split = on_device.upload(rng.integers(0, 256, (args.examples, 32, 32, 3), np.uint8),
@@ -277,6 +281,7 @@ def record(args, what, way, device_kind, platform, model_name, rounds_ips, compi
       "images_per_second_total": median, "images_per_second_per_run": median / args.runs,
       "rounds": rounds_ips, "steps_per_round": args.steps, "first_round_s": compile_s,
       "torch_compile_mode": getattr(way, "mode", None), "dtype": args.dtype,
+      "store_binary_input": bool(args.store_binary_input),
       "xla_flags": os.environ.get("XLA_FLAGS", ""), "load_average": load,
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "command": command,
