@@ -87,3 +87,26 @@ def test_diagnostics_can_be_turned_off():
   config = default.get_config()
   config.log_layer_diagnostics = False
   assert diagnostics.create(config, None) is None
+
+
+def test_the_loop_logs_each_layers_figures_consistent_with_the_whole_network(digits_run):
+  import json
+  import os
+  _, workdir = digits_run
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    logged = [json.loads(line) for line in f if '"binary/flip_ratio"' in line]
+  assert logged
+  params = None
+  for record in logged:
+    layer_flips = {k: v for k, v in record.items() if k.endswith("/flip_ratio")
+                   and k.startswith("layers/")}
+    if params is None:
+      from bmd_jax.infra import checkpoint
+      params = checkpoint.read_variables(checkpoint.choose_checkpoint(workdir))["params"]
+      sizes = {f"layers/{path.rsplit('/', 1)[0]}/flip_ratio": np.size(w)
+               for path, w in losses.binarized_kernels(params).items()}
+    assert set(layer_flips) == set(sizes)
+    assert all(f"{k.rsplit('/', 1)[0]}/weight_saturation" in record for k in sizes)
+    # The whole network's share is the layers' shares weighted by their sizes.
+    whole = sum(layer_flips[k] * sizes[k] for k in sizes) / sum(sizes.values())
+    assert whole == pytest.approx(record["binary/flip_ratio"], abs=1e-6)

@@ -32,9 +32,9 @@ from flax.training import train_state
 
 from bmd_jax.core import bimodality, losses, objective, quantizers
 from bmd_jax.infra import checkpoint, config_checks
-from bmd_jax.training import (dispatch, estimator_schedule, evaluation, input_pipeline,
-                              loop_schedule, metric_writers, run_group_config, run_record,
-                              sharding, step_runner, workdir_lock)
+from bmd_jax.training import (diagnostics, dispatch, estimator_schedule, evaluation,
+                              input_pipeline, loop_schedule, metric_writers, run_group_config,
+                              run_record, sharding, step_runner, workdir_lock)
 from bmd_jax import models
 from bmd_jax.infra.config_checks import ConfigValueError
 from bmd_jax.training import stages as stages_lib
@@ -457,6 +457,7 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer, lock=N
   if config.get("log_term_gradients", True):
     term_norms = jax.jit(functools.partial(term_gradient_norms, **step_fn.keywords),
                          out_shardings=sharding.replicated_sharding(mesh))
+  layer_stats = diagnostics.create(config, sharding.replicated_sharding(mesh))
   evaluate = evaluation.create_evaluator(config, datasets, mesh)
   schedule = loop_schedule.Schedule.from_config(config, steps_per_epoch, total_steps,
                                                 runner.max_steps_per_dispatch)
@@ -486,6 +487,10 @@ def train_stage(config, stage: str, workdir: str, datasets, mesh, writer, lock=N
       done = end
       if schedule.log_due(done):
         summary = _read_checked(acc)
+        if layer_stats is not None:  # per layer, on the last step's batch and estimators
+          progress = schedule_progress(config, (done - 1) / steps_per_epoch, total_epochs)
+          summary.update(jax.device_get(layer_stats(state, runner.last_batch(done), signs,
+                                                    progress)))
         signs, weight_stats = binary_weight_stats(state.params, signs,
                                                   config.estimators.ste_clip_value)
         summary.update(jax.device_get(weight_stats))
