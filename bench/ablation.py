@@ -20,7 +20,7 @@ The CPU-sized schedule of docs/RESULTS.md (ResNet-20, 300 steps of 128 images a 
 and only up to 1: compressed into 300 steps, the recipe's t_max = 10 made step 1 diverge at
 the end (train accuracy 32% -> 23%, test 15.5%):
 
-    python bench/ablation.py --config=configs/cifar10.py --workdir=runs/ablation \\
+    python bench/ablation.py --config=bmd_jax/configs/cifar10.py --workdir=runs/ablation \\
         --config.data_dir=../shared/data/cifar10-jpeg --config.num_train_steps=300 \\
         --config.cache_decoded_images=True --config.estimators.schedule_per=step \\
         --config.estimators.ede_t_max=1.0 --seeds=0,1
@@ -37,14 +37,15 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # bmd_jax
 
 import bmd_jax  # noqa: E402
 from bmd_jax.infra import checkpoint  # noqa: E402
 from bmd_jax.training import input_pipeline, metric_writers, stages, train
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/cifar10.py", "Base config (two stages).")
+config_flags.DEFINE_config_file("config", "bmd_jax/configs/cifar10.py",
+                                "Base config (two stages).")
 flags.DEFINE_string("workdir", "runs/ablation", "One sub-folder per variant and seed.")
 flags.DEFINE_string("seeds", "0,1", "Comma-separated seeds.")
 flags.DEFINE_string("variants", "", "Comma-separated subset of the variants; '' for all.")

@@ -5,7 +5,7 @@ time that a later window continues from (bench/gpu_run.sh runs it).
         --epochs=50 --seeds=0,1 --stop_at=$(( $(date +%s) + 240 )) \
         --manifests=bench/gpu_payload/manifest.json --records=/tmp/out/records.json
 
-Each run (variant x seed) is configs/cifar10.py or configs/cifar10_baseline.py with the
+Each run (variant x seed) is the recipe cifar10 or cifar10_baseline with the
 device input path, `--epochs` epochs a step, in its own workdir under --runs_dir. The runs
 share one decoded copy of the data and take turns: each gets the time left (to --stop_at and
 within --budget_s) divided by the runs left, as its config.stop_at_time: the train loop saves at
@@ -122,7 +122,7 @@ def missing_checkpoints(manifest_paths, runs_dir: str, runs) -> str:
 
 def run_config(variant: str, seed: int, epochs: float, eval_examples: int):
   from bmd_jax.infra.config_files import load_sibling
-  config = load_sibling(os.path.join(REPO, "configs", "x.py"), VARIANTS[variant])
+  config = load_sibling(os.path.join(REPO, "bmd_jax", "configs", "x.py"), VARIANTS[variant])
   config.dataset = "image_folder"
   config.data_dir = _DATA.value
   config.input_path = "device"

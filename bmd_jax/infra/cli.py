@@ -28,6 +28,7 @@ import socket
 import sys
 import time
 import traceback
+import warnings
 
 from absl import app, flags
 
@@ -91,8 +92,12 @@ def _guarded(main, interrupted: str, argv):
   except BaseException as e:  # pylint: disable=broad-exception-caught
     status, message = _report(e, interrupted)
   # The error's frames held the input pipeline's worker processes and their shared memory:
-  # released here, they stop cleanly instead of warning of leaks at exit.
-  gc.collect()
+  # released here, they stop cleanly instead of warning of leaks at exit. A save that Ctrl-C
+  # cut off before it began leaves Orbax's coroutine unawaited: the line below says which
+  # checkpoint is kept, so Python's warning about that coroutine would only add noise.
+  with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+    gc.collect()
   _exit(status, message)
 
 
@@ -175,6 +180,10 @@ def _exit(status: int, message: str | None):
 
 
 def _program() -> str:
+  """The module run with -m (bmd_jax.main, bmd_jax.tools.export, ...)."""
+  spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+  if spec is not None and spec.name.startswith("bmd_jax."):
+    return spec.name
   return "bmd_jax." + os.path.splitext(os.path.basename(sys.argv[0]))[0]
 
 
