@@ -12,6 +12,8 @@ parameters differ by 1.2. Resume is bit for bit: the same program runs the same 
 
 import json
 import os
+import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -150,6 +152,33 @@ def test_resume_after_a_kill_that_left_the_runs_apart_is_exact(group_run, tmp_pa
                            results[name]["step2"]["state"].params)
     assert checkpoint.finished_steps(
         checkpoint.stage_directory(os.path.join(copy, name), "step2")) == [2, 4]
+  # The run that was ahead keeps its newer checkpoint, moved aside, not deleted.
+  assert (checkpoint.stage_directory(os.path.join(copy, "bdbnn"), "step2") / "4.ahead").is_dir()
+
+
+def _listing(folder):
+  return sorted(str(p.relative_to(folder)) for p in pathlib.Path(folder).rglob("*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("removed, expected", [
+    # checkpoint_keep=1 and a kill between the runs' saves: no step common to both runs.
+    ({"bdbnn": ["2"], "other": ["4"]}, "bdbnn kept none at step 2"),
+    # A run with no checkpoint of the stage beside one that has them (a run added later).
+    ({"other": ["2", "4"]}, "run(s) other have no checkpoint while bdbnn do"),
+])
+def test_a_group_whose_runs_share_no_step_is_refused_and_nothing_moves(group_run, tmp_path,
+                                                                       removed, expected):
+  config, workdir, _ = group_run
+  copy = str(tmp_path / "group")
+  shutil.copytree(workdir, copy)
+  for name, steps in removed.items():
+    for step in steps:
+      shutil.rmtree(checkpoint.stage_directory(os.path.join(copy, name), "step2") / step)
+  before = _listing(os.path.join(copy, "bdbnn", "checkpoints"))
+  with pytest.raises(ConfigValueError, match=re.escape(expected)):
+    train.train_and_evaluate(config, copy)
+  assert _listing(os.path.join(copy, "bdbnn", "checkpoints")) == before
 
 
 @pytest.mark.parametrize("recipe, count", [("cifar10_group.py", 8), ("digits_group.py", 4)])

@@ -351,6 +351,22 @@ def _set_aside(manager: ocp.CheckpointManager, damaged: list) -> None:
   manager.reload()
 
 
+def set_aside_after(manager: ocp.CheckpointManager, step: int, suffix: str, why: str) -> None:
+  """Renames the step folders after `step` to <step>.<suffix> (process 0; a free name if
+  that one is taken), says why, and reloads the manager: kept on disk, out of its way."""
+  for newer in sorted(s for s in manager.all_steps() if s > step):
+    folder = epath.Path(manager.directory) / str(newer)
+    target, n = epath.Path(f"{folder}.{suffix}"), 1
+    while target.exists():
+      n += 1
+      target = epath.Path(f"{folder}.{suffix}{n}")
+    if jax.process_index() == 0:
+      folder.rename(target)
+    log.warning("checkpoint %s moved to %s: %s", folder, target, why)
+  jax.experimental.multihost_utils.sync_global_devices("checkpoints set aside")
+  manager.reload()
+
+
 def _first_line(error: BaseException) -> str:
   text = str(error).strip()
   return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"

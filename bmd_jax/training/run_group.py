@@ -10,8 +10,9 @@ one run's folder as they read any run. <workdir>/run_group.json lists the runs.
 The loop shares train.py's helpers (teachers, records, saves settled on every way out). A
 run's step 2 starts from, and is taught by, that run's own step 1. Resume stacks each
 run's newest checkpoint; where a kill left the runs at different steps, the newer
-checkpoints of the runs ahead are dropped and the group resumes from the common step (the
-batches are a function of (seed, step), so the steps it repeats come out the same).
+checkpoints of the runs ahead are moved aside (<step>.ahead) and the group resumes from the
+newest step every run has (the batches are a function of (seed, step), so the steps it
+repeats come out the same; bit for bit on CPU); where there is none, it is refused.
 """
 
 from __future__ import annotations
@@ -111,20 +112,48 @@ def _teachers(configs, stage, folders, info):
   return teacher_model, stacked(teachers), distill_model, stacked(distills)
 
 
-def _restore(managers: dict, states: dict, configs: dict):
-  """{run: (state, meta) or None}, every run at the same step (see the module's docstring)."""
+def _restore(managers: dict, states: dict, configs: dict, stage: str):
+  """{run: (state, meta) or None}, every run at the same step (see the module's docstring).
+
+  A kill between the runs' saves can leave some runs one save ahead: their newer checkpoints
+  are moved aside to <step>.ahead (kept, not deleted) and every run resumes at the newest step
+  all of them have. Where no such step exists (checkpoint_keep=1, or a run with none while
+  others have some: a run added to a group that has trained), nothing is moved and the group
+  is refused in one line."""
   restored = {name: checkpoint.restore_latest(managers[name], checkpoint.abstract_like(
       states[name]), None, configs[name]) for name in managers}
-  steps = {name: int(found[0].step) if found else 0 for name, found in restored.items()}
+  steps = {name: int(found[0].step) if found else None for name, found in restored.items()}
+  if all(step is None for step in steps.values()):
+    return restored
+  fresh = [name for name, step in steps.items() if step is None]
+  if fresh:
+    raise ConfigValueError(
+        f"run group, stage {stage}: run(s) {', '.join(fresh)} have no checkpoint while "
+        f"{', '.join(n for n in steps if n not in fresh)} do: a group resumes only where every "
+        "run has one. Train the new runs as a group of their own (another --workdir), or "
+        "remove the others' checkpoints of this stage to train it afresh")
   common = min(steps.values())
-  for name, step in steps.items():
-    if step > common:
-      log.warning("run %s: dropping its checkpoints after step %d, the step the group resumes "
-                  "from (the other runs were not saved past it)", name, common)
-      for newer in [s for s in managers[name].all_steps() if s > common]:
-        managers[name].delete(newer)
-      restored[name] = checkpoint.restore_latest(managers[name], checkpoint.abstract_like(
-          states[name]), None, configs[name]) if common else None
+  ahead = [name for name, step in steps.items() if step > common]
+  cannot = [name for name in ahead if common not in managers[name].all_steps()]
+  if cannot:
+    raise ConfigValueError(
+        f"run group, stage {stage}: the runs' newest checkpoints are at steps "
+        f"{', '.join(f'{n} {s}' for n, s in steps.items())}, and {', '.join(cannot)} kept "
+        f"none at step {common} (checkpoint_keep={configs[cannot[0]].checkpoint_keep}), so no "
+        "step is common to all runs; nothing was changed. Resume these runs one by one from "
+        "their own folders, or train the group afresh in another --workdir")
+  for name in ahead:
+    checkpoint.set_aside_after(managers[name], common, "ahead",
+                               f"run {name} was saved past step {common}, where the group "
+                               "resumes (the other runs were not)")
+    restored[name] = checkpoint.restore_latest(managers[name], checkpoint.abstract_like(
+        states[name]), None, configs[name])
+    got = int(restored[name][0].step) if restored[name] else None
+    if got != common:  # its checkpoint at `common` was damaged and set aside
+      raise checkpoint.CheckpointDamagedError(
+          f"run group, stage {stage}: run {name}'s checkpoint at step {common}, where the "
+          f"group resumes, could not be read (its newest readable is {got}); its newer "
+          f"checkpoints are kept as <step>.ahead in {managers[name].directory}")
   return restored
 
 
@@ -150,7 +179,7 @@ def _train_group_stage(configs: dict, stage: str, folders: dict, datasets, mesh,
   # Checkpoints: one manager per run folder; resume at the runs' common step.
   managers = {name: checkpoint.create_manager(folders[name], stage, first.checkpoint_keep)
               for name in names}
-  restored = _restore(managers, states, configs)
+  restored = _restore(managers, states, configs, stage)
   states = {name: found[0] if found else states[name] for name, found in restored.items()}
   on_resume_checked()
 
