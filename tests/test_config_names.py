@@ -61,9 +61,10 @@ def test_the_argument_after_the_colon_reaches_get_config(tmp_path, monkeypatch):
   assert plain.to_dict() != diffkurt.to_dict()
 
 
-def test_main_prints_a_recipe_named_short_with_its_argument(tmp_path):
-  result = _main("--config=imagenet_bdbnn:diffkurt", "--config.batch_size=64",
-                 "--print_config", cwd=tmp_path)
+@pytest.mark.parametrize("spelled", [("--config=imagenet_bdbnn:diffkurt",),
+                                     ("--config", "imagenet_bdbnn:diffkurt")])
+def test_main_prints_a_recipe_named_short_with_its_argument(tmp_path, spelled):
+  result = _main(*spelled, "--config.batch_size=64", "--print_config", cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-2000:]
   expected = config_files.load(RECIPES / "imagenet_bdbnn.py", "diffkurt")
   expected.batch_size = 64

@@ -54,6 +54,8 @@ USER_ERRORS = frozenset({
     "bmd_jax.data.image_folder.NonFiniteImageError",
     "bmd_jax.data.image_folder.UnreadableImageError",
     "bmd_jax.data.tfds_source.DatasetNotPreparedError",
+    "bmd_jax.pretrained.catalog.PretrainedFileError",
+    "bmd_jax.pretrained.catalog.UnknownRunError",
     "bmd_jax.tools.export.ExportFileError",
     "bmd_jax.tools.export.NotExportableError",
     "bmd_jax.training.train.NonFiniteLossError",
@@ -222,6 +224,7 @@ def parse_flags(argv):
   """absl's flag parsing, with --config a path or a recipe's name, and a bad flag, an
   unknown --config.FIELD or a config file that does not parse named in one line (absl and
   ml_collections raise them from deep inside the parser)."""
+  argv = _joined_config_values(argv)
   argv = [_config_found(a) if a.startswith(("--config=", "-config=")) else a for a in argv]
   try:
     return flags.FLAGS(argv)
@@ -232,6 +235,17 @@ def parse_flags(argv):
   except SyntaxError as e:
     _exit(EXIT_USAGE, f"the config file {e.filename} does not parse: line {e.lineno}: {e.msg}: "
           f"{(e.text or '').strip()!r}. Fix it and run the same command again")
+
+
+def _joined_config_values(argv):
+  """`--config NAME` (absl's other spelling) as `--config=NAME`, so both find recipes."""
+  joined, rest = [], list(argv)
+  while rest:
+    arg = rest.pop(0)
+    if arg in ("--config", "-config") and rest:
+      arg = f"{arg}={rest.pop(0)}"
+    joined.append(arg)
+  return joined
 
 
 def _config_found(argument: str) -> str:

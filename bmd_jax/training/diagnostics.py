@@ -7,8 +7,10 @@ devices in one program and read with the other metrics:
 - ``layers/<path>/weight_saturation``: the same for the latent weights, as the kernel
   estimator sees them (per output channel standardized under IR-Net scaling). For EDE both
   move with t: the estimator narrows as training goes on;
-- ``layers/<path>/flip_ratio``: the share of the layer's weight signs that flipped since the
-  last log line.
+- ``layers/<path>/flip_ratio``: the share of the layer's latent weights whose sign flipped
+  since the last log line (the sign of the latent weight itself, as ``binary/flip_ratio``
+  counts it; under IR-Net scaling sign() sees the weight less its channel's mean, so a flip
+  there can differ from a flip of the binary weight).
 
 ``<path>`` is the layer's parameter path (e.g. ``layer1_0/conv1``). The whole network's
 ``binary/flip_ratio`` and ``binary/beyond_clip`` stay as they were. The saturations cost one
