@@ -1,6 +1,6 @@
 """Train throughput of K runs in one program (training/run_group*.py) against one run.
 
-Issue 26 item 6 for run groups, on CPU. The model is configs/default.py's tiny binary CNN
+Issue 26 item 6 for run groups, on CPU. The model is bmd_jax/configs/default.py's tiny binary CNN
 (small_cnn on the built-in 8x8 digits, batch --batch) on the device input path, its loss
 CE + kurtosis. Timed, in alternating rounds (bench/alternating_rounds.py's rule: the machines
 are shared), --steps steps each after one untimed round that compiles:

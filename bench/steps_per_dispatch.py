@@ -1,7 +1,7 @@
 """Train throughput of the loop's ways of dispatching steps, against the PyTorch twin.
 
 Issue 26, item 6, for K = 1 run (the K-runs-in-one-program engine does not exist yet:
---runs accepts only 1). Binary ResNet-20 (configs/cifar10.py's model, bench/train_step.py's
+--runs accepts only 1). Binary ResNet-20 (bmd_jax/configs/cifar10.py's model, bench/train_step.py's
 config) on a CIFAR-sized split held on the device (data/on_device.py; random uint8 images,
 50,000 by default, so the per-epoch permutation costs what CIFAR-10's does), timed as:
 

@@ -3,7 +3,7 @@
     python bench/wdm_strength.py                         # synthetic batch
     python bench/wdm_strength.py --data_dir=/work/shared/data/cifar10-jpeg
 
-The CIFAR-10 recipe's binary ResNet-20 (configs/cifar10.py; --model for another) at its
+The CIFAR-10 recipe's binary ResNet-20 (bmd_jax/configs/cifar10.py; --model for another) at its
 initialization is the teacher; the student is the teacher with Gaussian noise of `rel` times
 each layer's standard deviation added to every latent weight (at the start of step 2 student
 and teacher are equal and WDM's gradient is zero; during the step they drift apart). For each

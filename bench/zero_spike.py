@@ -1,6 +1,6 @@
 """Which latent weights sit in the spike at zero of an end-of-training histogram, and why.
 
-    python -m bmd_jax.main --config=configs/default.py --workdir=/tmp/x
+    python -m bmd_jax.main --config=default --workdir=/tmp/x
     python bench/zero_spike.py --workdir=/tmp/x
 
 Reads a stage's kept checkpoints (the params, and the last one's Adam moments; keep many with

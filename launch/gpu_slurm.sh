@@ -3,7 +3,7 @@
 # or one per GPU, started by srun; jax.distributed reads the job's layout from SLURM.
 #
 #   sbatch --nodes=4 --gpus-per-node=8 launch/gpu_slurm.sh \
-#       --config=configs/imagenet.py --workdir=/shared/runs/imnet [--config.FIELD=VALUE ...]
+#       --config=imagenet --workdir=/shared/runs/imnet [--config.FIELD=VALUE ...]
 #   PER_GPU=1 sbatch --nodes=4 --gpus-per-node=8 launch/gpu_slurm.sh ...   # 32 processes
 #
 # WORKDIR (in --workdir) and the data (--config.data_dir) must be on storage every node sees.

@@ -3,7 +3,7 @@
 # localhost: a rehearsal of a multi-host run (the tests use it), or one process per GPU.
 #
 #   launch/local_multiprocess.sh NUM_PROCESSES [DEVICES_PER_PROCESS] -- \
-#       python -m bmd_jax.main --config=configs/default.py --workdir=runs/mp
+#       python -m bmd_jax.main --config=default --workdir=runs/mp
 #
 # Each process gets --coordinator_address=localhost:PORT (a free port) --num_processes=N
 # --process_id=I appended. DEVICES_PER_PROCESS > 0 simulates that many CPU devices per

@@ -4,7 +4,7 @@
 #
 #   TPU_NAME=my-v4-32 ZONE=us-central2-b PROJECT=my-project \
 #   DATA_DIR=gs://my-bucket/tensorflow_datasets WORKDIR=gs://my-bucket/runs/c10 \
-#   launch/tpu_pod.sh --config=configs/cifar10.py [--config.FIELD=VALUE ...]
+#   launch/tpu_pod.sh --config=cifar10 [--config.FIELD=VALUE ...]
 #
 # Steps: (1) copy this repository to every worker, (2) install it with jax[tpu] into a
 # virtual environment there (once; SETUP=0 skips it), (3) run bmd_jax.main on all workers at
