@@ -22,6 +22,7 @@ import jax
 import numpy as np
 import pytest
 
+from bmd_jax.core import losses
 from bmd_jax.infra import checkpoint, config_files
 from bmd_jax.infra.config_checks import ConfigValueError
 from bmd_jax.tools import analyze, export
@@ -137,6 +138,22 @@ def test_a_runs_folder_reads_in_analyze_and_export(group_run, tmp_path):
   manifest = export.export(folder, str(tmp_path / "other.npz"))
   assert manifest["source"] == {"stage": "step2", "step": 4}
   assert json.loads(manifest["config"])["seed"] == 1
+
+
+@pytest.mark.slow
+def test_each_run_logs_its_own_per_layer_diagnostics(group_run):
+  _, workdir, results = group_run
+  for name in ("bdbnn", "other"):
+    with open(os.path.join(workdir, name, "metrics.jsonl")) as f:
+      logged = [json.loads(line) for line in f if '"binary/flip_ratio"' in line]
+    sizes = {f"layers/{path.rsplit('/', 1)[0]}/flip_ratio": np.size(w) for path, w in
+             losses.binarized_kernels(results[name]["step2"]["state"].params).items()}
+    # Step 1 binarizes activations only: its lines have no weight saturation.
+    assert logged and all(f"{k.rsplit('/', 1)[0]}/weight_saturation" in line
+                          for line in logged if line["stage"] == "step2" for k in sizes)
+    for line in logged:  # the run's own flips: their size-weighted mean is its whole share
+      whole = sum(line[k] * n for k, n in sizes.items()) / sum(sizes.values())
+      assert whole == pytest.approx(line["binary/flip_ratio"], abs=1e-6)
 
 
 @pytest.mark.slow

@@ -205,6 +205,10 @@ def _train_group_stage(configs: dict, stage: str, folders: dict, datasets, mesh,
   if first.get("log_term_gradients", True):
     term_norms = jax.jit(run_group_step.group_term_gradient_norms(first, **step_options),
                          out_shardings=replicated)
+  layer_stats = None
+  if first.get("log_layer_diagnostics", True):
+    layer_stats = jax.jit(run_group_step.group_layer_diagnostics(first),
+                          out_shardings=replicated)
   # Evaluation reads no traced value (the estimators' forward is sign()): one evaluator.
   evaluate = evaluation.create_evaluator(first, datasets, mesh)
   schedule = loop_schedule.Schedule.from_config(first, steps_per_epoch, total_steps, limit)
@@ -241,10 +245,14 @@ def _train_group_stage(configs: dict, stage: str, folders: dict, datasets, mesh,
       epoch = done / steps_per_epoch
       if schedule.log_due(done):
         summaries = _read_checked(acc, names)
+        last_batches = batches_fn(split, done - 1, values["seed"])
         if term_norms is not None:
-          norms = jax.device_get(term_norms(stacked, batches_fn(split, done - 1,
-                                                                values["seed"]),
-                                            teachers, distills, values))
+          norms = jax.device_get(term_norms(stacked, last_batches, teachers, distills, values))
+        if layer_stats is not None:  # per layer, on each run's last batch and estimators
+          per_layer = jax.device_get(layer_stats(
+              stacked, last_batches, run_group_step.stack([signs[n] for n in names]),
+              train.schedule_progress(first, (done - 1) / steps_per_epoch, total_epochs),
+              values))
         rate = clock.rate(done, first.batch_size)
         for index, name in enumerate(names):
           params = run_group_step.unstack(stacked.params, index)
@@ -255,6 +263,8 @@ def _train_group_stage(configs: dict, stage: str, folders: dict, datasets, mesh,
                      "train/images_per_second_all_runs": rate * len(names)}
           if term_norms is not None:
             summary.update(run_group_step.unstack(norms, index))
+          if layer_stats is not None:
+            summary.update(run_group_step.unstack(per_layer, index))
           writers[name].write(done, epoch, {"run": name, "stage": stage, **summary})
         acc = empty()
       if schedule.eval_due(done):

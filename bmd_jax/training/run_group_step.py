@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bmd_jax.core import objective
 from bmd_jax.data import on_device
-from bmd_jax.training import dispatch, train
+from bmd_jax.training import diagnostics, dispatch, train
 from bmd_jax.xla_cpu import cpu_barriers
 
 # Traced in every group, whether or not the runs differ in them (the loss weights only where
@@ -94,6 +94,17 @@ def group_term_gradient_norms(config: ml_collections.ConfigDict, **step_options)
                                      config=traced_config(config, values), **step_options)
 
   return jax.vmap(one_run)
+
+
+def group_layer_diagnostics(config: ml_collections.ConfigDict) -> Callable:
+  """diagnostics.layer_diagnostics of each run under its values (its EDE range): fn(states,
+  batches, previous signs, progress, values), all but progress with a leading run axis."""
+
+  def one_run(state, batch, previous_signs, progress, values):
+    return diagnostics.layer_diagnostics(state, batch, previous_signs, progress,
+                                         config=traced_config(config, values))
+
+  return jax.vmap(one_run, in_axes=(0, 0, 0, None, 0))
 
 
 def group_batches(config: ml_collections.ConfigDict, mesh: Mesh) -> Callable:
