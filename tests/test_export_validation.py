@@ -127,3 +127,11 @@ def test_hashes_removed_from_some_arrays_are_refused(exported_file, tmp_path):
   path = _rewrite(exported_file, tmp_path / "some.npz", lambda a: _without_hashes(a, keep=1))
   with pytest.raises(export.ExportFileError, match="no sha256 for array"):
     export.load(path)
+
+
+def test_the_normalization_an_export_states_is_the_datasets_scale():
+  import json
+  from bmd_jax.tools import export as export_tool
+  for dataset, divisor in (("digits", "16"), ("cifar10", "255")):
+    manifest = {"config": json.dumps({"dataset": dataset, "mean": [0.0], "std": [1.0]})}
+    assert f"/ {divisor} " in export_tool.normalization(manifest)["scale"]

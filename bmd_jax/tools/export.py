@@ -194,8 +194,11 @@ def _without_local_paths(config: ml_collections.ConfigDict) -> ml_collections.Co
 def normalization(manifest: dict) -> dict:
   """How images are prepared for the model, from the training config of an export."""
   config = json.loads(manifest["config"])
-  return {"scale": "pixel values / 255 (to [0, 1])", "mean": list(config["mean"]),
-          "std": list(config["std"]), "then": "(x - mean) / std per channel"}
+  # scikit-learn's digits hold counts 0-16, not 8-bit pixels (data/digits.py divides by 16).
+  scale = ("pixel values / 16 (to [0, 1])" if config.get("dataset") == "digits"
+           else "pixel values / 255 (to [0, 1])")
+  return {"scale": scale, "mean": list(config["mean"]), "std": list(config["std"]),
+          "then": "(x - mean) / std per channel"}
 
 
 def _check_out(out: str) -> None:
