@@ -23,7 +23,7 @@ import tempfile
 from bmd_jax import models
 from bmd_jax.infra import checkpoint, paths
 from bmd_jax.pretrained import catalog, variables_file
-from bmd_jax.tools import export
+from bmd_jax.tools import compare, export
 
 NAME_CHARACTERS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
 
@@ -31,11 +31,9 @@ NAME_CHARACTERS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
 def recorded_top1(workdir: str, stage: str, step: int) -> float:
   """eval/accuracy that the run's metrics.jsonl records for `stage` at `step`."""
   path = paths.resolve(workdir) / "metrics.jsonl"
-  found = None
-  for line in path.read_text().splitlines():
-    row = json.loads(line)
-    if row.get("stage") == stage and row.get("step") == step and "eval/accuracy" in row:
-      found = row["eval/accuracy"]  # the last one, where a resumed run evaluated twice
+  # The last one, where a resumed run evaluated twice.
+  found = ([r["eval/accuracy"] for r in compare.evaluations(path.read_text(), stage)
+            if r.get("step") == step] or [None])[-1]
   if found is None:
     raise ValueError(f"{path} records no eval/accuracy for stage {stage} at step {step}, the "
                      "checkpoint to publish; evaluate at the run's end (eval_every_epochs)")

@@ -107,7 +107,7 @@ def _read_json(path, folder: str):
   return path.read_text()
 
 
-def _evaluations(text: str, stage: str) -> list[dict]:
+def evaluations(text: str, stage: str) -> list[dict]:
   """The stage's evaluation records, in the order written. A line that does not parse (the
   last one of a run killed while writing it) is skipped."""
   found = []
@@ -143,7 +143,7 @@ def read_run(folder: str, *, stage: str | None = None, allow_unfinished: bool = 
   config = json.loads(_read_json(root / "config.json", folder))
   stages = [s.strip() for s in config.get("stages", "train").split(",") if s.strip()]
   stage = stage or stages[-1]
-  records = _evaluations(_read_json(root / "metrics.jsonl", folder), stage)
+  records = evaluations(_read_json(root / "metrics.jsonl", folder), stage)
   if not records:
     raise RunFolderError(
         f"{folder} has no evaluation of stage {stage!r} in its metrics.jsonl (its stages: "
