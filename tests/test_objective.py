@@ -139,3 +139,22 @@ def test_a_made_up_term_is_one_entry_and_a_block(monkeypatch):
   np.testing.assert_allclose(total, parts["ce"] + 0.5 * expected_norm, rtol=1e-6)
   line = metric_writers._console_line(3, 0.5, {"train/loss": 1.0, "train/logit_norm": 0.25})
   assert line.endswith("loss=1 logit_norm=0.25"), line  # the console shows it too
+
+
+def test_a_term_named_by_import_path_shows_on_the_console(tmp_path, caplog, monkeypatch):
+  """A loss block with its own `term` (loss.<name>.term = 'package.module:attribute') is
+  logged to the console line with the built-in terms, not only to the files."""
+  import logging
+  import os
+  monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "examples"))
+  config = ml_collections.ConfigDict({"loss": {
+      "ce": {"weight": 1.0},
+      "outside_clip": {"term": "custom_parts.term:outside_clip", "weight": 0.1}}})
+  writer = metric_writers.MetricWriter(str(tmp_path), console=True)
+  writer.start_stage("train", config, 10, 0)
+  with caplog.at_level(logging.INFO, logger="bmd_jax"):
+    writer.write(5, 0.5, {"stage": "train", "train/loss": 1.0, "train/ce": 0.75,
+                          "train/outside_clip": 0.125})
+  writer.close()
+  assert "loss=1 ce=0.75 outside_clip=0.125" in caplog.text, caplog.text

@@ -44,11 +44,12 @@ def console_logging() -> None:
   log.propagate = False
 
 
-def console_keys() -> tuple[str, ...]:
+def console_keys(terms=()) -> tuple[str, ...]:
   """The metrics the console shows, in this order (every metric goes to the files): the loss,
-  each term of the objective (objective.TERMS, so a new term shows without an edit here), and
-  the rest."""
-  return ("train/loss", *(f"train/{name}" for name in objective.TERMS), "train/accuracy",
+  each term of the objective (objective.TERMS, so a new term shows without an edit here, then
+  `terms`: those a run's loss config names by import path), and the rest."""
+  names = dict.fromkeys([*objective.TERMS, *terms])
+  return ("train/loss", *(f"train/{name}" for name in names), "train/accuracy",
           "train/learning_rate", "binary/flip_ratio", "train/images_per_second", "eval/loss",
           "eval/accuracy")
 
@@ -105,9 +106,9 @@ class StageProgress:
 
 
 def _console_line(step: int, epoch: float, metrics: Mapping[str, float],
-                  progress: StageProgress | None = None) -> str:
+                  progress: StageProgress | None = None, terms=()) -> str:
   parts = [f"{k.split('/')[-1] if k.startswith('train/') else k}={metrics[k]:.4g}"
-           for k in console_keys() if k in metrics]
+           for k in console_keys(terms) if k in metrics]
   where = f"step {step} (" if progress is None else progress.describe(step) + " "
   where += f"epoch {epoch:.2f})"
   return f"{where}: " + " ".join(parts)
@@ -244,6 +245,7 @@ class MetricWriter:
     self._summary_writer = None
     self._tb = {}  # stage -> its SummaryWriter
     self._progress = {}  # stage -> StageProgress
+    self._terms = {}  # stage -> the loss terms its config adds by import path
     self._warned_histograms = False
     if not self.active:
       return
@@ -288,6 +290,7 @@ class MetricWriter:
     if not self.active:
       return
     self._progress[stage] = StageProgress(total_steps, first_step)
+    self._terms[stage] = tuple(objective.terms(config.get("loss", {})))
     self._jsonl.resume(stage, first_step)
     tb = self._stage_tb(stage, first_step)
     if tb is not None:
@@ -311,11 +314,12 @@ class MetricWriter:
     if tb is not None:
       for k, v in scalars.items():
         tb.add_scalar(k, v, int(step))
-    if self.console and any(k in scalars for k in console_keys()):  # else: files only
+    terms = self._terms.get(stage, ())
+    if self.console and any(k in scalars for k in console_keys(terms)):  # else: files only
       prefix = "".join(f"[{v}] " for v in labels.values())
       # On a terminal the bar shows progress; a log file needs it in the line itself.
       progress = None if interactive() else self._progress.get(stage)
-      log.info(prefix + _console_line(step, epoch, scalars, progress))
+      log.info(prefix + _console_line(step, epoch, scalars, progress, terms))
 
   def histograms(self, step: int, stage: str, params, paths: Sequence[str]) -> None:
     """Histograms of the latent weights at `paths` (the regularized layers): how their
