@@ -4,6 +4,8 @@
 #
 #   bench/prepare_gpu_run.sh                 # once, on a CPU machine with network
 #   bench/gpu_run.sh [--out DIR] [--epochs auto|N] [--seeds 0,1] [--variants bd_bnn,plain_binary]
+#                    [--group WAVE,seeds=A-B  (issue 27's runs side by side in one program,
+#                                              with --epochs N; docs/EXPERIMENT.md)]
 #                    [--minutes M | --window_s 540 | --stop_at UNIX_S] [--margin_s 30]
 #                    [--train_only] [--restart_from_scratch] [--payload DIR] [--dtype float32]
 #                    [-- more bench/gpu_train.py flags, e.g. --checkpoint_every_epochs=5]
@@ -17,7 +19,9 @@
 #   train_step_bf16.json  and bmd_jax's in bfloat16 (bench/train_step.py)  }
 #   records.json          one record per run (bench/gpu_train.py), written when training ends
 #   runs_<variant>.tar.gz the runs' workdirs (their newest finished checkpoints, metrics), one
-#                         file per variant, and
+#                         file per variant (runs_<group>.<i>.tar.gz with --group: the group's
+#                         runs split into files of at most 15 MiB, bench/window_archives.py),
+#                         and
 #   manifest.json         each run's finished steps in them: both rewritten (write, then
 #                         rename) as soon as a new checkpoint is finished, so a window killed at
 #                         any moment returns its last checkpoint
@@ -58,7 +62,7 @@ repo=$PWD
 payload=
 out=${OUT:-/tmp/gpu_run_out}
 epochs=auto seeds=0 variants=bd_bnn,plain_binary window=540 margin=30 stop_at=0 dtype=float32
-dry=0 scan_bench=0 train_only=0 restart=0
+dry=0 scan_bench=0 train_only=0 restart=0 group=
 while (( $# )); do
   case $1 in
     --dry_run) dry=1 ;;
@@ -70,6 +74,7 @@ while (( $# )); do
     --epochs) epochs=$2; shift ;;
     --seeds) seeds=$2; shift ;;
     --variants) variants=$2; shift ;;
+    --group) group=$2; shift ;;  # a run group of the experiment (cifar10_experiment's argument)
     --window_s) window=$2; shift ;;
     --minutes) window=$(python3 -c "print(int(float('$2') * 60))"); shift ;;
     --margin_s) margin=$2; shift ;;
@@ -104,6 +109,10 @@ if [[ $epochs == auto ]] && (( train_only )); then
   echo "gpu_run.sh: --train_only measures no step time: pass --epochs N" >&2
   exit 2
 fi
+if [[ $epochs == auto && -n $group ]]; then
+  echo "gpu_run.sh: a run group trains the plan's schedule: pass --epochs N" >&2
+  exit 2
+fi
 if [[ $epochs == auto ]] && ls "$payload"/runs_*.tar.gz >/dev/null 2>&1; then
   echo "gpu_run.sh: continuing runs need their own schedule: pass --epochs N (their records'" \
        "epochs_per_step)" >&2
@@ -135,8 +144,12 @@ done
 # The tracked manifest too (the tree always travels), but not for a dry run's tiny runs.
 manifests=$payload/manifest.json
 (( dry )) || manifests+=,$repo/bench/gpu_manifest.json
-run_args=(--data_dir="$work/cifar10-jpeg" --runs_dir="$runs" --seeds="$seeds"
-          --variants="$variants" --manifests="$manifests")
+run_args=(--data_dir="$work/cifar10-jpeg" --runs_dir="$runs" --manifests="$manifests")
+if [[ -n $group ]]; then
+  run_args+=(--group="$group")
+else
+  run_args+=(--seeds="$seeds" --variants="$variants")
+fi
 (( restart )) && run_args+=(--restart_from_scratch)
 python3 bench/gpu_train.py --check_only "${run_args[@]}" || exit 2
 # The compilation cache: carried from the last window (when it fitted), returned below. A
@@ -217,40 +230,22 @@ signature() {  # the finished checkpoints' files, names, sizes and times
   (cd "$runs" && find . -type f -path '*/checkpoints/*' ! -path '*orbax-checkpoint-tmp*' \
      -printf '%P %s %T@\n' 2>/dev/null | sort | md5sum) || true
 }
-# {"runs": {run: {"archive", "finished_steps": {stage: step}}}}, as gpu_train.py reads it. A run
-# carried by the last manifest but absent here (not trained in this window, and its archive
-# left behind) keeps its entry, so a later window still refuses to restart it.
-manifest() {
-  python3 - "$runs" "$payload/manifest.json" <<'PY'
-import json, os, sys, time
-root, runs = sys.argv[1], {}
-if os.path.exists(sys.argv[2]):
-  runs.update(json.load(open(sys.argv[2]))["runs"])
-for run in sorted(os.listdir(root)):
-  stages = os.path.join(root, run, "checkpoints")
-  if "_seed" not in run or not os.path.isdir(stages):
-    continue
-  steps = {s: max((int(d) for d in os.listdir(os.path.join(stages, s)) if d.isdigit()),
-                  default=0) for s in sorted(os.listdir(stages))}
-  runs[run] = {"archive": f"runs_{run.rsplit('_seed', 1)[0]}.tar.gz",
-               "finished_steps": {s: n for s, n in steps.items() if n}}
-print(json.dumps({"runs": runs, "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-                 indent=1))
-PY
-}
+# The archives and the manifest ({"runs": {run: {"archive", "finished_steps"}}}, as
+# gpu_train.py reads it): bench/window_archives.py, which splits a run group over archives of
+# at most 15 MiB each.
 packed=
 pack() {  # archives and manifest of one unchanged view of the checkpoints, renamed into $out
-  local before after variant dirs names=()
+  local before after name dirs names=()
   before=$(signature)
   [[ $before == "$packed" ]] && return 0
-  for variant in $(cd "$runs" && ls -d *_seed* 2>/dev/null | sed 's/_seed[^_]*$//' | sort -u); do
-    dirs=$(cd "$runs" && ls -d "${variant}"_seed*)
+  while IFS=$'\t' read -r name dirs; do
     # tar says 1 when a file (metrics.jsonl) grew while read: the checkpoints are checked below.
-    tar -czf "$out/.runs_$variant.tar.gz.part" -C "$runs" --exclude=tensorboard \
+    tar -czf "$out/.$name.part" -C "$runs" --exclude=tensorboard \
       --exclude='*orbax-checkpoint-tmp*' $dirs 2>/dev/null || (( $? == 1 )) || return 1
-    names+=("runs_$variant.tar.gz")
-  done
-  manifest > "$out/.manifest.json.part" || return 1
+    names+=("$name")
+  done < <(python3 bench/window_archives.py plan "$runs")
+  python3 bench/window_archives.py manifest "$runs" "$payload/manifest.json" \
+    > "$out/.manifest.json.part" || return 1
   after=$(signature)
   if [[ $after != "$before" ]]; then  # a save finished or a step was removed meanwhile
     rm -f "$out"/.*.part
@@ -262,6 +257,11 @@ pack() {  # archives and manifest of one unchanged view of the checkpoints, rena
       || echo "WARNING: $name is over 16 MiB and will not come back: train fewer runs"
   done
   mv -f "$out/.manifest.json.part" "$out/manifest.json"
+  # An archive of an earlier view that this one no longer names (a group's runs regrouped as
+  # they grew) would carry stale checkpoints: gone once the manifest no longer points to it.
+  for name in "$out"/runs_*.tar.gz; do
+    [[ " ${names[*]} " == *" $(basename "$name") "* ]] || rm -f "$name"
+  done
   packed=$before
 }
 pack || true  # the carried runs, so a window that dies before its first save returns them

@@ -5,7 +5,14 @@ time that a later window continues from (bench/gpu_run.sh runs it).
         --epochs=50 --seeds=0,1 --stop_at=$(( $(date +%s) + 240 )) \
         --manifests=bench/gpu_payload/manifest.json --records=/tmp/out/records.json
 
-Each run (variant x seed) is the recipe cifar10 or cifar10_baseline with the
+    python bench/gpu_train.py --data_dir=/tmp/cifar10-jpeg --runs_dir=/tmp/runs \
+        --group=wave1,seeds=0-1 --epochs=25 --stop_at=...      # 14 runs in one program
+
+With --group, one run group of issue 27's experiment (the recipe cifar10_experiment with that
+argument; docs/EXPERIMENT.md) trains side by side in one program, in --runs_dir/<group>/<run>/,
+up to the stop time; the next window resumes the group where it stopped.
+
+Otherwise each run (variant x seed) is the recipe cifar10 or cifar10_baseline with the
 device input path, `--epochs` epochs a step, in its own workdir under --runs_dir. The runs
 share one decoded copy of the data and take turns: each gets the time left (to --stop_at and
 within --budget_s) divided by the runs left, as its config.stop_at_time: the train loop saves at
@@ -35,6 +42,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import sys
 import time
 
@@ -59,6 +67,11 @@ _STEP_SECONDS = flags.DEFINE_float(
 _FIXED_SECONDS = flags.DEFINE_float(
     "fixed_seconds_per_run", 30.0, "with --epochs=0: a run's cost besides its steps "
     "(compiling four programs, evaluations, loading the teacher: ~25 s on an H200)")
+_GROUP = flags.DEFINE_string(
+    "group", "", "instead of --variants and --seeds: one run group of issue 27's experiment, "
+    "its runs trained side by side in one program: the argument of the recipe "
+    "cifar10_experiment, e.g. 'wave1,seeds=0-1' (docs/EXPERIMENT.md); its folder under "
+    "--runs_dir is the argument with ',' as '_' and without '='")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "seeds")
 _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), f"among {sorted(VARIANTS)}")
 _STOP_AT = flags.DEFINE_float(
@@ -78,7 +91,8 @@ _STEPS = flags.DEFINE_integer("num_train_steps", -1, "override (dry runs): steps
 _BATCH = flags.DEFINE_integer("batch_size", 128, "global batch size")
 _EVAL_EVERY = flags.DEFINE_float("eval_every_epochs", 1.0, "epochs between evaluations")
 _EVAL_BATCH = flags.DEFINE_integer(
-    "eval_batch_size", 2000, "evaluation batch (at most the eval split): 10,000 = 5 x 2000")
+    "eval_batch_size", 128, "evaluation batch (at most the eval split; the whole split is one "
+    "program either way): at 128, eval/accuracy_drop_last covers IR-Net's 9,984 images")
 _CKPT_EPOCHS = flags.DEFINE_float("checkpoint_every_epochs", 10.0, "0: off")
 _CKPT_MINUTES = flags.DEFINE_float(
     "checkpoint_every_minutes", 2.0, "0: off; a window killed at any moment loses at most "
@@ -123,13 +137,34 @@ def missing_checkpoints(manifest_paths, runs_dir: str, runs) -> str:
 def run_config(variant: str, seed: int, epochs: float, eval_examples: int):
   from bmd_jax.infra.config_files import load_sibling
   config = load_sibling(os.path.join(REPO, "bmd_jax", "configs", "x.py"), VARIANTS[variant])
+  config.seed = seed
+  return window_settings(config, epochs, eval_examples)
+
+
+def group_spec() -> str:
+  """cifar10_experiment's argument: --group, with --blocks_per_stage (dry runs) added."""
+  return _GROUP.value + (f",blocks={_BLOCKS.value}" if _BLOCKS.value else "")
+
+
+def group_folder() -> str:
+  return re.sub(r"[^A-Za-z0-9_.-]", "", group_spec().replace(",", "_"))
+
+
+def group_config(epochs: float, eval_examples: int):
+  """The run group's config (config.runs lists its runs), with this window's settings."""
+  from bmd_jax.infra import config_files
+  return window_settings(config_files.load("cifar10_experiment", group_spec()), epochs,
+                         eval_examples)
+
+
+def window_settings(config, epochs: float, eval_examples: int):
+  """The settings every run of a window shares, whatever its recipe."""
   config.dataset = "image_folder"
   config.data_dir = _DATA.value
   config.input_path = "device"
   config.model.dtype = _DTYPE.value
   if _BLOCKS.value:
     config.model.stage_sizes = (_BLOCKS.value,) * 3
-  config.seed = seed
   config.num_epochs = epochs
   config.num_train_steps = _STEPS.value
   config.batch_size = _BATCH.value
@@ -181,40 +216,119 @@ def deadline(start: float) -> float:
   return min(ends) if ends else 0.0
 
 
+def run_record(name: str, config, results: dict | None, wall: float, device: str, epochs: float,
+               eval_examples: int) -> dict:
+  """One run's record: its final figures when its last stage finished (`results`, as
+  train.train_and_evaluate returns them), else its finished steps so far."""
+  from bmd_jax.training import stages
+  stage_names = [stage.name for stage in stages.stage_list(config)]
+  variant = re.sub(r"_s(eed)?\d+$", "", name.rsplit("/", 1)[-1])
+  record = {"model": config.model.name, "run": name, "variant": variant, "seed": config.seed,
+            "epochs_per_step": [epochs] * len(stage_names), "device": device,
+            "wall_seconds": round(wall, 1), "dtype": _DTYPE.value, "input_path": "device",
+            "batch_size": config.batch_size,
+            "command": " ".join(["python", *sys.argv]),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+  if not results or stage_names[-1] not in results:
+    record["complete"] = False
+    record["steps_done"] = {s: finished_step(_RUNS.value, name, s) for s in stage_names}
+    return record
+  final = results[stage_names[-1]]["eval"]
+  record.update(complete=True, top1=final["eval/accuracy"],
+                best_top1=final["eval/best_accuracy"], best_epoch=final["eval/best_epoch"],
+                top1_drop_last=final.get("eval/accuracy_drop_last"),
+                eval_examples=eval_examples, eval_precision="highest")
+  if "step1" in results and stage_names[-1] != "step1":
+    record["top1_step1"] = results["step1"]["eval"]["eval/accuracy"]
+  return record
+
+
+def planned_runs() -> list[str]:
+  """The run folders this window trains, relative to --runs_dir."""
+  if _GROUP.value:
+    from bmd_jax.training import run_group_config
+    return [f"{group_folder()}/{name}"
+            for name in run_group_config.run_configs(group_config(1.0, 1))]
+  unknown = sorted(set(_VARIANTS.value) - set(VARIANTS))
+  if unknown:
+    sys.exit(f"gpu_train.py: unknown variants {unknown}; choose among {sorted(VARIANTS)}")
+  return [run_name(v, int(s)) for s in _SEEDS.value for v in _VARIANTS.value]
+
+
+def train_group(datasets, schedule: float, epochs: float, stop_at: float, device: str):
+  """The run group in one program, up to the stop time; its runs' records."""
+  from bmd_jax.training import run_group_config, train
+  config = group_config(schedule, datasets.info.num_eval)
+  config.stop_at_time = stop_at
+  folder = os.path.join(_RUNS.value, group_folder())
+  began, results = time.time(), {}
+  try:
+    results = train.train_and_evaluate(config, folder, datasets)
+  except train.Preempted as e:
+    print(f"{group_folder()}: {e}", flush=True)
+  wall = _add_wall_seconds(folder, time.time() - began)
+  return [run_record(f"{group_folder()}/{name}", run, results.get(name), wall, device, epochs,
+                     datasets.info.num_eval)
+          for name, run in run_group_config.run_configs(config).items()]
+
+
+def train_one_by_one(datasets, schedule: float, epochs: float, stop_at: float, device: str):
+  """The variants x seeds, each its own program in turn, up to the stop time; their records."""
+  from bmd_jax.training import train
+  runs = [(v, int(s)) for s in _SEEDS.value for v in _VARIANTS.value]
+  records, sigterm = [], False
+  for i, (variant, seed) in enumerate(runs):
+    config = run_config(variant, seed, schedule, datasets.info.num_eval)
+    name = run_name(variant, seed)
+    workdir = os.path.join(_RUNS.value, name)
+    # Each run gets an equal share of the time left, so a later run is not starved.
+    share = (stop_at - time.time()) / (len(runs) - i) if stop_at else float("inf")
+    config.stop_at_time = time.time() + share if stop_at else 0.0
+    began = time.time()
+    results = {}
+    if share > 0 and not sigterm:
+      try:
+        results = train.train_and_evaluate(config, workdir, datasets)
+      except train.Preempted as e:
+        print(f"{name}: {e}", flush=True)
+        # A SIGTERM from outside (the machine going back) ends the window; a run's own stop
+        # time passes the turn to the next run.
+        sigterm = str(e).startswith("SIGTERM")
+    wall = _add_wall_seconds(workdir, time.time() - began) if share > 0 else 0.0
+    records.append(run_record(name, config, results, wall, device, epochs,
+                              datasets.info.num_eval))
+  return records
+
+
 def main(argv):
   del argv
   start = time.time()
-  runs = [(v, int(s)) for s in _SEEDS.value for v in _VARIANTS.value]
-  unknown = sorted({v for v, _ in runs} - set(VARIANTS))
-  if unknown:
-    sys.exit(f"gpu_train.py: unknown variants {unknown}; choose among {sorted(VARIANTS)}")
+  runs = planned_runs()
   if not _RESTART.value:
-    problem = missing_checkpoints(_MANIFESTS.value, _RUNS.value,
-                                  [run_name(v, s) for v, s in runs])
+    problem = missing_checkpoints(_MANIFESTS.value, _RUNS.value, runs)
     if problem:
       sys.exit(f"gpu_train.py: refused: {problem}")
   if _CHECK_ONLY.value:
     return
 
   import jax
-  from bmd_jax.training import input_pipeline, metric_writers, train
+  from bmd_jax.training import input_pipeline, metric_writers
   metric_writers.console_logging()
   # Seeds of a variant compile the same programs: compile once per window. A cache the caller
   # set (bench/gpu_run.sh's, carried between windows; the test session's) wins.
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", os.path.join(_RUNS.value, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  datasets = input_pipeline.create_datasets(run_config(runs[0][0], runs[0][1], 1.0, 1))
-  eval_examples = datasets.info.num_eval
+  datasets = input_pipeline.create_datasets(run_config("bd_bnn", 0, 1.0, 1))
   device = jax.devices()[0].device_kind
   stop_at = deadline(start)
   epochs = _EPOCHS.value  # or, where --num_train_steps overrides it (dry runs), what that is
   if epochs <= 0:
     steps_per_epoch = datasets.info.num_train // _BATCH.value
-    if _STEP_SECONDS.value <= 0 or not stop_at:
-      raise app.UsageError("--epochs=0 fits the schedule to the time left and needs "
-                           "--step_seconds (bench/train_step.py's 'full' median_s) and "
-                           "--stop_at or --budget_s")
+    if _GROUP.value or _STEP_SECONDS.value <= 0 or not stop_at:
+      raise app.UsageError("--epochs=0 fits the schedule of runs trained one by one to the "
+                           "time left and needs --step_seconds (bench/train_step.py's 'full' "
+                           "median_s) and --stop_at or --budget_s; a --group needs --epochs N")
     epochs = fitted_epochs(stop_at - time.time(), len(runs), _STEP_SECONDS.value,
                            steps_per_epoch, _FIXED_SECONDS.value)
     print(f"fitted schedule: {epochs} epochs a step for {len(runs)} runs in "
@@ -223,43 +337,10 @@ def main(argv):
   schedule = epochs
   if _STEPS.value > 0:
     epochs = _STEPS.value / (datasets.info.num_train // _BATCH.value)
-  records, sigterm = [], False
-  for i, (variant, seed) in enumerate(runs):
-    config = run_config(variant, seed, schedule, eval_examples)
-    workdir = os.path.join(_RUNS.value, run_name(variant, seed))
-    # Each run gets an equal share of the time left, so a later run is not starved.
-    share = (stop_at - time.time()) / (len(runs) - i) if stop_at else float("inf")
-    config.stop_at_time = time.time() + share if stop_at else 0.0
-    began = time.time()
-    results, stopped = {}, True
-    if share > 0 and not sigterm:
-      try:
-        results = train.train_and_evaluate(config, workdir, datasets)
-        stopped = False
-      except train.Preempted as e:
-        print(f"{run_name(variant, seed)}: {e}", flush=True)
-        # A SIGTERM from outside (the machine going back) ends the window; a run's own stop
-        # time passes the turn to the next run.
-        sigterm = str(e).startswith("SIGTERM")
-    wall = _add_wall_seconds(workdir, time.time() - began) if share > 0 else 0.0
-    record = {"model": config.model.name, "variant": variant, "seed": seed,
-              "epochs_per_step": [epochs, epochs], "device": device,
-              "wall_seconds": round(wall, 1), "dtype": _DTYPE.value,
-              "input_path": "device", "batch_size": config.batch_size,
-              "command": " ".join(["python", *sys.argv]),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    if stopped or "step2" not in results:
-      record["complete"] = False
-      record["steps_done"] = {s: finished_step(_RUNS.value, run_name(variant, seed), s)
-                              for s in ("step1", "step2")}
-    else:
-      final = results["step2"]["eval"]
-      record.update(complete=True, top1=final["eval/accuracy"],
-                    top1_step1=results["step1"]["eval"]["eval/accuracy"],
-                    best_top1=final["eval/best_accuracy"], best_epoch=final["eval/best_epoch"],
-                    eval_examples=eval_examples, eval_precision="highest")
+  train_runs = train_group if _GROUP.value else train_one_by_one
+  records = train_runs(datasets, schedule, epochs, stop_at, device)
+  for record in records:
     print(json.dumps(record), flush=True)
-    records.append(record)
   if _RECORDS.value:
     with open(_RECORDS.value, "w") as f:
       json.dump(records, f, indent=1)
