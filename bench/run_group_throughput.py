@@ -1,8 +1,11 @@
 """Train throughput of K runs in one program (training/run_group*.py) against one run.
 
-Issue 26 item 6 for run groups, on CPU. The model is bmd_jax/configs/default.py's tiny binary CNN
-(small_cnn on the built-in 8x8 digits, batch --batch) on the device input path, its loss
-CE + kurtosis. Timed, in alternating rounds (bench/alternating_rounds.py's rule: the machines
+Issue 26 item 6 for run groups. --recipe=digits (the default): bmd_jax/configs/default.py's tiny
+binary CNN (small_cnn on the built-in 8x8 digits, batch --batch), its loss CE + kurtosis.
+--recipe=cifar10: ResNet-20's step 1 of the CIFAR-10 recipe (binary activations, EDE, CE +
+kurtosis; --blocks per stage, 3 by default) on synthetic CIFAR-shaped images (no data needed:
+the speed of a step does not depend on the pixels), the GPU window's workload. Both on the
+device input path. Timed, in alternating rounds (bench/alternating_rounds.py's rule: the machines
 are shared), --steps steps each after one untimed round that compiles:
 
     single   one run's program as the loop compiles it (step_runner.StepRunner)
@@ -13,9 +16,13 @@ read of the metric sums, as at a log line.
 
     python bench/run_group_throughput.py                     # K = 1, 2, 4; 3 rounds of 20 steps
     python bench/run_group_throughput.py --runs=1,2,4,8 --steps=40 --results_dir=docs/results
+    python bench/run_group_throughput.py --recipe=cifar10 --batch=128 --runs=1,4,8,16 \
+        --steps=100 --steps_per_dispatch=0 --json=-        # a GPU window (bench/gpu_run.sh)
 
 Prints images/s in total and per run, per round, and each round's total over the single
-run's; writes throughput_<device>_<model>_group-K<k>.json per K to --results_dir.
+run's; writes throughput_<device>_<model>_group-K<k>.json per K to --results_dir, and all the
+records as one JSON list to --json ('-': printed, for a window whose returned files are few).
+--steps_per_dispatch=0: a round's steps in one dispatch.
 """
 
 from __future__ import annotations
@@ -29,17 +36,20 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL = "small_cnn-digits"
+MODELS = {"digits": "small_cnn-digits", "cifar10": "resnet20-cifar10-step1"}
 
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--recipe", default="digits", choices=sorted(MODELS))
+  parser.add_argument("--blocks", type=int, default=3, help="--recipe=cifar10: blocks a stage")
   parser.add_argument("--runs", default="1,2,4", help="the K values, comma-separated")
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--steps", type=int, default=20, help="steps a round")
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--steps_per_dispatch", type=int, default=1)
   parser.add_argument("--results_dir", default="", help="where the JSON records go ('': none)")
+  parser.add_argument("--json", default="", help="all records as one list here ('-': stdout)")
   return parser.parse_args(argv)
 
 
@@ -47,10 +57,17 @@ def setup(args):
   """(config, datasets, mesh, step options, one run's initial state)."""
   import jax
   from bmd_jax import models
-  from bmd_jax.configs import default
-  from bmd_jax.training import input_pipeline, sharding, train
+  from bmd_jax.infra import config_files
+  from bmd_jax.training import input_pipeline, sharding, stages, train
 
-  config = default.get_config()
+  if args.recipe == "cifar10":
+    config = stages.stage_list(config_files.load("cifar10"))[0].config  # step 1
+    config.dataset = "synthetic"
+    config.synthetic_train_examples = 50_000  # CIFAR-10's epoch
+    if args.blocks != 3:
+      config.model.stage_sizes = (args.blocks,) * 3
+  else:
+    config = config_files.load("default")
   config.input_path = "device"
   config.batch_size = args.batch
   config.steps_per_dispatch = args.steps_per_dispatch
@@ -137,7 +154,7 @@ class Group:
 def record(args, name, way, device, rounds, single_rounds, load, command) -> dict:
   total = statistics.median(rounds)
   return {
-      "device": device, "model": MODEL, "framework": "jax", "what": name,
+      "device": device, "model": MODELS[args.recipe], "framework": "jax", "what": name,
       "batch_size": args.batch, "runs": way.runs,
       "steps_per_dispatch": args.steps_per_dispatch,
       "images_per_second_total": total, "images_per_second_per_run": total / way.runs,
@@ -175,7 +192,7 @@ def main(argv=None):
     print(f"round {r + 1}: " + ", ".join(f"{n} {v[-1]:.0f}" for n, v in ips.items())
           + f" images/s; load {os.getloadavg()[0]:.1f}", flush=True)
   load = {"before": load_before, "after": os.getloadavg()}
-  print(f"\n{device}, {MODEL}, batch {args.batch}, {args.steps_per_dispatch} step(s) a "
+  print(f"\n{device}, {MODELS[args.recipe]}, batch {args.batch}, {args.steps_per_dispatch} step(s) a "
         f"dispatch, {args.rounds} rounds of {args.steps} steps; load average "
         f"{load_before[0]:.1f} before, {load['after'][0]:.1f} after")
   print(f"{'':8s} {'total img/s':>11s} {'per run':>8s}  total per round / single's per round")
@@ -184,19 +201,23 @@ def main(argv=None):
     print(f"{name:8s} {total:11.0f} {total / ways[name].runs:8.0f}  "
           + ", ".join(f"{v:.0f}" for v in values) + "  / "
           + ", ".join(f"{v / s:.2f}" for v, s in zip(values, ips["single"])))
+  import json
+  records = {name: record(args, name, way, device, ips[name], ips["single"], load, command)
+             for name, way in ways.items() if name != "single"}
   if args.results_dir:
-    import json
     os.makedirs(args.results_dir, exist_ok=True)
-    for name, way in ways.items():
-      if name == "single":
-        continue
-      path = os.path.join(args.results_dir, f"throughput_{device.lower()}_{MODEL}_group-"
-                          f"K{way.runs}.json")
+    for name, rec in records.items():
+      path = os.path.join(args.results_dir, f"throughput_{device.lower().replace(' ', '-')}_"
+                          f"{MODELS[args.recipe]}_group-K{rec['runs']}.json")
       with open(path, "w") as f:
-        json.dump(record(args, name, way, device, ips[name], ips["single"], load, command), f,
-                  indent=1)
+        json.dump(rec, f, indent=1)
         f.write("\n")
       print("wrote", os.path.relpath(path, REPO))
+  if args.json == "-":
+    print("group throughput records:", json.dumps(list(records.values())))
+  elif args.json:
+    with open(args.json, "w") as f:
+      json.dump(list(records.values()), f, indent=1)
   return ips
 
 
