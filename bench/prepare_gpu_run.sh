@@ -10,14 +10,15 @@
 # repository. --check_only downloads and packs nothing: it only adds up what would travel (run
 # it after putting a window's returned archives in bench/gpu_payload/).
 #
-# What travels: the working tree's tracked and untracked (not ignored) files, and the payload:
-# the train JPEGs (46.6 MB) with the first 10 test images of each class as a stand-in eval split
-# (the whole test split, 9.3 MB more, stays home: bench/evaluate_runs.py evaluates the returned
-# runs), the wheels (ml_collections and tensorboardX, 0.17 MB; grain's 4.4 MB with --with_grain,
-# only for the grain input path, which gpu_run.sh does not use), and what a window returned to
-# be continued: runs_<variant>.tar.gz (~2.2 MB a mid-stage run, ~4.4 MB a run in step 2),
-# manifest.json, jax_cache.tar.gz (the first to leave when over). bench/gpu_run.sh's header
-# gives the budget.
+# What travels: the working tree's tracked and untracked (not ignored) files (~3.9 MB), and the
+# payload: the CIFAR-10 JPEGs, train and the whole test split, packed to 18,294,980 B
+# (bench/jpeg_pack.py stores the 623-byte header all 60,000 share once: 55,250,913 B of files;
+# 15,245,298 B train alone, 3,053,705 B test; measured 2026-12-06, see its docstring), the
+# wheels (ml_collections and tensorboardX, 0.17 MB; grain's 4.4 MB with --with_grain, only for
+# the grain input path, which gpu_run.sh does not use), and what a window returned to be
+# continued: runs_<variant>.tar.gz (~2.2 MB a mid-stage run, ~4.4 MB a run in step 2),
+# manifest.json, jax_cache.tar.gz (the first to leave when over): ~22.4 MB before any run, so
+# ~44 MB, ~10 runs in step 2, stay for them. bench/gpu_run.sh's header gives the budget.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -50,9 +51,14 @@ if (( ! check_only )); then
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux_2_28_x86_64 -d "$payload/wheels" "${wheels[@]}"
 
-  # An older pack held the whole test split: packed again without it.
+  # A pack of the old format (no header table) or with 10 test images a class as a stand-in is
+  # packed again; so is one that does not load.
   if [[ -f $payload/cifar10.npz ]] && ! python3 -c 'import sys, numpy as np
-sys.exit(int((np.load(sys.argv[1])["split"] == 1).sum() > 100))' "$payload/cifar10.npz"; then
+z = np.load(sys.argv[1]); test = list(z["splits"]).index("test")
+sys.exit(int("headers" not in z or (z["split"] == test).sum() < 10000))' \
+      "$payload/cifar10.npz" 2>/dev/null; then
+    echo "prepare_gpu_run.sh: $payload/cifar10.npz is of the old format or lacks the whole test" \
+         "split: packing it again"
     rm "$payload/cifar10.npz"
   fi
   if [[ ! -f $payload/cifar10.npz ]]; then
@@ -61,18 +67,8 @@ sys.exit(int((np.load(sys.argv[1])["split"] == 1).sum() > 100))' "$payload/cifar
            "test/<class>/*.jpg): pass its path or set BMD_CIFAR10_DIR" >&2
       exit 1
     fi
-    # train/ whole, test/ as its first 10 images a class: links in a folder jpeg_pack reads.
-    view=$(mktemp -d)
-    ln -s "$(cd "$data" && pwd)/train" "$view/train"
-    for class in "$data"/test/*/; do
-      name=$(basename "$class")
-      mkdir -p "$view/test/$name"
-      ls "$class" | sort | head -10 | while read -r file; do
-        ln -s "$(cd "$class" && pwd)/$file" "$view/test/$name/$file"
-      done
-    done
-    python3 bench/jpeg_pack.py pack "$view" "$payload/cifar10.npz"
-    rm -rf "$view"
+    rm -f "$payload/cifar10.npz.part"  # what an interrupted pack left: it would travel too
+    python3 bench/jpeg_pack.py pack "$data" "$payload/cifar10.npz"
   fi
 fi
 
