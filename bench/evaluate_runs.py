@@ -1,12 +1,13 @@
 """Every run's final weights evaluated alike, on one device: the top-1 of record for runs trained
-in GPU windows (bench/gpu_run.sh carries only 100 test images, as a stand-in for the learning
-curve, and a GPU's TF32 moved top-1 by 0.4 points on 2026-11-27).
+in GPU windows, where a GPU's TF32 moved top-1 by 0.4 points on 2026-11-27 (the windows now
+evaluate at 'highest' precision over the whole test split too; this recomputes it anywhere).
 
     JAX_PLATFORMS=cpu python bench/evaluate_runs.py --runs=/tmp/window5 \
         --data_dir=../shared/data/cifar10-jpeg --json=/tmp/window5/evaluation.json
 
---runs is a folder of run workdirs (<variant>_seed<n>/, as bench/gpu_train.py makes them) or of
-the runs_*.tar.gz archives a window returned (unpacked into a temporary folder first). Each
+--runs is a folder of run workdirs (<variant>_seed<n>/, as bench/gpu_train.py makes them, or a
+run group's <group>/<run>/) or of the runs_*.tar.gz archives a window returned (unpacked into a
+temporary folder first). Each
 run's newest readable checkpoint of its last binary stage (checkpoint.read_chosen) is evaluated
 over the whole test split of --data_dir at float32 'highest' precision with the training's own
 evaluator (evaluation.create_evaluator), on this process's first device. --json gets one record a
@@ -39,22 +40,26 @@ def parse_args(argv=None):
   return parser.parse_args(argv)
 
 
-def run_folders(runs: str, scratch: str) -> list[str]:
-  """The run workdirs under `runs`, the archives' unpacked into `scratch`."""
+def run_folders(runs: str, scratch: str) -> tuple[str, list[str]]:
+  """(their root, the run workdirs under `runs`), the archives' unpacked into `scratch`."""
   archives = sorted(glob.glob(os.path.join(runs, "runs_*.tar.gz")))
-  for archive in archives:
+  for archive in archives:  # a run group's archives unpack into one folder of the group
     with tarfile.open(archive) as tar:
       tar.extractall(scratch, filter="data")
   root = scratch if archives else runs
-  folders = sorted(os.path.join(root, d) for d in os.listdir(root)
-                   if os.path.isdir(os.path.join(root, d, "checkpoints")))
+  # A run group's folder (run_group.json) holds its runs one level down.
+  parents = [root] + [os.path.join(root, d) for d in os.listdir(root)
+                      if os.path.isfile(os.path.join(root, d, "run_group.json"))]
+  folders = sorted(os.path.join(parent, d) for parent in parents for d in os.listdir(parent)
+                   if os.path.isdir(os.path.join(parent, d, "checkpoints")))
   if not folders:
     raise SystemExit(f"evaluate_runs.py: no run workdir (<run>/checkpoints) nor runs_*.tar.gz "
                      f"in {runs}")
-  return folders
+  return root, folders
 
 
-def evaluate(workdir: str, data_dir: str, batch: int, datasets_cache: dict) -> dict:
+def evaluate(workdir: str, root: str, data_dir: str, batch: int, datasets_cache: dict) -> dict:
+  """The run at `workdir` evaluated; its record names it by its path under `root`."""
   import jax
   from bmd_jax.infra import checkpoint
   from bmd_jax.training import evaluation, input_pipeline, sharding, train
@@ -79,7 +84,7 @@ def evaluate(workdir: str, data_dir: str, batch: int, datasets_cache: dict) -> d
       train.create_learning_rate_fn(config, steps_per_epoch), params=variables["params"],
       batch_stats=variables["batch_stats"])
   metrics = evaluation.create_evaluator(config, datasets, mesh)(sharding.replicate(state, mesh))
-  return {"run": os.path.basename(workdir.rstrip("/")), "stage": stage, "step": ckpt.step,
+  return {"run": os.path.relpath(workdir, root), "stage": stage, "step": ckpt.step,
           "top1": metrics["eval/accuracy"], "loss": metrics["eval/loss"],
           "eval_examples": datasets.info.num_eval, "precision": "highest",
           "device": jax.devices()[0].device_kind, "data_dir": data_dir}
@@ -89,8 +94,9 @@ def main(argv=None):
   args = parse_args(argv)
   records, cache = [], {}
   with tempfile.TemporaryDirectory() as scratch:
-    for workdir in run_folders(args.runs, scratch):
-      record = evaluate(workdir, args.data_dir, args.batch, cache)
+    root, folders = run_folders(args.runs, scratch)
+    for workdir in folders:
+      record = evaluate(workdir, root, args.data_dir, args.batch, cache)
       record.update(command=" ".join(["python", *sys.argv]),
                     date=datetime.datetime.now(datetime.timezone.utc).isoformat(
                         timespec="seconds"))

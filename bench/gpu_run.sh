@@ -9,8 +9,13 @@
 #                    [--minutes M | --window_s 540 | --stop_at UNIX_S] [--margin_s 30]
 #                    [--train_only] [--restart_from_scratch] [--payload DIR] [--dtype float32]
 #                    [-- more bench/gpu_train.py flags, e.g. --checkpoint_every_epochs=5]
+#                    [--torch_irnet SEEDS (A-B or A,B: the PyTorch reference of IR-Net's
+#                                          one-stage ResNet-20, bench/torch_irnet_train.py, one
+#                                          process a seed, side by side; with --epochs N)]
 #   bench/gpu_run.sh --dry_run ...           # tiny sizes on the CPU (tests/test_gpu_run.py)
 #   bench/gpu_run.sh --scan_bench ...        # also time steps per dispatch (printed to log.txt)
+#   bench/gpu_run.sh --group_bench ...       # also time K = 1, 4, 8, 16 runs of ResNet-20 in one
+#                                            # program (bench/run_group_throughput.py; log.txt)
 #
 # Writes to --out (default $OUT; at most 8 files come back from the machine, 16 MiB each):
 #   gpu_check.json        one BD-BNN train step on the GPU against the CPU at 'highest'
@@ -44,29 +49,32 @@
 #
 # The budget of what crosses from one window to the next (all that travels is under 64 MiB =
 # 67,108,864 B; bench/prepare_gpu_run.sh adds it up and names the largest items):
-#   the working tree ~3 MB, wheels 0.17 MB, the CIFAR-10 train JPEGs 46.6 MB with 100 test
-#   images as a stand-in for the learning curve (the whole test split, 9.3 MB, stays home:
-#   bench/evaluate_runs.py evaluates every run's final weights on one device, all alike);
-#   per run, a mid-stage train state is ~2.2 MB (params, batch statistics, momentum) and a
-#   finished stage's weights ~1.1 MB (params + batch statistics): a run in step 2 carries
-#   step 1's last checkpoint and step 2's (~4.4 MB), so ~3 runs in mid-step-2 fit beside the
-#   data. Stage-end weights are committed with their records, and float weights leave the
-#   working tree once the next stage has finished from them (history keeps them); small packed
+#   the working tree ~4 MB, wheels 0.17 MB, the CIFAR-10 JPEGs, train and the whole test split,
+#   18.3 MB (bench/jpeg_pack.py stores the 623-byte header they share once), so every window
+#   evaluates the whole split (learning curves, the final and the best epoch); ~44 MB is left.
+#   Per run, a mid-stage train state is ~2.2 MB (params, batch statistics, momentum) and a
+#   finished stage's weights ~1.1 MB (params + batch statistics): a run in step 2 carries step
+#   1's last checkpoint and step 2's (~4.4 MB), so ~10 runs in mid-step-2 fit beside the data
+#   (a --group of 7 from anywhere, of 14 while in step 1: docs/EXPERIMENT.md, "Windows").
+#   Stage-end weights are committed with their records, and float weights leave the working
+#   tree once the next stage has finished from them (history keeps them); small packed
 #   exports of finished runs stay. A stage cut short continues from its mid-stage state in the
 #   same window where possible, else in the next, carried the same way. A window gives ~9 min
-#   of training: choose the runs (--seeds, --variants) so that a stage of each finishes in it.
-#   The compilation cache is carried only where it fits: it is the first thing to leave.
+#   of training: choose the runs (--group, or --seeds and --variants) so that a stage of each
+#   finishes in it. The compilation cache is carried only where it fits: it is the first thing
+#   to leave.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 payload=
 out=${OUT:-/tmp/gpu_run_out}
 epochs=auto seeds=0 variants=bd_bnn,plain_binary window=540 margin=30 stop_at=0 dtype=float32
-dry=0 scan_bench=0 train_only=0 restart=0 group=
+dry=0 scan_bench=0 group_bench=0 train_only=0 restart=0 group= torch_seeds=
 while (( $# )); do
   case $1 in
     --dry_run) dry=1 ;;
     --scan_bench) scan_bench=1 ;;  # + bench/steps_per_dispatch.py (lax.scan), ~1 min more
+    --group_bench) group_bench=1 ;;  # + bench/run_group_throughput.py, a few minutes more
     --train_only) train_only=1 ;;  # continuation windows: no checks, no timings
     --restart_from_scratch) restart=1 ;;
     --out) out=$2; shift ;;
@@ -74,6 +82,7 @@ while (( $# )); do
     --epochs) epochs=$2; shift ;;
     --seeds) seeds=$2; shift ;;
     --variants) variants=$2; shift ;;
+    --torch_irnet) torch_seeds=$2; shift ;;
     --group) group=$2; shift ;;  # a run group of the experiment (cifar10_experiment's argument)
     --window_s) window=$2; shift ;;
     --minutes) window=$(python3 -c "print(int(float('$2') * 60))"); shift ;;
@@ -109,9 +118,25 @@ if [[ $epochs == auto ]] && (( train_only )); then
   echo "gpu_run.sh: --train_only measures no step time: pass --epochs N" >&2
   exit 2
 fi
-if [[ $epochs == auto && -n $group ]]; then
-  echo "gpu_run.sh: a run group trains the plan's schedule: pass --epochs N" >&2
+if [[ $epochs == auto && ( -n $group || -n $torch_seeds ) ]]; then
+  echo "gpu_run.sh: --group and --torch_irnet train the plan's schedule: pass --epochs N" >&2
   exit 2
+fi
+if [[ -n $group && -n $torch_seeds ]]; then
+  echo "gpu_run.sh: one window trains --group or --torch_irnet, not both" >&2
+  exit 2
+fi
+# The PyTorch reference's runs: irnet_torch_s<seed> (compare groups them as one variant).
+torch_runs=()
+if [[ -n $torch_seeds ]]; then
+  if [[ $torch_seeds =~ ^([0-9]+)-([0-9]+)$ ]]; then
+    torch_seeds=$(seq -s, "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}")
+  fi
+  for seed in ${torch_seeds//,/ }; do
+    [[ $seed =~ ^[0-9]+$ ]] || { echo "gpu_run.sh: --torch_irnet takes seeds as A-B or" \
+                                      "A,B,...; got $torch_seeds" >&2; exit 2; }
+    torch_runs+=("irnet_torch_s$seed")
+  done
 fi
 if [[ $epochs == auto ]] && ls "$payload"/runs_*.tar.gz >/dev/null 2>&1; then
   echo "gpu_run.sh: continuing runs need their own schedule: pass --epochs N (their records'" \
@@ -151,7 +176,12 @@ else
   run_args+=(--seeds="$seeds" --variants="$variants")
 fi
 (( restart )) && run_args+=(--restart_from_scratch)
-python3 bench/gpu_train.py --check_only "${run_args[@]}" || exit 2
+if (( ${#torch_runs[@]} )); then
+  python3 bench/window_archives.py check "$runs" "$manifests" "${torch_runs[@]}" \
+    || { (( restart )) || exit 2; }
+else
+  python3 bench/gpu_train.py --check_only "${run_args[@]}" || exit 2
+fi
 # The compilation cache: carried from the last window (when it fitted), returned below. A
 # cache the caller set wins (the test session's: the dry run then reuses what other tests
 # compiled), and is not returned.
@@ -220,6 +250,12 @@ if (( ! train_only )); then
   fi
   stamp "timings done"
 fi
+if (( group_bench )); then  # with --train_only too: the first group window measures its rate
+  part python3 bench/run_group_throughput.py --recipe=cifar10 --rounds=3 --json=- \
+    $( (( dry )) && echo --runs=1,2 --steps=2 --batch=8 --blocks=1 --rounds=1 \
+       || echo --runs=1,4,8,16 --steps=100 --batch=128 --steps_per_dispatch=0 )
+  stamp "group timings done"
+fi
 
 # --- returning each checkpoint as soon as it is finished -----------------------------------
 # A loop in this script, not a thread in gpu_train.py: it packs whatever Python does (a crash
@@ -227,23 +263,25 @@ fi
 # still packs after gpu_train.py has exited. It polls every 2 s: a checkpoint comes every
 # --checkpoint_every_minutes at most, so the poll costs nothing that matters.
 signature() {  # the finished checkpoints' files, names, sizes and times
-  (cd "$runs" && find . -type f -path '*/checkpoints/*' ! -path '*orbax-checkpoint-tmp*' \
-     -printf '%P %s %T@\n' 2>/dev/null | sort | md5sum) || true
+  (cd "$runs" && find . -type f \( -path '*/checkpoints/*' -o -name checkpoint.json \) \
+     ! -path '*orbax-checkpoint-tmp*' -printf '%P %s %T@\n' 2>/dev/null | sort | md5sum) || true
 }
 # The archives and the manifest ({"runs": {run: {"archive", "finished_steps"}}}, as
 # gpu_train.py reads it): bench/window_archives.py, which splits a run group over archives of
 # at most 15 MiB each.
 packed=
 pack() {  # archives and manifest of one unchanged view of the checkpoints, renamed into $out
-  local before after name dirs names=()
+  local before after name dirs plan names=()
   before=$(signature)
   [[ $before == "$packed" ]] && return 0
+  plan=$(python3 bench/window_archives.py plan "$runs") || return 1
   while IFS=$'\t' read -r name dirs; do
+    [[ -n $name ]] || continue  # no runs yet
     # tar says 1 when a file (metrics.jsonl) grew while read: the checkpoints are checked below.
     tar -czf "$out/.$name.part" -C "$runs" --exclude=tensorboard \
-      --exclude='*orbax-checkpoint-tmp*' $dirs 2>/dev/null || (( $? == 1 )) || return 1
+      --exclude='*orbax-checkpoint-tmp*' --exclude='*.pt.tmp*' $dirs 2>/dev/null || (( $? == 1 )) || return 1
     names+=("$name")
-  done < <(python3 bench/window_archives.py plan "$runs")
+  done <<< "$plan"
   python3 bench/window_archives.py manifest "$runs" "$payload/manifest.json" \
     > "$out/.manifest.json.part" || return 1
   after=$(signature)
@@ -278,8 +316,50 @@ print(json.load(open(sys.argv[1]))["results"]["resnet20"]["jax"]["variants"]["fu
   schedule=(--epochs=0 --step_seconds="$step_s")
 fi
 stamp "training for $(( stop_at - $(date +%s) )) s: ${schedule[*]}"
-part python3 bench/gpu_train.py "${run_args[@]}" "${schedule[@]}" --stop_at="$stop_at" \
-  --dtype="$dtype" --records="$out/records.json" "${train_args[@]}"
+if (( ${#torch_runs[@]} )); then
+  if (( dry )); then
+    torch_args=(--device=cpu --batch_size=8 --eval_batch_size=8 --blocks=1 --threads=1)
+  else
+    torch_args=(--device=cuda)
+  fi
+  pids=()
+  for run in "${torch_runs[@]}"; do  # side by side: eager PyTorch waits on the host
+    python3 bench/torch_irnet_train.py --data_dir="$data" --workdir="$runs/$run" \
+      --epochs="$epochs" --seed="${run##*_s}" --stop_at="$stop_at" \
+      --cache_dir="$work/torch_cache" "${torch_args[@]}" > "$work/$run.log" 2>&1 &
+    pids+=($!)
+  done
+  for i in "${!pids[@]}"; do
+    wait "${pids[$i]}" || { echo "FAILED ($?): ${torch_runs[$i]}"; status=1; }
+    tail -n 3 "$work/${torch_runs[$i]}.log"
+  done
+  python3 - "$runs" "$out/records.json" "${torch_runs[@]}" <<'PY'
+import json, os, sys
+records = []
+for run in sys.argv[3:]:  # each run's last evaluation record, as bench/gpu_train.py's records
+  folder = os.path.join(sys.argv[1], run)
+  if not os.path.exists(os.path.join(folder, "config.json")):  # it never started
+    records.append({"run": run, "variant": "irnet_torch", "complete": False})
+    continue
+  config = json.load(open(os.path.join(folder, "config.json")))
+  metrics = os.path.join(folder, "metrics.jsonl")
+  evals = [r for r in map(json.loads, open(metrics)) if "eval/accuracy" in r
+           ] if os.path.exists(metrics) else []
+  last = evals[-1] if evals else {}
+  records.append({"run": run, "variant": "irnet_torch", "seed": config["seed"],
+                  "framework": "torch", "epochs": config["num_epochs"],
+                  "complete": last.get("step") == config["num_train_steps"],
+                  "top1": last.get("eval/accuracy"), "best_top1": last.get("eval/best_accuracy"),
+                  "best_epoch": last.get("eval/best_epoch"),
+                  "top1_drop_last": last.get("eval/accuracy_drop_last"),
+                  "epochs_done": last.get("epoch", 0)})
+json.dump(records, open(sys.argv[2], "w"), indent=1)
+print(json.dumps(records))
+PY
+else
+  part python3 bench/gpu_train.py "${run_args[@]}" "${schedule[@]}" --stop_at="$stop_at" \
+    --dtype="$dtype" --records="$out/records.json" "${train_args[@]}"
+fi
 stamp "training done"
 kill $packer 2>/dev/null || true
 wait $packer 2>/dev/null || true

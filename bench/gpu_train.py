@@ -29,8 +29,9 @@ starting it from scratch would silently throw away windows of work (2026-11-27's
 Checkpoints follow the loop's policy (every --checkpoint_every_epochs epochs and every
 --checkpoint_every_minutes minutes, at each stage's end and at the stop time; none at plain
 epoch ends); evaluation runs every --eval_every_epochs epoch(s) at 'highest' precision on
-whatever test split the data folder has (bench/gpu_run.sh carries a stand-in of 100 images: the
-top-1 of record comes from bench/evaluate_runs.py over the whole split afterwards).
+whatever test split the data folder has (bench/gpu_run.sh carries the whole split: learning
+curves, the final and the best epoch; bench/evaluate_runs.py recomputes a run's final top-1
+from its returned checkpoint on any one device).
 
 --records gets one docs/results-style record per run (model, variant, seed, epochs_per_step,
 top1 and its eval_examples, the best top-1 and its epoch, device, wall_seconds summed over
@@ -50,6 +51,7 @@ from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+import window_archives  # bench/, beside this file  # pylint: disable=g-import-not-at-top
 
 # bmd_jax (and so jax) is imported in main(), after the manifest check: a refused window says
 # so in its first seconds, not after the imports and the data.
@@ -65,8 +67,9 @@ _STEP_SECONDS = flags.DEFINE_float(
     "step_seconds", 0.0, "with --epochs=0: one BD-BNN train step's time on this device, as "
     "bench/train_step.py measured it (its 'full' variant)")
 _FIXED_SECONDS = flags.DEFINE_float(
-    "fixed_seconds_per_run", 30.0, "with --epochs=0: a run's cost besides its steps "
-    "(compiling four programs, evaluations, loading the teacher: ~25 s on an H200)")
+    "fixed_seconds_per_run", 40.0, "with --epochs=0: a run's cost besides its steps "
+    "(compiling four programs, loading the teacher: ~25 s on an H200 with 100 test images; "
+    "evaluating the whole split every epoch adds a few seconds, not yet measured)")
 _GROUP = flags.DEFINE_string(
     "group", "", "instead of --variants and --seeds: one run group of issue 27's experiment, "
     "its runs trained side by side in one program: the argument of the recipe "
@@ -105,33 +108,8 @@ def run_name(variant: str, seed: int) -> str:
 
 
 def finished_step(runs_dir: str, run: str, stage: str) -> int:
-  """The newest finished checkpoint's step of a run's stage (0: none). Orbax names a step's
-  folder by its number only once the save is complete (checkpoint.finished_steps)."""
-  folder = os.path.join(runs_dir, run, "checkpoints", stage)
-  if not os.path.isdir(folder):
-    return 0
-  return max((int(d) for d in os.listdir(folder) if d.isdigit()), default=0)
-
-
-def missing_checkpoints(manifest_paths, runs_dir: str, runs) -> str:
-  """'' when every planned run has the finished checkpoints the manifests expect, else one
-  line naming the first that does not and what to do."""
-  for path in manifest_paths:
-    if not os.path.exists(path):
-      continue
-    try:
-      expected = json.load(open(path))["runs"]
-    except (OSError, ValueError, KeyError) as e:
-      return f"manifest {path} cannot be read ({e}); fix or remove it"
-    for run in runs:
-      for stage, step in sorted(expected.get(run, {}).get("finished_steps", {}).items()):
-        found = finished_step(runs_dir, run, stage)
-        if found < step:
-          archive = expected[run].get("archive", "its runs_*.tar.gz")
-          return (f"run {run}'s stage {stage} should continue from step {step} ({path}), but "
-                  f"{os.path.join(runs_dir, run)} has {f'step {found}' if found else 'none'}: "
-                  f"carry {archive} in bench/gpu_payload/, or pass --restart_from_scratch")
-  return ""
+  """The newest finished checkpoint's step of a run's stage (0: none)."""
+  return window_archives.finished_steps(os.path.join(runs_dir, run)).get(stage, 0)
 
 
 def run_config(variant: str, seed: int, epochs: float, eval_examples: int):
@@ -305,7 +283,7 @@ def main(argv):
   start = time.time()
   runs = planned_runs()
   if not _RESTART.value:
-    problem = missing_checkpoints(_MANIFESTS.value, _RUNS.value, runs)
+    problem = window_archives.missing_checkpoints(_MANIFESTS.value, _RUNS.value, runs)
     if problem:
       sys.exit(f"gpu_train.py: refused: {problem}")
   if _CHECK_ONLY.value:

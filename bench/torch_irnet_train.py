@@ -95,6 +95,7 @@ LEARNING_RATE, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 1e-4
 PADDING, IMAGE_SIZE = 4, 32
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_RECORD = "checkpoint.json"  # its step, read by bench/window_archives.py
 EXIT_BAD_INPUT, EXIT_PREEMPTED = 2, 75  # 75: bmd_jax.infra.cli.EXIT_PREEMPTED
 SOURCE = "htqin/IR-Net@831282f CIFAR-10/ResNet20/1w1a/trainer.py"
 
@@ -380,10 +381,15 @@ def append_records(path: str, records) -> None:
     os.fsync(f.fileno())
 
 
-def save_checkpoint(workdir, model, optimizer, recipe, progress) -> None:
+def save_checkpoint(workdir, model, optimizer, recipe, progress, step: int) -> None:
+  """checkpoint.pt, then checkpoint.json with its step (each atomically): what a GPU window
+  returns and checks without loading torch (bench/window_archives.py)."""
   state = {"recipe": recipe, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
            **progress}
   _atomic_write(os.path.join(workdir, CHECKPOINT), lambda f: torch.save(state, f))
+  record = json.dumps({"step": step, "epochs_done": progress["epochs_done"],
+                       "batch": progress["batch"]}).encode()
+  _atomic_write(os.path.join(workdir, CHECKPOINT_RECORD), lambda f: f.write(record))
 
 
 def load_checkpoint(workdir, model, optimizer, recipe, device):
@@ -488,9 +494,9 @@ def train(args, argv) -> int:
   epoch_seconds = 0.0  # the last whole epoch's, for --stop_at
 
   def stop(why: str, code: int) -> int:
-    if not saved:
-      save_checkpoint(workdir, model, optimizer, recipe, progress)
     e, i = progress["epochs_done"], progress["batch"]
+    if not saved:
+      save_checkpoint(workdir, model, optimizer, recipe, progress, e * steps_per_epoch + i)
     where = (f"after batch {i} of epoch {e + 1}" if i else f"at the end of epoch {e}" if e
              else "before the first epoch")
     path = os.path.join(workdir, CHECKPOINT)
@@ -537,7 +543,7 @@ def train(args, argv) -> int:
           {**head, **evaluation, "eval/best_accuracy": best["accuracy"],
            "eval/best_epoch": best["epoch"]}])
       progress = {"epochs_done": done, "batch": 0, "sums": [0.0, 0.0], "best": best}
-      save_checkpoint(workdir, model, optimizer, recipe, progress)
+      save_checkpoint(workdir, model, optimizer, recipe, progress, done * steps_per_epoch)
       saved = True
       print(f"epoch {done}/{epochs}: train loss {loss_sum / count:.4f}, top-1 "
             f"{evaluation['eval/accuracy']:.4f} (best {best['accuracy']:.4f} at epoch "

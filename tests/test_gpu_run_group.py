@@ -11,6 +11,8 @@ import tarfile
 
 import pytest
 
+from tests.test_gpu_run import _tiny_cifar
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "bench"))
 import window_archives  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -116,3 +118,17 @@ def test_the_first_wave_trains_as_one_group_in_the_window_dry_run(tmp_path):
   top1 = {r["variant"]: r["top1"] for r in records}
   for run in summary["runs"]:
     assert run["figures"]["final"] == pytest.approx(100 * top1[run["variant"]]), run
+
+  # The returned archives evaluated afterwards on one device: each run's own top-1 again.
+  data = tmp_path / "data"
+  _tiny_cifar(data)  # the dry run's images: the same generator and seed
+  evaluated = subprocess.run(
+      [sys.executable, os.path.join(REPO, "bench", "evaluate_runs.py"), f"--runs={out}",
+       f"--data_dir={data}", f"--json={tmp_path / 'evaluation.json'}"],
+      cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  again = {r["run"]: r for r in json.load(open(tmp_path / "evaluation.json"))}
+  assert set(again) == {r["run"] for r in records}
+  for record in records:
+    assert (again[record["run"]]["stage"], again[record["run"]]["step"]) == ("step2", 3)
+    assert again[record["run"]]["top1"] == pytest.approx(record["top1"], abs=1e-6)

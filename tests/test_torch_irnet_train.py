@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.join(REPO, "bench"))
 
 import torch_irnet_train as trainer  # noqa: E402
 import torch_reference as ref  # noqa: E402
+import window_archives  # noqa: E402
 
 CLASSES, TRAIN_EACH, TEST_EACH = 10, 8, 4
 BATCH, EVAL_BATCH = 16, 24  # 5 steps an epoch; 24 of the 40 test images in full eval batches
@@ -171,6 +172,8 @@ def test_resume_mid_epoch_and_after_a_kill_between_records_and_checkpoint(
   _sigterm_at_step(monkeypatch, 7)  # epoch 2's second step: saved after it, mid-epoch
   assert _run(data_dir, workdir) == trainer.EXIT_PREEMPTED
   assert (_checkpoint(workdir)["epochs_done"], _checkpoint(workdir)["batch"]) == (1, 2)
+  # What a GPU window's manifest reads, without torch: the step of the checkpoint on disk.
+  assert window_archives.finished_steps(workdir) == {"train": 7}
   monkeypatch.undo()
 
   class Killed(Exception):
