@@ -137,6 +137,8 @@ if [[ -n $torch_seeds ]]; then
                                       "A,B,...; got $torch_seeds" >&2; exit 2; }
     torch_runs+=("irnet_torch_s$seed")
   done
+  (( ${#torch_runs[@]} )) || { echo "gpu_run.sh: --torch_irnet $torch_seeds names no seed" >&2
+                               exit 2; }
 fi
 if [[ $epochs == auto ]] && ls "$payload"/runs_*.tar.gz >/dev/null 2>&1; then
   echo "gpu_run.sh: continuing runs need their own schedule: pass --epochs N (their records'" \
@@ -160,12 +162,19 @@ done
 # mistake is refused in its first seconds, before the checks and timings.
 runs=$work/runs
 mkdir -p "$runs"
-for previous in "$payload"/runs_*.tar.gz; do
-  if [[ -f $previous ]]; then
-    tar -xzf "$previous" -C "$runs"
-    stamp "continuing $previous"
-  fi
-done
+# The archives the carried manifest names first; any other (a window killed between two
+# renames can leave a run's newest archive unnamed yet) only adds what they lack.
+while read -r kind previous; do
+  [[ -n $kind ]] || continue
+  keep=(); [[ $kind == named ]] || keep=(--skip-old-files)
+  tar -xzf "$previous" -C "$runs" "${keep[@]}" || {
+    echo "gpu_run.sh: $previous cannot be unpacked (damaged or cut short): carry it again as" \
+         "the window returned it; nothing was trained" >&2
+    exit 1
+  }
+  stamp "continuing $previous$([[ $kind == named ]] || echo ", which the carried manifest" \
+        "does not name: unpacked without overwriting")"
+done <<< "$(python3 bench/window_archives.py carried "$payload")"
 # The tracked manifest too (the tree always travels), but not for a dry run's tiny runs.
 manifests=$payload/manifest.json
 (( dry )) || manifests+=,$repo/bench/gpu_manifest.json
@@ -176,6 +185,7 @@ else
   run_args+=(--seeds="$seeds" --variants="$variants")
 fi
 (( restart )) && run_args+=(--restart_from_scratch)
+(( dry )) && run_args+=(--blocks_per_stage=1)  # the check looks in the dry run's own folders
 if (( ${#torch_runs[@]} )); then
   python3 bench/window_archives.py check "$runs" "$manifests" "${torch_runs[@]}" \
     || { (( restart )) || exit 2; }
@@ -196,6 +206,71 @@ if [[ -z ${JAX_COMPILATION_CACHE_DIR:-} ]]; then
   fi
 fi
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0.5}
+
+# --- returning each checkpoint as soon as it is finished -----------------------------------
+# A loop in this script, not a thread in gpu_train.py: it packs whatever Python does (a crash
+# in XLA, an out-of-memory kill, a hang), shares no interpreter lock with the training, and
+# still packs after gpu_train.py has exited. It polls every 2 s: a checkpoint comes every
+# --checkpoint_every_minutes at most, so the poll costs nothing that matters.
+signature() {  # the finished checkpoints' files, names, sizes and times
+  (cd "$runs" && find . -type f \( -path '*/checkpoints/*' -o -name checkpoint.json \) \
+     ! -path '*orbax-checkpoint-tmp*' -printf '%P %s %T@\n' 2>/dev/null | sort | md5sum) || true
+}
+# The archives and the manifest ({"runs": {run: {"archive", "finished_steps"}}}, as
+# gpu_train.py reads it), from one plan of bench/window_archives.py, which splits a run group
+# over archives of at most 15 MiB each. They are written three folders down in $out, from
+# where nothing comes back from the machine, then renamed into place: new names first, then
+# the archives they replace, then the manifest, so a kill between two renames leaves every run
+# in some archive.
+packed= warned_files=0
+pack() {  # archives and manifest of one unchanged view of the checkpoints, renamed into $out
+  local before after name dirs plan names=() parts=$out/.parts/p$BASHPID/w files
+  before=$(signature)
+  [[ $before == "$packed" ]] && return 0
+  rm -rf "$parts" && mkdir -p "$parts"
+  plan=$(python3 bench/window_archives.py plan "$runs" "$payload/manifest.json" \
+         "$parts/manifest.json" "$@") || return 1
+  while IFS=$'\t' read -r name dirs; do
+    [[ -n $name ]] || continue  # no runs yet
+    # tar says 1 when a file (metrics.jsonl) grew while read: the checkpoints are checked below.
+    tar -czf "$parts/$name" -C "$runs" --exclude=tensorboard --exclude=run.lock \
+      --exclude='*orbax-checkpoint-tmp*' --exclude='*.pt.tmp*' $dirs 2>/dev/null \
+      || (( $? == 1 )) || return 1
+    names+=("$name")
+  done <<< "$plan"
+  after=$(signature)
+  if [[ $after != "$before" ]]; then  # a save finished or a step was removed meanwhile
+    rm -rf "$parts"
+    return 1
+  fi
+  for name in "${names[@]}"; do [[ -e $out/$name ]] || mv "$parts/$name" "$out/$name"; done
+  for name in "${names[@]}"; do
+    [[ -e $parts/$name ]] && mv -f "$parts/$name" "$out/$name"
+    (( $(stat -c %s "$out/$name") < 16 * 1048576 )) \
+      || echo "WARNING: $name is over 16 MiB and will not come back: train fewer runs"
+  done
+  mv -f "$parts/manifest.json" "$out/manifest.json"
+  # An archive of an earlier view that this one no longer names (a group's runs regrouped as
+  # they grew) would carry stale checkpoints: gone once the manifest no longer points to it.
+  for name in "$out"/runs_*.tar.gz; do
+    [[ " ${names[*]} " == *" $(basename "$name") "* ]] || rm -f "$name"
+  done
+  rm -rf "$parts"
+  files=$(find "$out" -maxdepth 1 -type f | wc -l)
+  if (( files > 8 && ! warned_files )); then
+    echo "WARNING: $out holds $files files; 8 come back from the machine: run with" \
+         "--train_only, or fewer runs"
+    warned_files=1
+  fi
+  packed=$before
+}
+pack || true  # the carried runs, returned even by a window that dies before its first save
+# The packer: on TERM it ends after the tar or sleep it is in (a killed subshell would leave
+# its tar writing), and `wait` below waits for that.
+( trap 'exit 0' TERM; while sleep 2; do pack || true; done ) &
+packer=$!
+trap 'kill $packer 2>/dev/null || true; rm -rf "$work"' EXIT
+
 
 python3 -c 'from importlib import metadata as m
 def version(p):
@@ -257,56 +332,6 @@ if (( group_bench )); then  # with --train_only too: the first group window meas
   stamp "group timings done"
 fi
 
-# --- returning each checkpoint as soon as it is finished -----------------------------------
-# A loop in this script, not a thread in gpu_train.py: it packs whatever Python does (a crash
-# in XLA, an out-of-memory kill, a hang), shares no interpreter lock with the training, and
-# still packs after gpu_train.py has exited. It polls every 2 s: a checkpoint comes every
-# --checkpoint_every_minutes at most, so the poll costs nothing that matters.
-signature() {  # the finished checkpoints' files, names, sizes and times
-  (cd "$runs" && find . -type f \( -path '*/checkpoints/*' -o -name checkpoint.json \) \
-     ! -path '*orbax-checkpoint-tmp*' -printf '%P %s %T@\n' 2>/dev/null | sort | md5sum) || true
-}
-# The archives and the manifest ({"runs": {run: {"archive", "finished_steps"}}}, as
-# gpu_train.py reads it): bench/window_archives.py, which splits a run group over archives of
-# at most 15 MiB each.
-packed=
-pack() {  # archives and manifest of one unchanged view of the checkpoints, renamed into $out
-  local before after name dirs plan names=()
-  before=$(signature)
-  [[ $before == "$packed" ]] && return 0
-  plan=$(python3 bench/window_archives.py plan "$runs") || return 1
-  while IFS=$'\t' read -r name dirs; do
-    [[ -n $name ]] || continue  # no runs yet
-    # tar says 1 when a file (metrics.jsonl) grew while read: the checkpoints are checked below.
-    tar -czf "$out/.$name.part" -C "$runs" --exclude=tensorboard \
-      --exclude='*orbax-checkpoint-tmp*' --exclude='*.pt.tmp*' $dirs 2>/dev/null || (( $? == 1 )) || return 1
-    names+=("$name")
-  done <<< "$plan"
-  python3 bench/window_archives.py manifest "$runs" "$payload/manifest.json" \
-    > "$out/.manifest.json.part" || return 1
-  after=$(signature)
-  if [[ $after != "$before" ]]; then  # a save finished or a step was removed meanwhile
-    rm -f "$out"/.*.part
-    return 1
-  fi
-  for name in "${names[@]}"; do
-    mv -f "$out/.$name.part" "$out/$name"
-    (( $(stat -c %s "$out/$name") < 16 * 1048576 )) \
-      || echo "WARNING: $name is over 16 MiB and will not come back: train fewer runs"
-  done
-  mv -f "$out/.manifest.json.part" "$out/manifest.json"
-  # An archive of an earlier view that this one no longer names (a group's runs regrouped as
-  # they grew) would carry stale checkpoints: gone once the manifest no longer points to it.
-  for name in "$out"/runs_*.tar.gz; do
-    [[ " ${names[*]} " == *" $(basename "$name") "* ]] || rm -f "$name"
-  done
-  packed=$before
-}
-pack || true  # the carried runs, so a window that dies before its first save returns them
-( while sleep 2; do pack || true; done ) &
-packer=$!
-trap 'kill $packer 2>/dev/null || true; rm -rf "$work"' EXIT
-
 schedule=(--epochs="$epochs")
 if [[ $epochs == auto ]]; then
   step_s=$(python3 -c 'import json, sys
@@ -326,14 +351,13 @@ if (( ${#torch_runs[@]} )); then
   for run in "${torch_runs[@]}"; do  # side by side: eager PyTorch waits on the host
     python3 bench/torch_irnet_train.py --data_dir="$data" --workdir="$runs/$run" \
       --epochs="$epochs" --seed="${run##*_s}" --stop_at="$stop_at" \
-      --cache_dir="$work/torch_cache" "${torch_args[@]}" > "$work/$run.log" 2>&1 &
+      --cache_dir="$work/torch_cache" "${torch_args[@]}" > >(sed -u "s/^/[$run] /") 2>&1 &
     pids+=($!)
   done
   for i in "${!pids[@]}"; do
     wait "${pids[$i]}" || { echo "FAILED ($?): ${torch_runs[$i]}"; status=1; }
-    tail -n 3 "$work/${torch_runs[$i]}.log"
   done
-  python3 - "$runs" "$out/records.json" "${torch_runs[@]}" <<'PY'
+  part python3 - "$runs" "$out/records.json" "${torch_runs[@]}" <<'PY'
 import json, os, sys
 records = []
 for run in sys.argv[3:]:  # each run's last evaluation record, as bench/gpu_train.py's records
@@ -363,8 +387,14 @@ fi
 stamp "training done"
 kill $packer 2>/dev/null || true
 wait $packer 2>/dev/null || true
-packed=
-until pack; do sleep 1; done  # nothing writes any more: the first try succeeds
+packed= tries=0
+until pack; do  # nothing writes any more: the first try succeeds, unless a crash cut a
+  (( ++tries < 5 )) && { sleep 1; continue; }  # group's saves short: then the view as it is
+  echo "WARNING: a run group's runs are at different steps; packed as they are"
+  pack --allow_uneven || echo "WARNING: the last pack failed; $out holds the one before"
+  break
+done
+rm -rf "$out/.parts"
 if (( own_cache && train_only )); then
   tar -czf "$work/jax_cache.tar.gz" -C "$JAX_COMPILATION_CACHE_DIR" .
   if (( $(stat -c %s "$work/jax_cache.tar.gz") < 16 * 1048576 )); then
@@ -374,5 +404,6 @@ if (( own_cache && train_only )); then
   fi
 fi
 ls -l "$out"
+python3 bench/window_archives.py budget "$out" "$payload" || true
 stamp "finished (status $status)"
 exit $status

@@ -74,7 +74,7 @@ _GROUP = flags.DEFINE_string(
     "group", "", "instead of --variants and --seeds: one run group of issue 27's experiment, "
     "its runs trained side by side in one program: the argument of the recipe "
     "cifar10_experiment, e.g. 'wave1,seeds=0-1' (docs/EXPERIMENT.md); its folder under "
-    "--runs_dir is the argument with ',' as '_' and without '='")
+    "--runs_dir is named by the wave and seeds, e.g. wave1_s0-1")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "seeds")
 _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), f"among {sorted(VARIANTS)}")
 _STOP_AT = flags.DEFINE_float(
@@ -125,7 +125,12 @@ def group_spec() -> str:
 
 
 def group_folder() -> str:
-  return re.sub(r"[^A-Za-z0-9_.-]", "", group_spec().replace(",", "_"))
+  """The group's folder under --runs_dir, named by what it trains (wave, seeds, blocks), so
+  two spellings of one group ('wave1' and 'wave1,seeds=0-1') share it."""
+  from bmd_jax.configs import cifar10_experiment
+  wave, seeds, blocks = cifar10_experiment.parse(group_spec())
+  span = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+  return f"{wave}_s{span}" + (f"_blocks{blocks}" if blocks != 3 else "")
 
 
 def group_config(epochs: float, eval_examples: int):

@@ -40,8 +40,10 @@ Where this trainer departs from the original, and why:
   the original's ImageNet ones (0.485, 0.456, 0.406 / 0.229, 0.224, 0.225): both frameworks
   see the same input, which is what the calibration compares.
 - torch_reference's binarizer: sign(0) = +1 (torch.sign gives 0) and std + 1e-8.
-- float32 throughout: TF32 off for convolutions and matmuls (the original's GPUs had none;
-  bmd_jax evaluates at 'highest').
+- on a GPU, training convolutions and matmuls in TF32 (the original's GPUs had none), as
+  bmd_jax trains at JAX's default precision, which is TF32 on these cards: the calibration
+  compares the two frameworks trained alike; --train_tf32=0 trains in float32. Evaluation is
+  float32 with TF32 off, as bmd_jax's at 'highest'.
 - shuffle and augmentation draws come from a generator seeded by (seed, epoch) on the CPU, so
   a resumed run, and a CUDA run and a CPU run of one seed, see the same batches; the crop and
   flip are done on the device.
@@ -118,6 +120,8 @@ def parse_args(argv):
   p.add_argument("--max_steps_per_epoch", type=int, default=0, help="dry runs: shorter epochs")
   p.add_argument("--examples", type=int, default=0, help="dry runs: K images of each split")
   p.add_argument("--blocks", type=int, default=3, help="blocks a stage (3: ResNet-20; tests: 1)")
+  p.add_argument("--train_tf32", type=int, default=1, help="on a GPU, train in TF32 as bmd_jax "
+                 "does at JAX's default precision (0: float32)")
   p.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default); "
                  "CPU results are reproducible at a fixed count")
   p.add_argument("--cache_dir", default="", help="decoded-image cache (default: a folder "
@@ -288,8 +292,24 @@ def _train_step(model, optimizer, images, labels):
 
 
 @torch.no_grad()
+def _allow_tf32(allowed: bool) -> bool:
+  """Sets TF32 for CUDA convolutions and matmuls; returns what it was."""
+  was = torch.backends.cudnn.allow_tf32
+  torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allowed
+  return was
+
+
 def evaluate(model, images, labels, batch_size: int) -> dict:
-  """bmd_jax's evaluation keys over the split (`images` normalized, in folder order)."""
+  """bmd_jax's evaluation keys over the split (`images` normalized, in folder order), in
+  float32 (TF32 off, as bmd_jax's 'highest')."""
+  was = _allow_tf32(False)
+  try:
+    return _evaluate(model, images, labels, batch_size)
+  finally:
+    _allow_tf32(was)
+
+
+def _evaluate(model, images, labels, batch_size: int) -> dict:
   model.eval()
   nll, correct = 0.0, []
   for start in range(0, len(labels), batch_size):
@@ -335,7 +355,8 @@ def write_run_record(workdir, args, recipe, device, argv) -> None:
       "optimizer": "sgd", "learning_rate": LEARNING_RATE, "momentum": MOMENTUM,
       "weight_decay": WEIGHT_DECAY, "weight_decay_kernels_only": False,
       "lr_schedule": "cosine", "lr_schedule_per": "epoch", "augment": "cifar",
-      "mean": list(MEAN), "std": list(STD), "tf32": False,
+      "mean": list(MEAN), "std": list(STD),
+      "tf32": bool(args.train_tf32) and device.type == "cuda",
       "model": {"name": "resnet20" if args.blocks == 3 else f"resnet_cifar_{args.blocks}x3",
                 "stage_sizes": [args.blocks] * 3, "dtype": "float32", "precision": "binary",
                 "input_quantizer": "ede", "kernel_quantizer": "ede", "scale_mode": "irnet",
@@ -464,14 +485,14 @@ def train(args, argv) -> int:
     raise InputError(f"{len(train_y)} training images make no full batch of "
                      f"--batch_size={args.batch_size}; lower it")
   recipe = {"epochs": args.epochs, "seed": args.seed, "batch_size": args.batch_size,
+            "train_tf32": args.train_tf32,
             "eval_batch_size": args.eval_batch_size, "steps_per_epoch": steps_per_epoch,
             "blocks": args.blocks, "examples": args.examples, "num_train": len(train_y),
             "num_eval": len(test_y), "classes": classes}
 
   if device.type == "cuda":
     torch.backends.cudnn.benchmark = True  # as the original
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    _allow_tf32(bool(args.train_tf32))
   torch.manual_seed(args.seed)
   model = build_model(args.blocks).to(device)
   optimizer = ref.make_optimizer(model, "sgd", LEARNING_RATE, MOMENTUM, WEIGHT_DECAY,

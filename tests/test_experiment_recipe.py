@@ -70,3 +70,16 @@ def test_a_bad_argument_is_one_line(arg, says):
   with pytest.raises(ConfigValueError, match=says) as error:
     config_files.load("cifar10_experiment", arg)
   assert "\n" not in str(error.value)
+
+
+def test_plain_is_the_recipes_baseline():
+  """EXPERIMENT.md: 'plain' is bmd_jax/configs/cifar10_baseline.py (no kurtosis, no WDM, output
+  distillation kept); each step's loss and model equal the baseline recipe's."""
+  plain = _stages("wave1,seeds=0")["plain_s0"]
+  baseline = {s.name: s.config for s in stages.stage_list(config_files.load("cifar10_baseline"))}
+  assert list(plain) == list(baseline)
+  for step, config in plain.items():
+    mine, theirs = config.loss.to_dict(), baseline[step].loss.to_dict()
+    assert mine["kurtosis"].pop("targets") == () and theirs["kurtosis"].pop("targets") == ()
+    assert mine == theirs, step
+    assert config.model.to_dict() == baseline[step].model.to_dict(), step

@@ -343,3 +343,18 @@ def test_bad_input_is_one_line(data_dir, one_epoch, tmp_path, capsys):
   assert _run(data_dir, workdir, epochs=3) == trainer.EXIT_BAD_INPUT
   err = capsys.readouterr().err
   assert "epochs=2 (now 3)" in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluation_runs_without_tf32_and_restores_the_training_setting(monkeypatch):
+  """Training may use TF32 (as bmd_jax at JAX's default precision on a GPU); evaluation is
+  float32, as bmd_jax's at 'highest', and training continues with its own setting."""
+  seen = []
+  monkeypatch.setattr(trainer, "_evaluate", lambda *a: seen.append(
+      (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)) or {})
+  was = trainer._allow_tf32(True)
+  try:
+    trainer.evaluate(None, None, None, 1)
+    assert seen == [(False, False)]
+    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+  finally:
+    trainer._allow_tf32(was)
