@@ -19,7 +19,7 @@ seeds: a range A-B (both included) or one seed; default 0-1. blocks: ResNet bloc
 
 import ml_collections
 
-from bmd_jax.configs import _experiment_runs
+from bmd_jax.configs import _group_runs
 from bmd_jax.infra.config_checks import ConfigValueError
 from bmd_jax.infra.config_files import load_sibling
 
@@ -76,7 +76,7 @@ def get_config(arg: str = "wave1"):
     # Room in both steps' overrides for bdbnn_per_layer's lists (empty: the scalar target).
     config.stage_overrides.step1.loss = {"kurtosis": {"targets": ()}}
     config.stage_overrides.step2.loss.kurtosis = {"targets": ()}
-    variants = _experiment_runs.first_wave_variants(stage_sizes)
+    variants = _group_runs.first_wave_variants(stage_sizes)
   elif wave == "standardized":
     config.loss.kurtosis.view = "standardized"
     variants = {"bdbnn_standardized": {}}
@@ -87,5 +87,5 @@ def get_config(arg: str = "wave1"):
   else:
     one_stage(config, "full")
     variants = {"full_precision": {}}
-  config.runs = _experiment_runs.runs(variants, seeds)
+  config.runs = _group_runs.runs(variants, seeds)
   return config
